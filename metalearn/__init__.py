@@ -1,0 +1,2 @@
+"""metalearn: meta-learning and test-time adaptation on PyTorch."""
+__version__ = "0.1.0"

@@ -1,0 +1,117 @@
+"""N-way K-shot Q-query episode sampler: seeded, vectorised, the gather done where the data lives.
+
+One call to :meth:`EpisodeSampler.sample` draws B tasks at once with a handful of tensor ops on the
+storage's device (no Python loop over tasks, classes or images, no host sync):
+
+1. classes: the first N columns of a random permutation per task (``rand(B, n_classes).argsort``) ->
+   N distinct classes, in random order; the position in that order is the episode label, so labels 0..N-1
+   are a fresh random assignment in every episode;
+2. images: per drawn class, the first K+Q of a random permutation of that class's images (classes with
+   fewer images than the largest are masked to the end) -> support and query are disjoint;
+3. rotation classes: each class is rotated by its own angle (never one angle for the whole task).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from metalearn.data.storage import ClassImages
+from metalearn.types import Episode
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class EpisodeSampler:
+    """Draws batches of episodes from a :class:`ClassImages` split.
+
+    Args:
+        data: the split; its device is where sampling happens (move it with ``data.to("cuda")`` first).
+        ways, shots, queries: N, K, Q.
+        batch_size: tasks per call (B). ``sample()`` returns an Episode with a leading B dimension.
+        seed: seeds a ``torch.Generator`` on the data's device: same seed -> same episodes.
+        scale: uint8 -> float multiplier (default 1/255).
+
+    Example:
+        >>> sampler = EpisodeSampler(split, ways=5, shots=1, queries=15, batch_size=4, seed=0)
+        >>> ep = sampler.sample()   # ep.support_x: (4, 5, C, H, W), ep.query_y: (4, 75)
+    """
+
+    def __init__(self, data: ClassImages, ways: int, shots: int, queries: int, batch_size: int = 1,
+                 seed: int = 0, scale: float = 1.0 / 255.0) -> None:
+        if not isinstance(data, ClassImages):
+            raise TypeError(f"data: expected a ClassImages, got {type(data).__name__}")
+        self.ways = _check_int("ways", ways, 1)
+        self.shots = _check_int("shots", shots, 1)
+        self.queries = _check_int("queries", queries, 0)
+        self.batch_size = _check_int("batch_size", batch_size, 1)
+        if ways > data.num_classes:
+            raise ValueError(f"ways={ways} but the split has only {data.num_classes} classes")
+        need = shots + queries
+        fewest = int(data.counts.min())
+        if need > fewest:
+            c = int(torch.argmin(data.counts))
+            raise ValueError(f"shots+queries={need} but class {data.names[c]!r} has only {fewest} images")
+        self.data = data
+        self.scale = scale
+        self.device = data.device
+        self._max_count = int(data.counts.max())
+        self._nrot = len(data.rotations)
+        self._rot_k = torch.tensor([r // 90 for r in data.rotations], device=self.device)
+        self._turns = sorted({r // 90 for r in data.rotations} - {0})   # host-side: no sync in gather
+        self.generator = torch.Generator(device=self.device)
+        self.generator.manual_seed(int(seed))
+
+    # -- state for exact resume -------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample_indices(self) -> tuple[Tensor, Tensor]:
+        """(rows, rot_k): rows (B, N, K+Q) int64 into ``data.images``; rot_k (B, N) quarter turns."""
+        B, N, S, g, dev = self.batch_size, self.ways, self.shots + self.queries, self.generator, self.device
+        classes = torch.rand(B, self.data.num_classes, generator=g, device=dev).argsort(dim=1)[:, :N]  # (B, N)
+        base, rot = classes // self._nrot, classes % self._nrot
+        counts = self.data.counts[base]                                                     # (B, N)
+        keys = torch.rand(B, N, self._max_count, generator=g, device=dev)
+        slot = torch.arange(self._max_count, device=dev)
+        keys = torch.where(slot < counts[..., None], keys, torch.full_like(keys, 2.0))    # pad to the end
+        pos = keys.argsort(dim=-1)[..., :S]                                                 # (B, N, S)
+        rows = self.data.offsets[base][..., None] + pos
+        return rows, self._rot_k[rot]
+
+    def gather(self, rows: Tensor, rot_k: Tensor) -> Tensor:
+        """uint8 images for ``rows`` (B, N, S), each class rotated by its own ``rot_k`` -> (B, N, S, C, H, W)."""
+        x = self.data.images[rows]
+        if self._nrot > 1:
+            out = x
+            for k in self._turns:
+                mask = (rot_k == k)[..., None, None, None, None]
+                out = torch.where(mask, torch.rot90(x, k, dims=(-2, -1)), out)
+            x = out
+        return x
+
+    def sample(self) -> Episode:
+        """One batch of B tasks: support (B, N*K, C, H, W), query (B, N*Q, C, H, W), float on the device."""
+        B, N, K, Q = self.batch_size, self.ways, self.shots, self.queries
+        rows, rot_k = self.sample_indices()
+        x = self.gather(rows, rot_k).to(torch.float32).mul_(self.scale)      # (B, N, K+Q, C, H, W)
+        shape = x.shape[3:]
+        labels = torch.arange(N, device=self.device)
+        sx = x[:, :, :K].reshape(B, N * K, *shape)
+        qx = x[:, :, K:].reshape(B, N * Q, *shape)
+        sy = labels.repeat_interleave(K).expand(B, N * K).contiguous()
+        qy = labels.repeat_interleave(Q).expand(B, N * Q).contiguous()
+        return Episode(sx, sy, qx, qy, N)
+
+    def __iter__(self) -> Iterator[Episode]:
+        while True:
+            yield self.sample()
