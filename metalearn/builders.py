@@ -1,0 +1,111 @@
+"""Name -> object lookups for the CLI (the only place that resolves names; library code passes objects)."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+from metalearn.config import ConfigError, TaskConfig
+from metalearn.data.storage import ClassImages
+from metalearn.learners.base import Learner
+
+# keys that may change between a checkpoint and the config that resumes/evaluates it
+MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.threads", "data.root",
+                "data.cache_dir", "data.device", "data.source", "eval", "name", "reference"}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"data.device: {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def _omniglot(cfg: TaskConfig, split: str) -> ClassImages:
+    from metalearn.data.omniglot import load_omniglot
+    return load_omniglot(cfg.data.root, split=split, image_size=cfg.data.image_size,
+                         rotations=cfg.data.rotations, source=cfg.data.source, cache_dir=cfg.data.cache_dir)
+
+
+def _miniimagenet(cfg: TaskConfig, split: str) -> ClassImages:
+    from metalearn.data.miniimagenet import load_miniimagenet
+    return load_miniimagenet(cfg.data.root, split=split, source=cfg.data.source, cache_dir=cfg.data.cache_dir)
+
+
+def _digits(cfg: TaskConfig, split: str) -> ClassImages | None:
+    from metalearn.data.digits import load_digits
+    if split == "val":
+        return None  # digits has no meta-validation classes
+    return load_digits(split)
+
+
+DATASETS: dict[str, Callable[[TaskConfig, str], ClassImages | None]] = {
+    "omniglot": _omniglot, "miniimagenet": _miniimagenet, "digits": _digits}
+
+
+def load_split(cfg: TaskConfig, split: str) -> ClassImages | None:
+    """The ``split`` of the configured dataset on the configured device (None: the dataset has no such split)."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset: unknown {cfg.dataset!r}; expected one of {sorted(DATASETS)}")
+    data = DATASETS[cfg.dataset](cfg, split)
+    return None if data is None else data.to(resolve_device(cfg.data.device))
+
+
+def _backbone(cfg: TaskConfig, in_channels: int) -> torch.nn.Module:
+    from metalearn.nn import Conv4
+    if cfg.model.backbone != "conv4":
+        raise ConfigError(f"model.backbone: unknown {cfg.model.backbone!r}; expected one of ['conv4']")
+    return Conv4(in_channels=in_channels, hidden=cfg.model.hidden)
+
+
+def _protonet(cfg: TaskConfig, image_shape: tuple) -> Learner:
+    from metalearn.learners.protonet import ProtoNet
+    return ProtoNet(_backbone(cfg, image_shape[0]))
+
+
+LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet}
+
+
+def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
+    if cfg.learner not in LEARNERS:
+        raise ConfigError(f"learner: unknown {cfg.learner!r}; expected one of {sorted(LEARNERS)}")
+    return LEARNERS[cfg.learner](cfg, tuple(image_shape))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = prefix + k
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_differences(a: dict, b: dict) -> list[str]:
+    """Keys whose values differ between two config dicts, ignoring :data:`MUTABLE_KEYS`."""
+    fa, fb = _flatten(a), _flatten(b)
+
+    def fixed(k: str) -> bool:
+        return not any(k == m or k.startswith(m + ".") for m in MUTABLE_KEYS)
+
+    return sorted(k for k in set(fa) | set(fb) if fixed(k) and fa.get(k) != fb.get(k))
+
+
+def run_meta(cfg: TaskConfig, image_shape: tuple) -> dict:
+    """What every checkpoint stores about the run that made it."""
+    return {"config": cfg.to_dict(), "config_hash": cfg.hash(), "learner": cfg.learner,
+            "model": dataclasses.asdict(cfg.model), "image_shape": list(image_shape)}
+
+
+def check_compatible(cfg: TaskConfig, meta: dict, what: str) -> None:
+    """Raise ValueError if checkpoint ``meta`` was made by another learner/model/config than ``cfg``."""
+    if meta.get("learner") != cfg.learner or meta.get("model") != dataclasses.asdict(cfg.model):
+        raise ValueError(f"{what} holds a {meta.get('learner')!r} model {meta.get('model')}, but the config asks "
+                         f"for a {cfg.learner!r} model {dataclasses.asdict(cfg.model)}")
+    diff = config_differences(meta.get("config", {}), cfg.to_dict())
+    if diff:
+        raise ValueError(f"{what} was made with a different config: {', '.join(diff)} differ")

@@ -1,0 +1,202 @@
+"""Command line: ``metalearn {demo,train,eval}``.
+
+  metalearn demo                                   ProtoNet on scikit-learn digits, offline, ~1-2 min on CPU
+  metalearn train --config tasks/X.yaml [--set key=value ...] --out DIR [--resume]
+  metalearn eval --checkpoint DIR [--ways N --shots K --queries Q --episodes E --split S] [--json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from metalearn.config import ConfigError, TaskConfig, config_from_dict, dump_config, load_config, load_yaml
+
+
+def _threads(n: int) -> None:
+    if n > 0:
+        torch.set_num_threads(n)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from metalearn.demo import format_results, run_demo
+    _threads(args.threads)
+    out = args.out or str(Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"metalearn demo: Prototypical Network (Conv4) meta-trained on digits 0-4 for {args.steps} steps, "
+          f"meta-tested on digits 5-9 (run directory {out})", flush=True)
+    results = run_demo(out, steps=args.steps, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
+    print(format_results(results, args.episodes))
+    return 0
+
+
+def _episode_sampler(cfg: TaskConfig, split: str, ways: int, shots: int, queries: int, batch: int, seed: int):
+    from metalearn.builders import load_split
+    from metalearn.episodes import EpisodeSampler
+    data = load_split(cfg, split)
+    if data is None:
+        return None
+    return EpisodeSampler(data, ways, shots, queries, batch_size=batch, seed=seed)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metalearn.builders import build_learner, check_compatible, run_meta
+    from metalearn.train.evaluator import evaluate
+    from metalearn.train.trainer import train
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out)
+    resolved = out / "config.yaml"
+    if args.resume:
+        if not resolved.is_file():
+            raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
+        from metalearn.builders import config_differences
+        diff = config_differences(load_yaml(resolved), cfg.to_dict())
+        if diff:
+            raise ConfigError(f"--resume: the run in {str(out)!r} was made with a different config "
+                              f"({', '.join(diff)} differ)")
+    elif (out / "last.pt").exists():
+        raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
+    _threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    t = cfg.train
+    sampler = _episode_sampler(cfg, "train", t.ways, t.shots, t.queries, t.batch_size, t.seed)
+    image_shape = tuple(sampler.data.image_shape)
+    learner = build_learner(cfg, image_shape).to(sampler.device)
+    val_data = None
+    if t.val_every:
+        from metalearn.builders import load_split
+        val_data = load_split(cfg, "val")
+
+    def val_sampler():
+        from metalearn.episodes import EpisodeSampler
+        e = cfg.eval
+        return EpisodeSampler(val_data, e.ways, e.shots, e.queries, batch_size=e.batch_size, seed=e.seed + 1)
+
+    out.mkdir(parents=True, exist_ok=True)
+    from metalearn.data.cache import atomic_write
+    with atomic_write(resolved, mode="w") as f:
+        f.write(dump_config(cfg))
+    meta = run_meta(cfg, image_shape)
+    t0 = time.perf_counter()
+    state = train(learner, sampler, t, out, val_sampler if val_data is not None else None, resume=args.resume,
+                  meta=meta, progress=not args.quiet,
+                  compatible=lambda m: check_compatible(cfg, m, f"{out / 'last.pt'}"))
+    wall = time.perf_counter() - t0
+    print(f"trained to step {state.step} in {wall:.0f} s; best validation accuracy "
+          f"{state.best_accuracy:.2f}% at step {state.best_step}" if val_data is not None else
+          f"trained to step {state.step} in {wall:.0f} s", flush=True)
+    if state.interrupted:
+        print(f"interrupted: continue with  metalearn train --config {args.config} --out {out} --resume")
+        return 130
+    if not args.no_eval:
+        res = _evaluate_dir(out, cfg.eval.ways, cfg.eval.shots, cfg.eval.queries, cfg.eval.episodes,
+                            cfg.eval.split, progress=not args.quiet)
+        res["train_wall_s"] = wall
+        with atomic_write(out / "eval.json", mode="w") as f:
+            json.dump(res, f, indent=1)
+        print(_format_eval(res))
+    return 0
+
+
+def _evaluate_dir(path: Path, ways: int | None, shots: int | None, queries: int | None, episodes: int | None,
+                  split: str | None, progress: bool = False) -> dict:
+    from metalearn.builders import build_learner, check_compatible
+    from metalearn.train.checkpoint import load_checkpoint
+    from metalearn.train.evaluator import evaluate
+
+    path = Path(path)
+    ck_path = path if path.is_file() else path / "best.pt"
+    run_dir = ck_path.parent
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"--checkpoint: {str(run_dir / 'config.yaml')!r} does not exist (not a run directory)")
+    cfg = config_from_dict(load_yaml(run_dir / "config.yaml"))
+    ck = load_checkpoint(ck_path)
+    check_compatible(cfg, ck.get("meta", {}), str(ck_path))
+    e = cfg.eval
+    ways, shots = ways or e.ways, shots or e.shots
+    queries, episodes, split = queries or e.queries, episodes or e.episodes, split or e.split
+    sampler = _episode_sampler(cfg, split, ways, shots, queries, e.batch_size, e.seed)
+    if sampler is None:
+        raise ConfigError(f"--split: dataset {cfg.dataset!r} has no {split!r} split")
+    image_shape = tuple(ck["meta"]["image_shape"])
+    if tuple(sampler.data.image_shape) != image_shape:
+        raise ValueError(f"{ck_path} was trained on images {image_shape}, the {split} split has "
+                         f"{tuple(sampler.data.image_shape)}")
+    learner = build_learner(cfg, image_shape).to(sampler.device)
+    try:
+        learner.load_state_dict(ck["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(ck_path)!r} does not fit the configured model: {err}") from None
+    t0 = time.perf_counter()
+    res = evaluate(learner, sampler, episodes, progress=progress)
+    out = res.summary()
+    out.update({"split": split, "dataset": cfg.dataset, "learner": cfg.learner, "checkpoint": str(ck_path),
+                "step": ck.get("step"), "seed": e.seed, "eval_wall_s": time.perf_counter() - t0,
+                "reference": cfg.reference.accuracy if (ways, shots) == (e.ways, e.shots) else None})
+    return out
+
+
+def _format_eval(res: dict) -> str:
+    ref = f" (published {res['reference']})" if res.get("reference") is not None else ""
+    return (f"{res['dataset']} {res['ways']}-way {res['shots']}-shot {res['split']}: "
+            f"{res['accuracy']:.2f} ± {res['ci95']:.2f}% over {res['episodes']} episodes{ref}")
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    _threads(args.threads)
+    res = _evaluate_dir(Path(args.checkpoint), args.ways, args.shots, args.queries, args.episodes, args.split,
+                        progress=not args.json)
+    print(json.dumps(res) if args.json else _format_eval(res))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="metalearn", description="Meta-learning and test-time adaptation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="ProtoNet on scikit-learn digits vs a 1-NN pixel baseline (offline)")
+    d.add_argument("--steps", type=int, default=600)
+    d.add_argument("--episodes", type=int, default=1000)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--out", default=None, help="run directory (default runs/demo-<time>)")
+    d.add_argument("--threads", type=int, default=0)
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(fn=cmd_demo)
+
+    t = sub.add_parser("train", help="meta-train from a task YAML")
+    t.add_argument("--config", required=True)
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    t.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
+    t.add_argument("--no-eval", action="store_true", help="skip the final test evaluation")
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a checkpoint on test episodes")
+    e.add_argument("--checkpoint", required=True, help="run directory (uses best.pt) or a .pt file")
+    e.add_argument("--ways", type=int)
+    e.add_argument("--shots", type=int)
+    e.add_argument("--queries", type=int)
+    e.add_argument("--episodes", type=int)
+    e.add_argument("--split", choices=["train", "val", "test"])
+    e.add_argument("--threads", type=int, default=0)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+    e.set_defaults(fn=cmd_eval)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
+        print(f"metalearn {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Task configuration: frozen dataclasses, built from YAML only at the edges (CLI), validated strictly.
+
+A task file (``tasks/*.yaml``) has the sections below; every key is optional except ``dataset``.  Unknown
+keys and wrong types are errors that name the key.  ``--set train.steps=100`` overrides one value.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem: names the key (and file/line where known)."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str | None = None          # data root; None -> $METALEARN_DATA
+    cache_dir: str | None = None     # decoded-uint8 cache; None -> $METALEARN_CACHE or ~/.cache/metalearn
+    image_size: int = 28             # Omniglot resize (105 -> image_size)
+    rotations: tuple = (0, 90, 180, 270)   # Omniglot rotation classes
+    source: str = "auto"             # auto | npz | zip | hf
+    device: str = "auto"             # where the split lives and episodes are sampled: auto | cpu | cuda
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "conv4"
+    hidden: int = 64
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    ways: int = 60
+    shots: int = 1
+    queries: int = 5
+    batch_size: int = 1              # tasks per optimiser step
+    steps: int = 20000               # optimiser steps (episodes when batch_size = 1)
+    lr: float = 1e-3
+    lr_step: int = 2000              # StepLR period in steps
+    lr_gamma: float = 0.5
+    weight_decay: float = 0.0
+    val_every: int = 500             # 0 disables validation (last checkpoint is kept)
+    val_episodes: int = 200
+    checkpoint_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+    threads: int = 0                 # torch CPU threads; 0 leaves the default
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    ways: int = 5
+    shots: int = 1
+    queries: int = 15
+    episodes: int = 1000
+    batch_size: int = 10             # test episodes per forward pass
+    seed: int = 1234
+    split: str = "test"
+
+
+@dataclass(frozen=True)
+class Reference:
+    accuracy: float | None = None    # published accuracy, %
+    ci95: float | None = None
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    dataset: str
+    name: str = ""
+    learner: str = "protonet"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    reference: Reference = field(default_factory=Reference)
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+    def hash(self) -> str:
+        """Stable hash of the resolved config (independent of key order)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check/convert ``value`` to annotation ``tp``; ConfigError naming ``key`` otherwise."""
+    args = get_args(tp)
+    if type(None) in args:
+        if value is None:
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is tuple or get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return tuple(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover
+        raise ConfigError(f"{key}: unsupported type {tp}")
+    raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; expected one of {sorted(names)}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        tp, key = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name], key + ".")
+        else:
+            kwargs[f.name] = _coerce(key, data[f.name], tp)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+
+
+def config_from_dict(data: dict) -> TaskConfig:
+    cfg = _build(TaskConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TaskConfig) -> None:
+    """Range checks that types alone do not catch."""
+    positive = {"train.ways": cfg.train.ways, "train.shots": cfg.train.shots, "train.queries": cfg.train.queries,
+                "train.batch_size": cfg.train.batch_size, "train.steps": cfg.train.steps,
+                "train.lr_step": cfg.train.lr_step, "eval.ways": cfg.eval.ways, "eval.shots": cfg.eval.shots,
+                "eval.queries": cfg.eval.queries, "eval.episodes": cfg.eval.episodes,
+                "eval.batch_size": cfg.eval.batch_size, "train.log_every": cfg.train.log_every,
+                "train.checkpoint_every": cfg.train.checkpoint_every, "model.hidden": cfg.model.hidden}
+    for key, v in positive.items():
+        if v < 1:
+            raise ConfigError(f"{key}: expected >= 1, got {v}")
+    if cfg.train.lr <= 0:
+        raise ConfigError(f"train.lr: expected > 0, got {cfg.train.lr}")
+    if cfg.train.val_every < 0 or cfg.train.val_episodes < 1:
+        raise ConfigError("train.val_every: expected >= 0 and train.val_episodes >= 1")
+    if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):
+        raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {cfg.data.device!r}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"train.steps=100"`` -> (["train", "steps"], 100); the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    data = json.loads(json.dumps(data))  # deep copy of plain data
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping; a syntax error names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(f"{path}:{where}: malformed YAML: {problem}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def dump_config(cfg: TaskConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,304 @@
+"""Checksums, atomic writes, the decoded-uint8 array cache, and small Hugging Face ``datasets`` helpers.
+
+Cache format (``FORMAT_VERSION`` 1): a cache entry named ``<path>`` is two files side by side
+
+* ``<path>.npy``  — the images, one uint8 array (any shape, typically (M, C, H, W)), plain ``np.save`` format,
+  loaded back with ``mmap_mode="c"`` (copy-on-write memory map: nothing is read until used, and the tensor
+  made from it is writable without touching the file);
+* ``<path>.json`` — ``{"format": 1, "key": ..., "shape": [...], "dtype": "uint8", "npy_bytes": <file size>,
+  "sha256": <sha256 of the .npy file>, "meta": {...}}``. ``meta`` is whatever the loader stores (class
+  names, counts, ...). ``key`` identifies the inputs (checksums of the source files, image size, the loader's
+  own format version; see :func:`make_key`).
+
+Both files are written with :func:`atomic_write` (temp file in the same folder, fsync, ``os.replace``), the
+``.npy`` first and the ``.json`` last, so the ``.json`` is the commit record: an interrupted build leaves the
+previous entry (or nothing) in place, never a half-written file under the final name.
+
+On load a missing entry or a key that differs (the sources or settings changed) returns ``None``: the caller
+rebuilds and overwrites. A damaged entry (size or checksum mismatch, unreadable json/npy) raises ``ValueError``
+naming the file, with the hint to delete it: silent rebuilds would hide disk problems.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import IO, Callable, Iterator, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes (read in 1 MiB chunks)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(_CHUNK)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def make_key(*parts: object) -> str:
+    """A cache key: sha256 of the JSON of ``(FORMAT_VERSION, *parts)`` (parts must be JSON-serialisable).
+
+    Typical parts: the loader name and version, ``{file name: sha256}`` of every source file, the image size.
+    """
+    blob = json.dumps([FORMAT_VERSION, *parts], sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """Write ``path`` atomically: ``with atomic_write(p) as f: f.write(...)``.
+
+    The data goes to a temp file in the same folder (so ``os.replace`` stays on one file system), which is
+    flushed, fsynced and renamed over ``path`` only when the block finishes without an exception. On an
+    exception (or a crash) the temp file is removed and ``path`` keeps its previous content (or stays absent).
+    ``mode`` is ``"wb"`` (default) or ``"w"`` (text, UTF-8).
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ok = False
+    try:
+        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(OSError):
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a cache may be shared
+        os.replace(tmp, path)
+        ok = True
+        _fsync_dir(path.parent)
+    finally:
+        if not ok:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+class _HashingWriter:
+    """File-like wrapper that hashes and counts what passes through (np.save writes via .write)."""
+
+    def __init__(self, f: IO) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b) -> int:
+        mv = memoryview(b).cast("B")
+        self.h.update(mv)
+        self.n += mv.nbytes
+        return self.f.write(mv)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    return p.with_name(p.name + ".npy"), p.with_name(p.name + ".json")
+
+
+def save_uint8_cache(path: str | os.PathLike, images: np.ndarray, meta: dict, *, key: str = "") -> Path:
+    """Store ``images`` (uint8, any shape) + ``meta`` (JSON-serialisable) as ``<path>.npy`` + ``<path>.json``.
+
+    ``path`` has no extension. Returns the ``.npy`` path. Both writes are atomic; the json is written last.
+    """
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise ValueError(f"images: expected a uint8 array, got {images.dtype}")
+    npy, js = _paths(path)
+    with atomic_write(npy) as f:
+        w = _HashingWriter(f)
+        np.save(w, np.ascontiguousarray(images), allow_pickle=False)
+        w.flush()
+    record = {"format": FORMAT_VERSION, "key": key, "shape": list(images.shape), "dtype": "uint8",
+              "npy_bytes": w.n, "sha256": w.h.hexdigest(), "meta": meta}
+    with atomic_write(js, "w") as f:
+        json.dump(record, f)
+    return npy
+
+
+def _damaged(file: Path, why: str) -> ValueError:
+    return ValueError(f"cache file {str(file)!r} is damaged ({why}); delete it (and its .npy/.json twin) "
+                      "to rebuild the cache")
+
+
+def load_uint8_cache(path: str | os.PathLike, key: str | None = None,
+                     verify: bool = True) -> tuple[np.ndarray, dict] | None:
+    """Load a cache entry written by :func:`save_uint8_cache`.
+
+    Returns ``(images, meta)`` with ``images`` a copy-on-write memory map (uint8, the saved shape), or ``None``
+    when the entry is absent or its key differs from ``key`` (stale: rebuild). ``key=None`` skips the key check.
+    ``verify=True`` checks the sha256 of the ``.npy`` (reads the whole file once); ``False`` checks sizes,
+    shape and dtype only. Raises ``ValueError`` naming the file if the entry is truncated or corrupted.
+    """
+    npy, js = _paths(path)
+    if not js.is_file():
+        return None
+    try:
+        record = json.loads(js.read_text(encoding="utf-8"))
+        rec_key, shape, rec_bytes, rec_sha = record["key"], tuple(record["shape"]), record["npy_bytes"], \
+            record["sha256"]
+        meta = record["meta"]
+        fmt = record["format"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(js, f"unreadable record: {e}") from e
+    if fmt != FORMAT_VERSION or (key is not None and rec_key != key):
+        return None
+    if not npy.is_file():
+        return None  # json without data (e.g. data deleted by hand): rebuild
+    size = npy.stat().st_size
+    if size != rec_bytes:
+        raise _damaged(npy, f"{size} bytes, expected {rec_bytes}: truncated or overwritten")
+    if verify:
+        got = sha256_file(npy)
+        if got != rec_sha:
+            raise _damaged(npy, f"sha256 {got[:12]}... does not match the recorded {rec_sha[:12]}...")
+    try:
+        arr = np.load(npy, mmap_mode="c", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise _damaged(npy, f"unreadable .npy: {e}") from e
+    if arr.dtype != np.uint8 or tuple(arr.shape) != shape:
+        raise _damaged(npy, f"holds {arr.dtype} {tuple(arr.shape)}, expected uint8 {shape}")
+    return arr, meta
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
+    """A tqdm progress bar for long decodes (a no-op object if disabled or tqdm is not installed)."""
+    if enabled:
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:  # pragma: no cover
+            enabled = False
+    if not enabled:
+        yield _NoBar()
+        return
+    with tqdm(total=total, desc=desc, unit=unit, leave=False) as bar:
+        yield bar
+
+
+def cache_entry_files(path: str | os.PathLike) -> tuple[Path, Path]:
+    """The two files of cache entry ``path``: (``<path>.npy``, ``<path>.json``)."""
+    return _paths(path)
+
+
+def file_checksums(files: Sequence[str | os.PathLike]) -> dict:
+    """``{file name: sha256}`` for each file (for :func:`make_key`)."""
+    return {Path(f).name: sha256_file(f) for f in files}
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets helpers
+def dir_checksums(folder: Path) -> dict:
+    """``{relative path: sha256}`` of every file under ``folder`` (cache key of a ``save_to_disk`` folder)."""
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def import_datasets():
+    """The ``datasets`` module, or an ImportError saying how to install it."""
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover - datasets is an optional extra
+        raise ImportError("the Hugging Face source needs the `datasets` package: pip install metalearn[hf]") from e
+    return datasets
+
+
+def locate_hf(hf_name: str | os.PathLike) -> tuple[object, Callable[[], object]]:
+    """(key ingredients, load()) for a local save_to_disk folder, else a Hub id (loaded now for its fingerprint)."""
+    datasets = import_datasets()
+    path = Path(hf_name).expanduser()
+    if path.is_dir():
+        def load():
+            try:
+                return datasets.load_from_disk(str(path))
+            except Exception as e:  # datasets raises several types for broken folders
+                raise ValueError(f"{path}: cannot load the Arrow dataset ({type(e).__name__}: {e})") from e
+        return {"dir": dir_checksums(path)}, load
+    ds = datasets.load_dataset(str(hf_name))
+    parts = ds.values() if isinstance(ds, datasets.DatasetDict) else [ds]
+    return {"hub": str(hf_name), "fingerprints": [d._fingerprint for d in parts]}, (lambda: ds)
+
+
+def hf_dataset_columns(ds, label: str, required: Sequence[str], split_from_keys: Sequence[str] | None = None):
+    """Concatenate a DatasetDict (adding a 'split' column from its keys if absent) and check the columns."""
+    datasets = import_datasets()
+    if isinstance(ds, datasets.DatasetDict):
+        parts = []
+        for k, d in ds.items():
+            if "split" not in d.column_names and split_from_keys is not None:
+                if k not in split_from_keys:
+                    raise ValueError(f"{label}: DatasetDict key {k!r} is not one of {tuple(split_from_keys)} and "
+                                     "there is no 'split' column")
+                d = d.add_column("split", [k] * len(d))
+            parts.append(d)
+        ds = datasets.concatenate_datasets(parts) if parts else None
+    if ds is None or not isinstance(ds, datasets.Dataset):
+        raise ValueError(f"{label}: expected a datasets.Dataset or DatasetDict, got {type(ds).__name__}")
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise ValueError(f"{label}: missing column(s) {missing}; found {ds.column_names}; expected schema "
+                         f"{list(required)}")
+    if isinstance(ds.features["image"], datasets.Image):
+        ds = ds.cast_column("image", datasets.Image(decode=False))
+    return ds
+
+
+def hf_image_bytes(value, where: str) -> bytes:
+    """Encoded bytes of one value of an ``Image(decode=False)`` column ({"bytes", "path"})."""
+    if isinstance(value, dict):
+        if value.get("bytes") is not None:
+            return value["bytes"]
+        if value.get("path"):
+            with open(value["path"], "rb") as f:
+                return f.read()
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value)
+    raise ValueError(f"{where}: image column holds {type(value).__name__}, expected an Image feature")
+
+
+def save_dataset_atomically(ds, out: str | os.PathLike) -> Path:
+    """``ds.save_to_disk`` into a temp folder beside ``out``, then swap it in."""
+    out = Path(out).expanduser()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        ds.save_to_disk(str(tmp))
+        if out.exists():
+            old = out.with_name(out.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -1,0 +1,204 @@
+"""torchmeta-style helpers: ``omniglot(...)`` / ``miniimagenet(...)`` and ``BatchMetaDataLoader``.
+
+Code written for torchmeta ::
+
+    dataset = omniglot("data", ways=5, shots=1, test_shots=15, meta_train=True, download=True)
+    loader = BatchMetaDataLoader(dataset, batch_size=16, num_workers=4)
+    for batch in loader:
+        x, y = batch["train"]   # (16, 5, 1, 28, 28) float in [0, 1], (16, 5) int64
+        xq, yq = batch["test"]  # (16, 75, 1, 28, 28), (16, 75)
+
+runs unchanged, on top of :class:`~metalearn.episodes.EpisodeSampler` (an episode is an index gather on the
+device; there are no worker processes). Differences from torchmeta, by design:
+
+* the loader is infinite unless ``num_batches`` is given (torchmeta's is effectively infinite too);
+* tasks are always random draws from a seeded generator (``seed``, default 0): the same seed gives the same
+  batches; ``BatchMetaDataLoader(shuffle=...)`` and ``num_workers`` are accepted and ignored;
+* ``transform`` / ``target_transform`` / ``dataset_transform`` / ``class_augmentations`` are ignored with a
+  warning: Omniglot is 28x28 with 0/90/180/270 rotation classes (change with ``image_size=`` / ``rotations=``),
+  miniImageNet 84x84, pixels scaled to [0, 1] as ``ToTensor`` does;
+* ``download=True`` downloads nothing: the files must be under ``folder`` (see ``load_omniglot``).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Iterator
+
+import torch
+
+from metalearn.data.miniimagenet import load_miniimagenet
+from metalearn.data.omniglot import load_omniglot
+from metalearn.data.storage import ClassImages
+from metalearn.episodes import EpisodeSampler
+
+META_SPLITS = ("train", "val", "test")
+_IGNORED = ("transform", "target_transform", "dataset_transform", "class_augmentations")
+
+
+class MetaDataset:
+    """A meta-split (:class:`ClassImages`) plus the task shape: ``ways`` classes, ``shots`` support and
+    ``test_shots`` query images per class (torchmeta's ``num_classes_per_task`` = ways).
+
+    ``shuffle=True`` shuffles the order of the examples inside each task's train/test sets (torchmeta's
+    ``ClassSplitter(shuffle=True)``); with ``False`` they come class by class (labels 0,0,..,1,1,..).
+    """
+
+    def __init__(self, data: ClassImages, ways: int, shots: int, test_shots: int | None = None,
+                 meta_split: str = "train", shuffle: bool = True, seed: int = 0) -> None:
+        if not isinstance(data, ClassImages):
+            raise TypeError(f"data: expected a ClassImages, got {type(data).__name__}")
+        if meta_split not in META_SPLITS:
+            raise ValueError(f"meta_split: expected one of {META_SPLITS}, got {meta_split!r}")
+        self.data = data
+        self.ways, self.shots = ways, shots
+        self.test_shots = shots if test_shots is None else test_shots
+        self.meta_split, self.shuffle, self.seed = meta_split, bool(shuffle), seed
+        self.sampler(1, seed)  # validates ways/shots/test_shots against the data now, with clear messages
+
+    @property
+    def num_classes_per_task(self) -> int:
+        return self.ways
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of the split (rotation classes included)."""
+        return self.data.num_classes
+
+    def __len__(self) -> int:
+        """Number of distinct class combinations, as torchmeta's CombinationMetaDataset."""
+        return math.comb(self.num_classes, self.ways)
+
+    def to(self, device: torch.device | str) -> "MetaDataset":
+        return MetaDataset(self.data.to(device), self.ways, self.shots, self.test_shots, self.meta_split,
+                           self.shuffle, self.seed)
+
+    def sampler(self, batch_size: int = 1, seed: int | None = None) -> EpisodeSampler:
+        """An :class:`EpisodeSampler` drawing ``batch_size`` tasks of this shape per call."""
+        return EpisodeSampler(self.data, ways=self.ways, shots=self.shots, queries=self.test_shots,
+                              batch_size=batch_size, seed=self.seed if seed is None else seed)
+
+    def __repr__(self) -> str:
+        return (f"MetaDataset(meta_split={self.meta_split!r}, classes={self.num_classes}, ways={self.ways}, "
+                f"shots={self.shots}, test_shots={self.test_shots}, image_shape={self.data.image_shape})")
+
+
+class BatchMetaDataLoader:
+    """Batches of ``batch_size`` tasks from a :class:`MetaDataset`, as dicts
+    ``{"train": (x, y), "test": (x, y)}``: x (B, N*K, C, H, W) float32 in [0, 1], y (B, N*K) int64 in [0, N)
+    (test: N*test_shots), on the dataset's device.
+
+    Infinite unless ``num_batches`` is given (then ``len(loader) == num_batches`` and each ``iter()`` yields that
+    many). One seeded stream per loader (``seed``, default the dataset's): iterating again continues the stream,
+    and two loaders with the same seed yield the same batches. ``shuffle``, ``num_workers`` and any other
+    torch DataLoader keyword are accepted for compatibility and ignored.
+    """
+
+    def __init__(self, dataset: MetaDataset, batch_size: int = 1, shuffle: bool = True, num_workers: int = 0,
+                 num_batches: int | None = None, seed: int | None = None, **ignored) -> None:
+        if not isinstance(dataset, MetaDataset):
+            raise TypeError(f"dataset: expected a MetaDataset (from omniglot()/miniimagenet()), "
+                            f"got {type(dataset).__name__}")
+        if num_batches is not None and (isinstance(num_batches, bool) or not isinstance(num_batches, int)
+                                        or num_batches < 1):
+            raise ValueError(f"num_batches: expected a positive integer or None, got {num_batches!r}")
+        self.dataset, self.batch_size, self.num_batches = dataset, batch_size, num_batches
+        self._sampler = dataset.sampler(batch_size, seed)
+
+    def __len__(self) -> int:
+        if self.num_batches is None:
+            raise TypeError("this BatchMetaDataLoader is infinite: pass num_batches=... to give it a length")
+        return self.num_batches
+
+    def _shuffle(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, n = y.shape
+        perm = torch.rand(B, n, generator=self._sampler.generator, device=y.device).argsort(dim=1)
+        idx = perm.view(B, n, *([1] * (x.dim() - 2))).expand_as(x)
+        return x.gather(1, idx), y.gather(1, perm)
+
+    def sample(self) -> dict:
+        """One batch (see the class docstring)."""
+        ep = self._sampler.sample()
+        train, test = (ep.support_x, ep.support_y), (ep.query_x, ep.query_y)
+        if self.dataset.shuffle:
+            train, test = self._shuffle(*train), self._shuffle(*test)
+        return {"train": train, "test": test}
+
+    def __iter__(self) -> Iterator[dict]:
+        n = 0
+        while self.num_batches is None or n < self.num_batches:
+            yield self.sample()
+            n += 1
+
+
+def _meta_split(meta_split: str | None, kwargs: dict) -> str:
+    flags = {s: kwargs.pop(f"meta_{s}", False) for s in META_SPLITS}
+    chosen = [s for s, v in flags.items() if v]
+    if len(chosen) > 1:
+        raise ValueError(f"meta_train/meta_val/meta_test: set only one to True, got {chosen}")
+    if meta_split is not None and meta_split not in META_SPLITS:
+        raise ValueError(f"meta_split: expected one of {META_SPLITS}, got {meta_split!r}")
+    if chosen and meta_split is not None and chosen[0] != meta_split:
+        raise ValueError(f"meta_split={meta_split!r} contradicts meta_{chosen[0]}=True")
+    return meta_split or (chosen[0] if chosen else "train")
+
+
+def _pop_ignored(kwargs: dict, helper: str) -> None:
+    got = [k for k in _IGNORED if kwargs.pop(k, None) is not None]
+    if got:
+        warnings.warn(f"{helper}(): {got} ignored; images come as float tensors in [0, 1] (see "
+                      "metalearn.data.helpers)", stacklevel=3)
+    if kwargs.pop("use_vinyals_split", True) is not True:
+        raise ValueError("use_vinyals_split: only the Vinyals split (True) is supported")
+
+
+def _load(loader, folder, download: bool, **kw) -> ClassImages:
+    try:
+        return loader(folder, **kw)
+    except FileNotFoundError as e:
+        if download:
+            raise FileNotFoundError(f"{e} (download=True: metalearn downloads nothing; place the files under "
+                                    "the folder)") from e
+        raise
+
+
+def omniglot(folder: str | os.PathLike | None, shots: int, ways: int, shuffle: bool = True,
+             test_shots: int | None = None, seed: int = 0, *, meta_split: str | None = None,
+             download: bool = False, image_size: int = 28, rotations=(0, 90, 180, 270), source: str = "auto",
+             cache_dir=None, hf_name=None, device: torch.device | str | None = None, **kwargs) -> MetaDataset:
+    """Omniglot meta-split as torchmeta's ``omniglot`` helper (same positional order: folder, shots, ways).
+
+    ``meta_split`` in {"train", "val", "test"} (default "train"), or torchmeta's ``meta_train=True`` /
+    ``meta_val=True`` / ``meta_test=True``. Images (1, image_size, image_size); each character is one class
+    per rotation (torchmeta's ``class_augmentations=[Rotation([90, 180, 270])]``). ``test_shots`` defaults to
+    ``shots``. ``device`` moves the images there (sampling then happens on it).
+    """
+    split = _meta_split(meta_split, kwargs)
+    _pop_ignored(kwargs, "omniglot")
+    if kwargs:
+        raise TypeError(f"omniglot(): unexpected keyword argument(s) {sorted(kwargs)}")
+    data = _load(load_omniglot, folder, download, split=split, image_size=image_size, rotations=rotations,
+                 source=source, cache_dir=cache_dir, hf_name=hf_name)
+    if device is not None:
+        data = data.to(device)
+    return MetaDataset(data, ways, shots, test_shots, split, shuffle, seed)
+
+
+def miniimagenet(folder: str | os.PathLike | None, shots: int, ways: int, shuffle: bool = True,
+                 test_shots: int | None = None, seed: int = 0, *, meta_split: str | None = None,
+                 download: bool = False, source: str = "auto", cache_dir=None, hf_name=None,
+                 device: torch.device | str | None = None, **kwargs) -> MetaDataset:
+    """miniImageNet meta-split as torchmeta's ``miniimagenet`` helper (folder, shots, ways, ...).
+
+    Images (3, 84, 84); ``meta_split`` / ``meta_train`` ... as in :func:`omniglot`.
+    """
+    split = _meta_split(meta_split, kwargs)
+    _pop_ignored(kwargs, "miniimagenet")
+    if kwargs:
+        raise TypeError(f"miniimagenet(): unexpected keyword argument(s) {sorted(kwargs)}")
+    data = _load(load_miniimagenet, folder, download, split=split, source=source, cache_dir=cache_dir,
+                 hf_name=hf_name)
+    if device is not None:
+        data = data.to(device)
+    return MetaDataset(data, ways, shots, test_shots, split, shuffle, seed)

@@ -1,0 +1,329 @@
+"""miniImageNet (Vinyals et al. 2016; Ravi & Larochelle split): 64 / 16 / 20 classes x 600 images, 84x84 RGB.
+
+Files under ``<root>/miniimagenet/``:
+
+* ``train.csv``, ``val.csv``, ``test.csv``: ``filename,label`` (label = WordNet id); the split definition.
+* images, one of
+  - ``"tar"``: the archives ``images_train_1.tar.gz`` + ``images_train_2.tar.gz`` (train), ``images_val.tar.gz``,
+    ``images_test.tar.gz``, each holding ``images/<filename>``; read in place with :mod:`tarfile` (nothing is
+    extracted to disk);
+  - ``"folder"``: an already extracted ``images/<filename>`` folder;
+  - ``"hf"``: a Hugging Face Arrow dataset (see :data:`HF_SCHEMA`), ``hf_name`` or ``<root>/miniimagenet_hf``;
+    :func:`export_miniimagenet_hf` writes one from the csv + archives (JPEG bytes copied as they are).
+* ``"auto"``: ``hf_name`` if given, else the split's archives, else ``images/``, else ``<root>/miniimagenet_hf``.
+
+Each split is decoded once (PIL -> RGB uint8, resized to 84x84 with bilinear if it is not already) and cached as
+a uint8 (M, 3, 84, 84) ``.npy`` (train: 38400 images, ~813 MB), memory-mapped on later loads. Classes are sorted
+by WordNet id; the images of a class keep their csv order.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from metalearn.data import cache as _cache
+from metalearn.data.paths import cache_dir as _cache_dir
+from metalearn.data.paths import data_root as _data_root
+from metalearn.data.storage import ClassImages
+
+SPLITS = ("train", "val", "test")
+SOURCES = ("auto", "tar", "folder", "hf")
+ARCHIVES = {"train": ("images_train_1.tar.gz", "images_train_2.tar.gz"), "val": ("images_val.tar.gz",),
+            "test": ("images_test.tar.gz",)}
+IMAGE_SIZE = 84
+_LOADER_VERSION = 1
+_HF_SPLIT_KEYS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+
+#: Columns accepted from a Hugging Face dataset: a DatasetDict with keys "train", "val" (or "validation"),
+#: "test", or one Dataset with an extra string column ``split`` holding those names.
+HF_SCHEMA = {
+    "image": "datasets.Image() (JPEG/any PIL-readable bytes), RGB, resized to 84x84 if it is not",
+    "label": "WordNet id: a string ('n01532829'), or a ClassLabel whose names are WordNet ids",
+    "filename": "optional string, the original file name (for messages)",
+}
+
+_ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError, ValueError, SyntaxError)
+
+
+def _mini_dir(root) -> Path:
+    return _data_root(root) / "miniimagenet"
+
+
+def read_split_csv(path: str | os.PathLike) -> tuple[list[str], list[str]]:
+    """``filename,label`` csv -> (filenames, labels) in file order; ValueError naming the file if malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"miniImageNet split file {str(path)!r} not found")
+    files, labels = [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if not reader.fieldnames or not {"filename", "label"} <= set(reader.fieldnames):
+                raise ValueError(f"expected columns filename,label, got {reader.fieldnames}")
+            for line, row in enumerate(reader, start=2):
+                if not row["filename"] or not row["label"]:
+                    raise ValueError(f"line {line}: empty filename or label")
+                files.append(row["filename"])
+                labels.append(row["label"])
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, csv.Error) as e:
+        raise ValueError(f"{path}: malformed miniImageNet split file ({e})") from e
+    if not files:
+        raise ValueError(f"{path}: no images listed")
+    if len(set(files)) != len(files):
+        dup = next(f for i, f in enumerate(files) if f in files[:i])
+        raise ValueError(f"{path}: file {dup!r} is listed twice")
+    return files, labels
+
+
+def class_order(labels: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(class names sorted, order, counts): ``order`` puts the rows class by class (sorted WordNet ids), each
+    class in its original row order; ``counts`` the images per class."""
+    names = sorted(set(labels))
+    index = {n: i for i, n in enumerate(names)}
+    cls = np.array([index[x] for x in labels], dtype=np.int64)
+    order = np.argsort(cls, kind="stable")
+    counts = np.bincount(cls, minlength=len(names))
+    return names, order, counts
+
+
+def _decode_jpeg(data: bytes, where: str) -> np.ndarray:
+    """Image bytes -> (3, 84, 84) uint8 RGB (bilinear resize if needed); ValueError naming ``where`` if broken."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+            im = im.convert("RGB")
+            if im.size != (IMAGE_SIZE, IMAGE_SIZE):
+                im = im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR)
+            arr = np.asarray(im)
+    except _ERRORS as e:
+        raise ValueError(f"{where}: cannot decode image, corrupt JPEG? ({type(e).__name__}: {e})") from e
+    return arr.transpose(2, 0, 1)
+
+
+# ----------------------------------------------------------------------------- raw image bytes per source
+def _iter_tar(archives: Sequence[Path], wanted: dict) -> Iterator[tuple[int, bytes, str]]:
+    """(position, bytes, where) for every member of ``archives`` whose base name is in ``wanted`` {name: pos}."""
+    found: set = set()
+    for path in archives:
+        try:
+            with tarfile.open(path, "r:gz") as tf:
+                for m in tf:
+                    name = m.name.rsplit("/", 1)[-1]
+                    if not m.isfile() or name not in wanted or name in found:
+                        continue
+                    f = tf.extractfile(m)
+                    data = f.read() if f is not None else b""
+                    found.add(name)
+                    yield wanted[name], data, f"{path}:{m.name}"
+        except _ERRORS as e:
+            raise ValueError(f"{path}: cannot read archive, truncated or corrupted? ({type(e).__name__}: {e})"
+                             ) from e
+    missing = [n for n in wanted if n not in found]
+    if missing:
+        raise ValueError(f"{len(missing)} file(s) listed in the split csv are not in {[str(a) for a in archives]}"
+                         f", e.g. {missing[:5]}")
+
+
+def _iter_folder(folder: Path, files: Sequence[str]) -> Iterator[tuple[int, bytes, str]]:
+    missing = [f for f in files if not (folder / f).is_file()]
+    if missing:
+        raise ValueError(f"{len(missing)} file(s) listed in the split csv are not in {str(folder)!r}, "
+                         f"e.g. {missing[:5]}")
+    for pos, name in enumerate(files):
+        path = folder / name
+        yield pos, path.read_bytes(), str(path)
+
+
+class _Split:
+    """A located split: ``kind``, ``label``, ``key`` (cheap cache-key ingredients) and ``open()`` ->
+    (labels per row, iterator of (row, bytes, where)); rows are in csv (or dataset) order."""
+
+    def __init__(self, kind: str, label: str, key: object, opener: Callable[[], tuple]) -> None:
+        self.kind, self.label, self.key, self.open = kind, label, key, opener
+
+
+def _tar_split(folder: Path, split: str) -> _Split:
+    csv_path = folder / f"{split}.csv"
+    archives = [folder / a for a in ARCHIVES[split]]
+
+    def opener():
+        files, labels = read_split_csv(csv_path)
+        return labels, _iter_tar(archives, {f: i for i, f in enumerate(files)})
+
+    return _Split("tar", str(folder), _cache.file_checksums([csv_path, *archives]), opener)
+
+
+def _folder_split(folder: Path, split: str) -> _Split:
+    csv_path = folder / f"{split}.csv"
+    images = folder / "images"
+    files, labels = read_split_csv(csv_path)
+    # key: the csv's checksum and (name, size, mtime) of the split's files: hashing 38k JPEGs each call is slow
+    stats = []
+    for f in files:
+        try:
+            st = (images / f).stat()
+            stats.append((f, st.st_size, st.st_mtime_ns))
+        except OSError:
+            stats.append((f, -1, -1))
+    key = {"csv": _cache.sha256_file(csv_path), "files": _cache.make_key(stats)}
+    return _Split("folder", str(images), key, lambda: (labels, _iter_folder(images, files)))
+
+
+def _hf_split(hf_name, split: str) -> _Split:
+    label = str(hf_name)
+    key, load = _cache.locate_hf(hf_name)
+
+    def opener():
+        datasets = _cache.import_datasets()
+        ds = load()
+        if isinstance(ds, datasets.DatasetDict):
+            keys = [k for k in _HF_SPLIT_KEYS[split] if k in ds]
+            if not keys:
+                raise ValueError(f"{label}: no split {split!r} (looked for keys {_HF_SPLIT_KEYS[split]}, found "
+                                 f"{list(ds.keys())})")
+            ds = ds[keys[0]]
+        elif "split" in ds.column_names:
+            names = set(_HF_SPLIT_KEYS[split])
+            ds = ds.filter(lambda s: s in names, input_columns="split")
+        else:
+            raise ValueError(f"{label}: a single Dataset needs a 'split' column; or save a DatasetDict with keys "
+                             "train/val/test")
+        if len(ds) == 0:
+            raise ValueError(f"{label}: split {split!r} is empty")
+        ds = _cache.hf_dataset_columns(ds, label, ["image", "label"])
+        feat = ds.features["label"]
+        raw = list(ds["label"])
+        labels = [feat.int2str(int(x)) for x in raw] if isinstance(feat, datasets.ClassLabel) else [str(x) for x in raw]
+        fnames = list(ds["filename"]) if "filename" in ds.column_names else None
+        images = list(ds["image"])  # [{"bytes", "path"}], materialised once
+
+        def rows():
+            for r in range(len(ds)):
+                where = f"{label} [{split}] row {r}" + (f" ({fnames[r]})" if fnames else "")
+                yield r, _cache.hf_image_bytes(images[r], where), where
+
+        return labels, rows()
+
+    return _Split("hf", label, key, opener)
+
+
+def _resolve(root, split: str, source: str, hf_name) -> _Split:
+    if source not in SOURCES:
+        raise ValueError(f"source: expected one of {SOURCES}, got {source!r}")
+    if source == "hf" or (source == "auto" and hf_name is not None):
+        if hf_name is None:
+            hf_name = _data_root(root) / "miniimagenet_hf"
+            if not hf_name.is_dir():
+                raise FileNotFoundError(f"miniImageNet (source='hf'): no Arrow dataset folder {str(hf_name)!r}; pass "
+                                        "hf_name=<folder or Hub id> or write one with export_miniimagenet_hf")
+        return _hf_split(hf_name, split)
+    folder = _mini_dir(root)
+    csv_path = folder / f"{split}.csv"
+    archives = [folder / a for a in ARCHIVES[split]]
+    have_tars = all(a.is_file() for a in archives)
+    if source == "tar" or (source == "auto" and have_tars):
+        missing = [str(p) for p in [csv_path, *archives] if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"miniImageNet (source='tar', split={split!r}): missing {missing}")
+        return _tar_split(folder, split)
+    if source == "folder" or (source == "auto" and (folder / "images").is_dir()):
+        missing = [str(p) for p in [csv_path, folder / "images"] if not p.exists()]
+        if missing:
+            raise FileNotFoundError(f"miniImageNet (source='folder', split={split!r}): missing {missing}")
+        return _folder_split(folder, split)
+    hf_dir = folder.parent / "miniimagenet_hf"
+    if hf_dir.is_dir():
+        return _hf_split(hf_dir, split)
+    raise FileNotFoundError(
+        f"miniImageNet split {split!r} not found; looked for {csv_path} with the archives "
+        + ", ".join(map(str, archives)) + f" or the folder {folder / 'images'}; and an Arrow dataset folder {hf_dir}")
+
+
+def _decode_split(src: _Split, split: str) -> tuple[np.ndarray, list, list]:
+    """-> images (M, 3, 84, 84) uint8 grouped by class (sorted WordNet id, csv order inside), names, counts."""
+    labels, items = src.open()
+    names, order, counts = class_order(labels)
+    n = len(labels)
+    dest = np.empty(n, dtype=np.int64)
+    dest[order] = np.arange(n)  # row r of the csv goes to dest[r]
+    out = np.empty((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
+    done = np.zeros(n, dtype=bool)
+    with _cache.progress(n, f"decoding miniImageNet {split} ({src.kind})", "img", enabled=n >= 1000) as bar:
+        for r, data, where in items:
+            out[dest[r]] = _decode_jpeg(data, where)
+            done[r] = True
+            bar.update(1)
+    if not done.all():  # pragma: no cover - the iterators raise first
+        raise ValueError(f"{src.label}: {int((~done).sum())} images of split {split!r} were not found")
+    return out, names, counts.tolist()
+
+
+def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train", source: str = "auto",
+                      cache_dir: str | os.PathLike | None = None, hf_name: str | os.PathLike | None = None
+                      ) -> ClassImages:
+    """One miniImageNet split as :class:`ClassImages`.
+
+    Args:
+        root: data root holding ``miniimagenet/`` (default $METALEARN_DATA). Not needed for a Hub ``hf_name``.
+        split: "train" (64 classes), "val" (16) or "test" (20); 600 images per class in the standard files.
+        source: "auto", "tar", "folder" or "hf" (see the module docstring).
+        cache_dir: where the decoded cache lives (default $METALEARN_CACHE or ~/.cache/metalearn).
+        hf_name: a ``save_to_disk`` folder or a Hub id for the "hf" source.
+
+    Returns:
+        ClassImages with images (M, 3, 84, 84) uint8 RGB grouped by class (sorted WordNet id; csv order inside
+        a class), names = WordNet ids, rotations (0,). A cached split comes back memory-mapped (copy-on-write).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    src = _resolve(root, split, source, hf_name)
+    key = _cache.make_key("miniimagenet", _LOADER_VERSION, src.kind, split, src.key, IMAGE_SIZE)
+    tag = src.kind if src.kind != "hf" else "hf_" + _cache.make_key(src.label)[:8]
+    entry = _cache_dir(cache_dir) / f"miniimagenet_{tag}_{split}"
+    hit = _cache.load_uint8_cache(entry, key)
+    if hit is None:
+        images, names, counts = _decode_split(src, split)
+        _cache.save_uint8_cache(entry, images, {"names": names, "counts": counts, "split": split}, key=key)
+    else:
+        images, meta = hit
+        names, counts = meta["names"], meta["counts"]
+    counts_t = torch.as_tensor(counts, dtype=torch.int64)
+    offsets = torch.cumsum(counts_t, 0) - counts_t
+    return ClassImages(torch.from_numpy(images), offsets, counts_t, tuple(names), (0,))
+
+
+def export_miniimagenet_hf(out_dir: str | os.PathLike, root: str | os.PathLike | None = None,
+                           splits: Sequence[str] = SPLITS, source: str = "auto") -> Path:
+    """Write miniImageNet as a Hugging Face Arrow ``DatasetDict`` (``save_to_disk``) at ``out_dir``.
+
+    Keys = ``splits``; columns ``image`` (the original JPEG bytes, not re-encoded), ``label`` (WordNet id string),
+    ``filename``; rows in csv order. ``load_miniimagenet(source="hf", hf_name=out_dir)`` then gives tensors
+    identical to the archives. The folder is replaced atomically.
+    """
+    datasets = _cache.import_datasets()
+    if source not in ("auto", "tar", "folder"):
+        raise ValueError(f"source: expected 'auto', 'tar' or 'folder', got {source!r}")
+    folder = _mini_dir(root)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string"),
+                                  "filename": datasets.Value("string")})
+    out = {}
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"splits: {split!r} is not one of {SPLITS}")
+        src = _resolve(root, split, source, None)
+        files, labels = read_split_csv(folder / f"{split}.csv")
+        blobs: list = [None] * len(files)
+        for r, data, _ in src.open()[1]:
+            blobs[r] = {"bytes": data, "path": None}
+        out[split] = datasets.Dataset.from_dict({"image": blobs, "label": labels, "filename": files},
+                                                features=features)
+    return _cache.save_dataset_atomically(datasets.DatasetDict(out), Path(out_dir))

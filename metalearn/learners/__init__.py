@@ -1,0 +1,5 @@
+"""Learners: one file per algorithm."""
+from metalearn.learners.base import Learner as Learner
+from metalearn.learners.protonet import ProtoNet as ProtoNet
+
+__all__ = ["Learner", "ProtoNet"]

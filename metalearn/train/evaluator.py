@@ -1,0 +1,66 @@
+"""Evaluation: accuracy over many test episodes, mean ± 95% confidence interval (1.96·std/√n)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from metalearn.episodes import EpisodeSampler
+from metalearn.learners.base import Learner
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    accuracy: float      # mean per-episode accuracy, %
+    ci95: float          # 1.96 * std / sqrt(n), %  (std with ddof=1)
+    episodes: int
+    ways: int
+    shots: int
+    queries: int
+    per_episode: tuple   # per-episode accuracies, %
+
+    def summary(self) -> dict:
+        return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes,
+                "ways": self.ways, "shots": self.shots, "queries": self.queries}
+
+    def __str__(self) -> str:
+        return f"{self.accuracy:.2f} ± {self.ci95:.2f}% ({self.ways}-way {self.shots}-shot, {self.episodes} episodes)"
+
+
+def mean_ci95(values: np.ndarray | list) -> tuple[float, float]:
+    """(mean, 1.96 * sample std / sqrt(n)); the CI of a single value is 0."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("mean_ci95: no values")
+    ci = 1.96 * v.std(ddof=1) / math.sqrt(v.size) if v.size > 1 else 0.0
+    return float(v.mean()), float(ci)
+
+
+def episode_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-task accuracy in %.  logits ([B,] NQ, N), y ([B,] NQ) -> ([B],)."""
+    return (logits.argmax(-1) == y).to(torch.float64).mean(-1) * 100.0
+
+
+def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress: bool = False) -> EvalResult:
+    """Accuracy of ``learner.predict`` on ``episodes`` episodes drawn from ``sampler`` (eval mode inside)."""
+    if episodes < 1:
+        raise ValueError(f"episodes: expected >= 1, got {episodes}")
+    was_training = learner.training
+    learner.eval()
+    accs = []
+    draws = math.ceil(episodes / sampler.batch_size)
+    it = range(draws)
+    if progress:
+        from tqdm.auto import tqdm
+        it = tqdm(it, desc="eval", unit="batch", leave=False)
+    try:
+        for _ in it:
+            ep = sampler.sample()
+            accs.append(episode_accuracy(learner.predict(ep), ep.query_y).reshape(-1))
+    finally:
+        learner.train(was_training)
+    acc = torch.cat(accs)[:episodes].cpu().numpy()  # one host sync
+    mean, ci = mean_ci95(acc)
+    return EvalResult(mean, ci, int(acc.size), sampler.ways, sampler.shots, sampler.queries, tuple(acc.tolist()))

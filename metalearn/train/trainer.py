@@ -1,0 +1,176 @@
+"""Episodic trainer: Adam + step schedule, validation for checkpoint selection, JSONL metrics, exact resume.
+
+Files in ``out_dir``:
+  last.pt        everything needed to continue (model, optimiser, schedule, sampler RNG, step, best so far)
+  best.pt        the weights with the best validation accuracy (or the last weights if validation is off)
+  metrics.jsonl  one JSON object per log interval / validation
+Ctrl-C finishes the step in flight, writes last.pt and returns; ``resume=True`` continues from last.pt and
+gives the same result as an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from metalearn.config import TrainConfig
+from metalearn.episodes import EpisodeSampler
+from metalearn.learners.base import Learner
+from metalearn.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from metalearn.train.evaluator import episode_accuracy, evaluate
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    best_accuracy: float = -math.inf
+    best_step: int = 0
+    interrupted: bool = False
+    history: list = field(default_factory=list)
+
+
+class _StopFlag:
+    """First SIGINT asks the loop to stop after the current step; a second one raises as usual."""
+
+    def __init__(self) -> None:
+        self.stop = False
+        self._old = None
+
+    def __enter__(self) -> "_StopFlag":
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not in the main thread
+            self._old = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.stop:
+            raise KeyboardInterrupt
+        self.stop = True
+
+    def __exit__(self, *exc) -> None:
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric records logged after ``step`` (they belong to the interrupted tail of a run)."""
+    if not path.exists():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(ln + "\n" for ln in keep))
+    os.replace(tmp, path)
+
+
+def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: str | os.PathLike,
+          val_sampler_fn: Callable[[], EpisodeSampler] | None = None, *, resume: bool = False,
+          meta: dict | None = None, progress: bool = True,
+          compatible: Callable[[dict], None] | None = None) -> TrainState:
+    """Meta-train ``learner`` on episodes from ``sampler`` for ``cfg.steps`` optimiser steps.
+
+    val_sampler_fn: builds a fresh, fixed-seed validation sampler (the same validation episodes every time).
+    meta: stored in every checkpoint (resolved config, input shape, ...), checked by ``compatible`` on resume.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    opt = torch.optim.Adam(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
+    state = TrainState()
+    metrics_path = out / "metrics.jsonl"
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    meta = dict(meta or {})
+
+    if resume:
+        ck = load_checkpoint(last_path)
+        if compatible is not None:
+            compatible(ck.get("meta", {}))
+        try:
+            learner.load_state_dict(ck["model"])
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {str(last_path)!r} does not fit this model: {e}") from None
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        sampler.load_state_dict(ck["sampler"])
+        state.step, state.best_accuracy, state.best_step = ck["step"], ck["best_accuracy"], ck["best_step"]
+        _truncate_metrics(metrics_path, state.step)
+    elif last_path.exists():
+        raise FileExistsError(f"{str(out)!r} already holds a run (last.pt); pass resume=True (--resume) or "
+                              "choose another output directory")
+
+    def checkpoint() -> None:
+        atomic_save({"format": FORMAT, "kind": "train", "meta": meta, "model": learner.state_dict(),
+                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "sampler": sampler.state_dict(), "step": state.step,
+                     "best_accuracy": state.best_accuracy, "best_step": state.best_step}, last_path)
+
+    def save_best(accuracy: float) -> None:
+        atomic_save({"format": FORMAT, "kind": "weights", "meta": meta, "model": learner.state_dict(),
+                     "step": state.step, "val_accuracy": accuracy}, best_path)
+
+    def log(record: dict) -> None:
+        state.history.append(record)
+        with open(metrics_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    learner.train()
+    loss_sum = acc_sum = None
+    n_acc, t0, last_val = 0, time.perf_counter(), None
+    with _StopFlag() as flag:
+        while state.step < cfg.steps and not flag.stop:
+            ep = sampler.sample()
+            loss, logits = learner.loss(ep)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            state.step += 1
+            acc = episode_accuracy(logits.detach(), ep.query_y).mean()
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()   # no host sync here
+            acc_sum = acc if acc_sum is None else acc_sum + acc
+            n_acc += 1
+            if bar is not None:
+                bar.update(1)
+            if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                dt = time.perf_counter() - t0
+                rec = {"step": state.step, "loss": float(loss_sum) / n_acc, "train_accuracy": float(acc_sum) / n_acc,
+                       "lr": sched.get_last_lr()[0], "episodes_per_s": n_acc * sampler.batch_size / dt}
+                log(rec)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{rec['loss']:.3f}", acc=f"{rec['train_accuracy']:.1f}",
+                                    val=("-" if last_val is None else f"{last_val:.1f}"),
+                                    eps=f"{rec['episodes_per_s']:.1f}")
+                loss_sum = acc_sum = None
+                n_acc, t0 = 0, time.perf_counter()
+            if val_sampler_fn is not None and cfg.val_every and (state.step % cfg.val_every == 0
+                                                                 or state.step == cfg.steps):
+                res = evaluate(learner, val_sampler_fn(), cfg.val_episodes)
+                last_val = res.accuracy
+                improved = res.accuracy > state.best_accuracy
+                if improved:
+                    state.best_accuracy, state.best_step = res.accuracy, state.step
+                    save_best(res.accuracy)
+                log({"step": state.step, "val_accuracy": res.accuracy, "val_ci95": res.ci95, "best": improved})
+                t0 = time.perf_counter()
+            if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                checkpoint()
+        if flag.stop and state.step < cfg.steps:
+            state.interrupted = True
+            checkpoint()
+    if bar is not None:
+        bar.close()
+    if (val_sampler_fn is None or not cfg.val_every) and not state.interrupted:
+        state.best_step = state.step
+        save_best(float("nan"))
+    return state
