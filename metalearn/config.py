@@ -130,7 +130,7 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
 
 def _build(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
@@ -148,7 +148,7 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
     try:
         return cls(**kwargs)
     except TypeError as e:
-        raise ConfigError(f"{prefix or 'config'}: {e}") from None
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: {e}") from None
 
 
 def config_from_dict(data: dict) -> TaskConfig:

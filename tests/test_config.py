@@ -1,0 +1,54 @@
+from pathlib import Path
+
+import pytest
+
+from metalearn.config import ConfigError, apply_overrides, config_from_dict, load_config
+
+TASKS = sorted(Path(__file__).resolve().parents[1].glob("tasks/*.yaml"))
+
+
+@pytest.mark.parametrize("path", TASKS, ids=[p.stem for p in TASKS])
+def test_every_task_file_loads(path):
+    cfg = load_config(path)
+    assert cfg.name == path.stem
+    if cfg.dataset != "digits":
+        assert cfg.reference.accuracy is not None  # each benchmark carries its published number
+
+
+def test_six_protonet_benchmarks_with_published_numbers():
+    refs = {p.stem: load_config(p).reference.accuracy for p in TASKS}
+    assert refs["protonet_omniglot_5w1s"] == 98.8 and refs["protonet_omniglot_20w5s"] == 98.9
+    assert refs["protonet_miniimagenet_5w1s"] == 49.42 and refs["protonet_miniimagenet_5w5s"] == 68.20
+
+
+def test_unknown_key_and_wrong_type_are_named():
+    with pytest.raises(ConfigError, match="unknown config key 'train.wayz'"):
+        config_from_dict({"dataset": "omniglot", "train": {"wayz": 5}})
+    with pytest.raises(ConfigError, match="train.ways: expected int, got 'five'"):
+        config_from_dict({"dataset": "omniglot", "train": {"ways": "five"}})
+    with pytest.raises(ConfigError, match="train.lr: expected float"):
+        config_from_dict({"dataset": "omniglot", "train": {"lr": True}})
+    with pytest.raises(ConfigError, match="eval.shots: expected >= 1"):
+        config_from_dict({"dataset": "omniglot", "eval": {"shots": 0}})
+    with pytest.raises(ConfigError, match="train: expected a mapping"):
+        config_from_dict({"dataset": "omniglot", "train": 3})
+
+
+def test_malformed_yaml_reports_the_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("dataset: omniglot\ntrain:\n  ways: 5\n  shots: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:.*line \d+"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_overrides_and_hash_is_independent_of_key_order():
+    a = config_from_dict({"dataset": "omniglot", "train": {"ways": 20, "shots": 5}})
+    b = config_from_dict({"train": {"shots": 5, "ways": 20}, "dataset": "omniglot"})
+    assert a.hash() == b.hash()
+    c = config_from_dict(apply_overrides({"dataset": "omniglot", "train": {"ways": 20, "shots": 5}},
+                                         ["train.steps=7", "eval.ways=20"]))
+    assert c.train.steps == 7 and c.eval.ways == 20 and c.hash() != a.hash()
+    with pytest.raises(ConfigError, match="key=value"):
+        apply_overrides({}, ["train.steps"])
