@@ -62,7 +62,7 @@ def _backbone(cfg: TaskConfig, in_channels: int) -> torch.nn.Module:
 
 def _protonet(cfg: TaskConfig, image_shape: tuple) -> Learner:
     from metalearn.learners.protonet import ProtoNet
-    return ProtoNet(_backbone(cfg, image_shape[0]))
+    return ProtoNet(_backbone(cfg, image_shape[0]), check_support=False)  # fed by EpisodeSampler: always complete
 
 
 LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet}

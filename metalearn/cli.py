@@ -86,9 +86,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                   meta=meta, progress=not args.quiet,
                   compatible=lambda m: check_compatible(cfg, m, f"{out / 'last.pt'}"))
     wall = time.perf_counter() - t0
-    print(f"trained to step {state.step} in {wall:.0f} s; best validation accuracy "
-          f"{state.best_accuracy:.2f}% at step {state.best_step}" if val_data is not None else
-          f"trained to step {state.step} in {wall:.0f} s", flush=True)
+    msg = f"trained to step {state.step} in {wall:.0f} s"
+    if val_data is not None and state.best_step:
+        msg += f"; best validation accuracy {state.best_accuracy:.2f}% at step {state.best_step}"
+    print(msg, flush=True)
     if state.interrupted:
         print(f"interrupted: continue with  metalearn train --config {args.config} --out {out} --resume")
         return 130
@@ -117,11 +118,14 @@ def _evaluate_dir(path: Path, ways: int | None, shots: int | None, queries: int 
     ck = load_checkpoint(ck_path)
     check_compatible(cfg, ck.get("meta", {}), str(ck_path))
     e = cfg.eval
-    ways, shots = ways or e.ways, shots or e.shots
-    queries, episodes, split = queries or e.queries, episodes or e.episodes, split or e.split
+    ways = e.ways if ways is None else ways
+    shots = e.shots if shots is None else shots
+    queries = e.queries if queries is None else queries
+    episodes = e.episodes if episodes is None else episodes
+    split = e.split if split is None else split
     sampler = _episode_sampler(cfg, split, ways, shots, queries, e.batch_size, e.seed)
     if sampler is None:
-        raise ConfigError(f"--split: dataset {cfg.dataset!r} has no {split!r} split")
+        raise ConfigError(f"split: dataset {cfg.dataset!r} has no {split!r} split (--split or eval.split)")
     image_shape = tuple(ck["meta"]["image_shape"])
     if tuple(sampler.data.image_shape) != image_shape:
         raise ValueError(f"{ck_path} was trained on images {image_shape}, the {split} split has "
@@ -136,7 +140,8 @@ def _evaluate_dir(path: Path, ways: int | None, shots: int | None, queries: int 
     out = res.summary()
     out.update({"split": split, "dataset": cfg.dataset, "learner": cfg.learner, "checkpoint": str(ck_path),
                 "step": ck.get("step"), "seed": e.seed, "eval_wall_s": time.perf_counter() - t0,
-                "reference": cfg.reference.accuracy if (ways, shots) == (e.ways, e.shots) else None})
+                "reference": cfg.reference.accuracy if (ways, shots, queries, split) == (
+                    e.ways, e.shots, e.queries, e.split) else None})
     return out
 
 
@@ -154,13 +159,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metalearn", description="Meta-learning and test-time adaptation.")
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="ProtoNet on scikit-learn digits vs a 1-NN pixel baseline (offline)")
-    d.add_argument("--steps", type=int, default=600)
-    d.add_argument("--episodes", type=int, default=1000)
+    d.add_argument("--steps", type=_positive, default=600)
+    d.add_argument("--episodes", type=_positive, default=1000)
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="run directory (default runs/demo-<time>)")
     d.add_argument("--threads", type=int, default=0)
@@ -178,10 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on test episodes")
     e.add_argument("--checkpoint", required=True, help="run directory (uses best.pt) or a .pt file")
-    e.add_argument("--ways", type=int)
-    e.add_argument("--shots", type=int)
-    e.add_argument("--queries", type=int)
-    e.add_argument("--episodes", type=int)
+    e.add_argument("--ways", type=_positive)
+    e.add_argument("--shots", type=_positive)
+    e.add_argument("--queries", type=_positive)
+    e.add_argument("--episodes", type=_positive)
     e.add_argument("--split", choices=["train", "val", "test"])
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object")

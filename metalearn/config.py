@@ -110,6 +110,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is tuple or get_origin(tp) is tuple:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+            raise ConfigError(f"{key}: expected a list of integers, got {value!r}")
         return tuple(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -172,6 +174,8 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"train.lr: expected > 0, got {cfg.train.lr}")
     if cfg.train.val_every < 0 or cfg.train.val_episodes < 1:
         raise ConfigError("train.val_every: expected >= 0 and train.val_episodes >= 1")
+    if cfg.eval.split not in ("train", "val", "test"):
+        raise ConfigError(f"eval.split: expected train, val or test, got {cfg.eval.split!r}")
     if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):
         raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {cfg.data.device!r}")
 

@@ -15,7 +15,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
         env = os.environ.get("METALEARN_DATA")
         if not env:
             raise FileNotFoundError(
-                "no data root: pass root=/path/to/data (CLI: --data-dir or data.root) or set METALEARN_DATA")
+                "no data root: pass root=/path/to/data (CLI: --set data.root=PATH) or set METALEARN_DATA")
         root = env
     path = Path(root).expanduser()
     if not path.is_dir():

@@ -13,14 +13,15 @@ from metalearn.learners.base import Learner
 from metalearn.types import Episode
 
 
-def prototypes(z: Tensor, y: Tensor, ways: int) -> Tensor:
+def prototypes(z: Tensor, y: Tensor, ways: int, check: bool = True) -> Tensor:
     """Class means of support embeddings.  z: ([B,] N*K, D), y: ([B,] N*K) in [0, ways) -> ([B,] ways, D).
 
-    Snell et al. 2017, eq. 1.  Raises ValueError if a class has no support example.
+    Snell et al. 2017, eq. 1.  With ``check`` (default), a class without a support example raises ValueError;
+    the check reads a value back from the device, so hot loops fed by EpisodeSampler turn it off.
     """
     onehot = F.one_hot(y, ways).to(z.dtype)                       # ([B,] NK, N)
     counts = onehot.sum(dim=-2)                                    # ([B,] N)
-    if bool((counts == 0).any()):
+    if check and bool((counts == 0).any()):
         missing = int((counts == 0).nonzero()[0, -1])
         raise ValueError(f"support_y: class {missing} has no support example (ways={ways})")
     return (onehot.transpose(-1, -2) @ z) / counts[..., None]
@@ -32,9 +33,9 @@ def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
     return d.clamp_min(0.0)
 
 
-def protonet_logits(support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int) -> Tensor:
+def protonet_logits(support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int, check: bool = True) -> Tensor:
     """Query logits = -||f(x) - c_k||^2.  ([B,] NK, D), ([B,] NK), ([B,] NQ, D) -> ([B,] NQ, ways)."""
-    return -squared_euclidean(query_z, prototypes(support_z, support_y, ways))
+    return -squared_euclidean(query_z, prototypes(support_z, support_y, ways, check))
 
 
 class ProtoNet(Learner):
@@ -46,9 +47,10 @@ class ProtoNet(Learner):
         >>> loss, logits = learner.loss(episode)   # logits: ([B,] N*Q, N)
     """
 
-    def __init__(self, encoder: nn.Module) -> None:
+    def __init__(self, encoder: nn.Module, check_support: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
+        self.check_support = check_support  # False skips the missing-class check (a host sync per episode)
 
     def forward(self, episode: Episode) -> Tensor:
         sx, qx = episode.support_x, episode.query_x
@@ -58,7 +60,8 @@ class ProtoNet(Learner):
         # one encoder call for support and query of all tasks (one BatchNorm batch, as in Snell's code)
         n_s = sx.shape[-4]
         z = self.encoder(torch.cat([sx, qx], dim=-4))               # ([B,] NK+NQ, D)
-        return protonet_logits(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways)
+        return protonet_logits(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways,
+                               self.check_support)
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         logits = self(episode)

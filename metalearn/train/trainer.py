@@ -64,7 +64,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric records logged after ``step`` (they belong to the interrupted tail of a run)."""
     if not path.exists():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            rec = json.loads(ln)
+        except json.JSONDecodeError:  # a line cut short by a crash
+            continue
+        if isinstance(rec, dict) and rec.get("step", 0) <= step:
+            keep.append(ln)
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
@@ -104,6 +111,8 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
     elif last_path.exists():
         raise FileExistsError(f"{str(out)!r} already holds a run (last.pt); pass resume=True (--resume) or "
                               "choose another output directory")
+    else:
+        metrics_path.unlink(missing_ok=True)  # a run that died before its first checkpoint starts afresh
 
     def checkpoint() -> None:
         atomic_save({"format": FORMAT, "kind": "train", "meta": meta, "model": learner.state_dict(),
