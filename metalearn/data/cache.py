@@ -302,3 +302,14 @@ def save_dataset_atomically(ds, out: str | os.PathLike) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def load_or_build(path: str | os.PathLike, key: str, build: Callable[[], tuple[np.ndarray, dict]]
+                  ) -> tuple[np.ndarray, dict]:
+    """The cached ``(images, meta)`` under ``path`` if its key matches, else ``build()`` them and cache them."""
+    hit = load_uint8_cache(path, key)
+    if hit is not None:
+        return hit
+    images, meta = build()
+    save_uint8_cache(path, images, meta, key=key)
+    return images, meta

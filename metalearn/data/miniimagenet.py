@@ -289,13 +289,13 @@ def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train
     key = _cache.make_key("miniimagenet", _LOADER_VERSION, src.kind, split, src.key, IMAGE_SIZE)
     tag = src.kind if src.kind != "hf" else "hf_" + _cache.make_key(src.label)[:8]
     entry = _cache_dir(cache_dir) / f"miniimagenet_{tag}_{split}"
-    hit = _cache.load_uint8_cache(entry, key)
-    if hit is None:
+
+    def build() -> tuple[np.ndarray, dict]:
         images, names, counts = _decode_split(src, split)
-        _cache.save_uint8_cache(entry, images, {"names": names, "counts": counts, "split": split}, key=key)
-    else:
-        images, meta = hit
-        names, counts = meta["names"], meta["counts"]
+        return images, {"names": names, "counts": counts, "split": split}
+
+    images, meta = _cache.load_or_build(entry, key, build)
+    names, counts = meta["names"], meta["counts"]
     counts_t = torch.as_tensor(counts, dtype=torch.int64)
     offsets = torch.cumsum(counts_t, 0) - counts_t
     return ClassImages(torch.from_numpy(images), offsets, counts_t, tuple(names), (0,))

@@ -378,13 +378,13 @@ def load_omniglot(root: str | os.PathLike | None = None, split: str = "train", i
     key = _cache.make_key("omniglot", _LOADER_VERSION, src.kind, src.key, image_size)
     tag = src.kind if src.kind != "hf" else "hf_" + _cache.make_key(src.label)[:8]
     entry = _cache_dir(cache_dir) / f"omniglot_{tag}_{image_size}"
-    hit = _cache.load_uint8_cache(entry, key)
-    if hit is None:
+
+    def build() -> tuple[np.ndarray, dict]:
         images, names, parts = _decode_all(src, image_size)
-        _cache.save_uint8_cache(entry, images, {"names": names, "parts": parts, "drawings": DRAWINGS}, key=key)
-    else:
-        images, meta = hit
-        names, parts = meta["names"], meta["parts"]
+        return images, {"names": names, "parts": parts, "drawings": DRAWINGS}
+
+    images, meta = _cache.load_or_build(entry, key, build)
+    names, parts = meta["names"], meta["parts"]
     alphabets = [n.split("/", 1)[0] for n in names]
     idx = split_indices(parts, alphabets, split)
     rows = (idx[:, None] * DRAWINGS + np.arange(DRAWINGS)).reshape(-1)
