@@ -117,3 +117,22 @@ def test_evaluate_counts_episodes_and_restores_mode(digits):
     res = evaluate(learner, EpisodeSampler(digits[1], 5, 1, 2, batch_size=3, seed=0), episodes=7)
     assert res.episodes == 7 and len(res.per_episode) == 7 and learner.training
     assert all(a in {0.0, 10.0, 20.0, 30.0, 40.0, 50.0, 60.0, 70.0, 80.0, 90.0, 100.0} for a in res.per_episode)
+
+
+def test_resume_drops_a_torn_metrics_line_and_fresh_run_starts_a_new_log(digits, tmp_path):
+    cfg = TrainConfig(ways=5, shots=1, queries=1, steps=2, val_every=0, checkpoint_every=2, log_every=1)
+    learner, sampler, _ = setup(digits)
+    train(learner, sampler, cfg, tmp_path / "r", progress=False)
+    with open(tmp_path / "r" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "loss": 0.1')            # a line cut short by a crash
+    learner, sampler, _ = setup(digits)
+    train(learner, sampler, TrainConfig(**{**cfg.__dict__, "steps": 3}), tmp_path / "r", resume=True, progress=False)
+    steps = [json.loads(s)["step"] for s in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    # a directory with a stale log but no last.pt (died before its first checkpoint) starts a new log
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "metrics.jsonl").write_text('{"step": 99}\n')
+    learner, sampler, _ = setup(digits)
+    train(learner, sampler, cfg, tmp_path / "s", progress=False)
+    steps = [json.loads(s)["step"] for s in (tmp_path / "s" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
