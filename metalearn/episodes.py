@@ -32,7 +32,9 @@ class EpisodeSampler:
 
     Args:
         data: the split; its device is where sampling happens (move it with ``data.to("cuda")`` first).
-        ways, shots, queries: N, K, Q.
+        ways: N, classes per task.
+        shots: K, support images per class.
+        queries: Q, query images per class.
         batch_size: tasks per call (B). ``sample()`` returns an Episode with a leading B dimension.
         seed: seeds a ``torch.Generator`` on the data's device: same seed -> same episodes.
         scale: uint8 -> float multiplier (default 1/255).

@@ -1,0 +1,1 @@
+"""Episodic training loop, evaluation (mean ± 95% CI) and atomic checkpoints."""
