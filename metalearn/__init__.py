@@ -4,17 +4,25 @@ The flat public API; everything else is reachable through its submodule.
 """
 from metalearn.data.storage import ClassImages as ClassImages
 from metalearn.episodes import EpisodeSampler as EpisodeSampler
+from metalearn.inner import UpdateRule as UpdateRule
+from metalearn.inner import adapt as adapt
+from metalearn.inner import meta_sgd as meta_sgd
+from metalearn.inner import sgd as sgd
 from metalearn.learners.base import Learner as Learner
+from metalearn.learners.maml import MAML as MAML
 from metalearn.learners.protonet import ProtoNet as ProtoNet
 from metalearn.learners.protonet import prototypes as prototypes
 from metalearn.nn.conv4 import Conv4 as Conv4
+from metalearn.nn.maml_conv4 import MamlConv4 as MamlConv4
 from metalearn.train.evaluator import EvalResult as EvalResult
 from metalearn.train.evaluator import evaluate as evaluate
 from metalearn.train.trainer import train as train
 from metalearn.types import Episode as Episode
 from metalearn.types import Params as Params
+from metalearn.wrapper import Adaptable as Adaptable
+from metalearn.wrapper import Adapted as Adapted
 
 __version__ = "0.1.0"
 
-__all__ = ["ClassImages", "Conv4", "Episode", "EpisodeSampler", "EvalResult", "Learner", "Params", "ProtoNet",
+__all__ = ["Adaptable", "Adapted", "ClassImages", "Conv4", "MAML", "MamlConv4", "UpdateRule", "adapt", "meta_sgd", "sgd", "Episode", "EpisodeSampler", "EvalResult", "Learner", "Params", "ProtoNet",
            "evaluate", "prototypes", "train", "__version__"]

@@ -31,8 +31,24 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "conv4"
+    backbone: str = "conv4"          # conv4 (ProtoNet embedding) | maml_conv4 (Conv4 + linear head, MAML family)
     hidden: int = 64
+    pool: str = "max"                # maml_conv4: max (2x2 max-pool per block) | stride (stride-2 convs, Finn's Omniglot)
+
+
+@dataclass(frozen=True)
+class MamlConfig:
+    """Inner loop of the MAML family (learner: maml).  first_order -> FOMAML, learn_lr -> Meta-SGD,
+    adapt: head -> ANIL."""
+    inner_lr: float = 0.4
+    inner_steps: int = 1             # inner steps while meta-training
+    eval_inner_steps: int = 3        # inner steps at validation / test time
+    first_order: bool = False
+    learn_lr: bool = False           # Meta-SGD: a learned step size per parameter entry, initialised to inner_lr
+    adapt: str = "all"               # all (MAML) | head (ANIL: only the linear head adapts)
+    vmap: bool = True                # batch the tasks of a meta-batch with torch.func.vmap (False: a loop)
+    chunk_size: int = 0              # tasks per vmap chunk; 0: all at once
+    check_finite: bool = True        # raise on a non-finite support loss (one host sync per meta-batch)
 
 
 @dataclass(frozen=True)
@@ -79,6 +95,7 @@ class TaskConfig:
     learner: str = "protonet"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    maml: MamlConfig = field(default_factory=MamlConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     reference: Reference = field(default_factory=Reference)
@@ -176,6 +193,18 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError("train.val_every: expected >= 0 and train.val_episodes >= 1")
     if cfg.eval.split not in ("train", "val", "test"):
         raise ConfigError(f"eval.split: expected train, val or test, got {cfg.eval.split!r}")
+    m = cfg.maml
+    if m.inner_steps < 1 or m.eval_inner_steps < 1:
+        raise ConfigError(f"maml.inner_steps / maml.eval_inner_steps: expected >= 1, got {m.inner_steps} / "
+                          f"{m.eval_inner_steps}")
+    if m.inner_lr <= 0:
+        raise ConfigError(f"maml.inner_lr: expected > 0, got {m.inner_lr}")
+    if m.adapt not in ("all", "head"):
+        raise ConfigError(f"maml.adapt: expected all or head, got {m.adapt!r}")
+    if m.chunk_size < 0:
+        raise ConfigError(f"maml.chunk_size: expected >= 0, got {m.chunk_size}")
+    if cfg.model.pool not in ("max", "stride"):
+        raise ConfigError(f"model.pool: expected max or stride, got {cfg.model.pool!r}")
     if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):
         raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {cfg.data.device!r}")
 

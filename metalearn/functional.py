@@ -1,0 +1,112 @@
+"""The functional core: a model is a function of plain parameter dicts.
+
+Parameters and buffers are ``dict[str, Tensor]`` (:data:`metalearn.types.Params`); a model is called as
+``functional_call(model, (params, buffers), x)``.  Nothing here clones or patches a module: an inner loop makes
+*new* dicts, and the module's own tensors stay untouched.
+
+Example:
+    >>> params, buffers = params_and_buffers(model)
+    >>> head = select(params, "head")                  # names of the parameters an ANIL inner loop adapts
+    >>> fast, slow = partition(params, head)
+    >>> logits = call(model, combine(fast, slow), buffers, x)
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metalearn.types import Params
+
+#: Which parameters an inner loop adapts: ``None`` or ``"all"`` (every parameter), a name prefix such as
+#: ``"head"`` (the parameters of that submodule), a sequence of prefixes, or ``fn(name, tensor) -> bool``.
+ParamFilter = Union[None, str, Sequence[str], Callable[[str, Tensor], bool]]
+
+
+def params_and_buffers(model: nn.Module) -> tuple[Params, Params]:
+    """The module's own parameters and buffers as two dicts (the live tensors, nothing copied)."""
+    return dict(model.named_parameters()), dict(model.named_buffers())
+
+
+def call(model: nn.Module, params: Params, buffers: Params | None, *args, **kwargs):
+    """``model(*args, **kwargs)`` with ``params`` and ``buffers`` in place of the module's own tensors.
+
+    ``params`` must name every parameter of the model exactly (``combine`` the adapted and the frozen ones
+    first); a missing or unknown name is a ``ValueError`` that names it.
+    """
+    expected = {n for n, _ in model.named_parameters()}
+    if params.keys() != expected:
+        missing, unknown = sorted(expected - params.keys()), sorted(params.keys() - expected)
+        raise ValueError(f"params: names do not match the model's parameters (missing {missing}, "
+                         f"unknown {unknown})")
+    tensors = dict(params) if not buffers else {**buffers, **params}
+    return functional_call(model, tensors, args, kwargs, tie_weights=True, strict=False)
+
+
+def _prefix_match(name: str, prefix: str) -> bool:
+    return name == prefix or name.startswith(prefix + ".")
+
+
+def select(params: Params, spec: ParamFilter = None) -> list[str]:
+    """Names in ``params`` (in order) chosen by ``spec`` (see :data:`ParamFilter`)."""
+    if spec is None or spec == "all":
+        return list(params)
+    if isinstance(spec, str):
+        return [n for n in params if _prefix_match(n, spec)]
+    if callable(spec):
+        return [n for n, t in params.items() if spec(n, t)]
+    if isinstance(spec, Iterable):
+        prefixes = list(spec)
+        if not all(isinstance(p, str) for p in prefixes):
+            raise TypeError(f"filter: expected names or prefixes (str), got {prefixes!r}")
+        return [n for n in params if any(_prefix_match(n, p) for p in prefixes)]
+    raise TypeError(f"filter: expected None, 'all', a prefix, a list of prefixes or a callable, got {spec!r}")
+
+
+def partition(params: Params, names: Iterable[str]) -> tuple[Params, Params]:
+    """Split ``params`` into (the ``names`` entries, the rest); an unknown name is a ``ValueError``."""
+    names = list(names)
+    unknown = [n for n in names if n not in params]
+    if unknown:
+        raise ValueError(f"names: {unknown} are not in params (known: {list(params)})")
+    chosen = set(names)
+    return {n: params[n] for n in names}, {n: t for n, t in params.items() if n not in chosen}
+
+
+def combine(*dicts: Params) -> Params:
+    """Merge disjoint dicts; a name present in two of them is a ``ValueError``."""
+    out: Params = {}
+    for d in dicts:
+        clash = out.keys() & d.keys()
+        if clash:
+            raise ValueError(f"combine: {sorted(clash)} appear in more than one dict")
+        out.update(d)
+    return out
+
+
+def check_trainable(params: Params, names: Sequence[str], what: str = "adapt filter") -> None:
+    """Raise a clear ``ValueError`` if ``names`` is empty or names a tensor that does not require grad."""
+    if not names:
+        raise ValueError(f"{what} selects no parameters; the model's parameters are {list(params)}")
+    frozen = [n for n in names if not params[n].requires_grad]
+    if frozen:
+        raise ValueError(f"{what} selects parameters that do not require grad: {frozen} (the meta-gradient "
+                         "could not reach them; set requires_grad=True or leave them out of the filter)")
+
+
+def check_vmap_safe(model: nn.Module) -> None:
+    """Raise if ``model`` holds a ``torch.nn`` batch-norm layer that normalises with batch statistics.
+
+    ``torch.func.vmap`` through ``F.batch_norm`` gives wrong *second-order* gradients (forward and first
+    order are right), so the vmapped meta-gradient of such a model is silently wrong.  Use
+    :class:`metalearn.nn.BatchNorm2d` (written from primitive ops, correct under vmap), GroupNorm or
+    LayerNorm, or run the tasks in a loop.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+            raise ValueError(
+                f"model: {name or type(model).__name__} is a torch.nn {type(m).__name__} using batch statistics; "
+                "vmap through it gives wrong second-order meta-gradients. Use metalearn.nn.BatchNorm2d "
+                "(primitive ops), GroupNorm/LayerNorm, first_order=True, or vmap=False (a loop over tasks)")

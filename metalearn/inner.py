@@ -1,0 +1,101 @@
+"""Differentiable inner loops: update rules as ``(init, update)`` pairs and :func:`adapt`.
+
+An :class:`UpdateRule` is two pure functions:
+
+* ``init(params) -> hyper``: the rule's own meta-parameters for the parameters it will adapt (``{}`` for plain
+  SGD; one learned step size per parameter entry for Meta-SGD).  The caller owns them (e.g. registers them as
+  ``nn.Parameter`` so the meta-optimiser trains them).
+* ``update(params, grads, hyper) -> new_params``: one step; returns a new dict, never mutates its inputs.
+
+:func:`adapt` runs ``steps`` updates on a support loss with ``torch.func.grad``, so the same code runs for one
+task, inside ``torch.func.vmap`` over tasks, for training (second order: the update stays on the autograd graph)
+and for evaluation (``first_order=True`` detaches the inner gradients).
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import grad
+
+from metalearn.types import Params
+
+
+class UpdateRule(NamedTuple):
+    init: Callable[[Params], Params]
+    update: Callable[[Params, Params, Params], Params]
+
+
+def sgd(lr: float) -> UpdateRule:
+    """Plain gradient descent, ``p - lr * g`` (MAML, Finn et al. 2017, eq. 1)."""
+    if not lr > 0:
+        raise ValueError(f"lr: expected > 0, got {lr}")
+
+    def init(params: Params) -> Params:
+        return {}
+
+    def update(params: Params, grads: Params, hyper: Params) -> Params:
+        return {n: p - lr * grads[n] for n, p in params.items()}
+
+    return UpdateRule(init, update)
+
+
+def meta_sgd(lr: float) -> UpdateRule:
+    """Meta-SGD (Li et al. 2017): ``p - alpha * g`` with a learned ``alpha`` of ``p``'s shape, initialised to ``lr``.
+
+    ``alpha`` is a meta-parameter (it may become negative: the paper learns direction and size).
+    """
+    if not lr > 0:
+        raise ValueError(f"lr: expected > 0, got {lr}")
+
+    def init(params: Params) -> Params:
+        return {n: torch.full_like(p.detach(), lr) for n, p in params.items()}
+
+    def update(params: Params, grads: Params, hyper: Params) -> Params:
+        return {n: p - hyper[n] * grads[n] for n, p in params.items()}
+
+    return UpdateRule(init, update)
+
+
+def adapt(loss_fn: Callable[[Params], Tensor], params: Params, steps: int, rule: UpdateRule,
+          hyper: Params | None = None, first_order: bool = False) -> tuple[Params, Tensor]:
+    """``steps`` inner updates of ``params`` on ``loss_fn(params) -> scalar``.
+
+    Returns ``(adapted_params, losses)`` with ``losses`` the ``steps`` support losses seen before each update
+    (detached; check them for NaN outside any vmap).  ``params`` is not modified.  With ``first_order`` the
+    inner gradients are constants (FOMAML); otherwise the meta-gradient flows through them (second order).
+    """
+    if steps < 0:
+        raise ValueError(f"steps: expected >= 0, got {steps}")
+    hyper = {} if hyper is None else hyper
+
+    def with_aux(p: Params) -> tuple[Tensor, Tensor]:
+        loss = loss_fn(p)
+        return loss, loss.detach()
+
+    grad_fn = grad(with_aux, has_aux=True)
+    losses = []
+    for _ in range(steps):
+        grads, loss = grad_fn(params)
+        if first_order:
+            grads = {n: g.detach() for n, g in grads.items()}
+        params = rule.update(params, grads, hyper)
+        losses.append(loss)
+    return params, (torch.stack(losses) if losses else torch.zeros(0))
+
+
+def check_finite(losses: Tensor, what: str = "support loss") -> None:
+    """Raise ``FloatingPointError`` naming the first task and inner step whose loss is NaN/inf.
+
+    ``losses``: (tasks, steps) or (steps,).  One host sync.
+    """
+    if losses.numel() == 0:
+        return
+    bad = ~torch.isfinite(losses)
+    if bool(bad.any()):
+        idx = bad.nonzero()[0].tolist()
+        value = float(losses[tuple(idx)])
+        where = (f"task {idx[0]} of the meta-batch at inner step {idx[1]}" if losses.dim() == 2
+                 else f"inner step {idx[0]}")
+        raise FloatingPointError(f"{what} is {value} for {where} (check the learning rate and the inputs)")

@@ -1,0 +1,147 @@
+"""The MAML family on the functional core: MAML, first-order MAML, Meta-SGD and ANIL.
+
+* MAML (Finn, Abbeel & Levine 2017): adapt all parameters with SGD on the support loss, meta-learn the
+  initialisation through the adaptation (second order).
+* First-order MAML: the same, with the inner gradients treated as constants.
+* Meta-SGD (Li et al. 2017): a learned step size per parameter entry (``learn_lr=True``).
+* ANIL (Raghu et al. 2020): only the head adapts (``adapt="head"``); the body is meta-learned.
+
+:func:`task_loss` is the whole algorithm for *one* task, a pure function of parameter dicts.
+:func:`meta_batch` runs it over a meta-batch either with ``torch.func.vmap`` (optionally in chunks) or with a
+plain Python loop (the reference the tests compare against).  :class:`MAML` wraps both as an episodic
+:class:`~metalearn.learners.base.Learner` for the trainer and the evaluator.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.func import vmap
+
+from metalearn.functional import ParamFilter, call, check_trainable, check_vmap_safe, partition, select
+from metalearn.inner import UpdateRule, adapt, check_finite, meta_sgd, sgd
+from metalearn.learners.base import Learner
+from metalearn.types import Episode, Params
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+
+def task_loss(model: nn.Module, params: Params, buffers: Params, hyper: Params, names: list[str],
+              support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor, *, steps: int,
+              rule: UpdateRule, first_order: bool = False,
+              loss_fn: LossFn = F.cross_entropy) -> tuple[Tensor, Tensor, Tensor]:
+    """One task: adapt ``names`` of ``params`` on the support set, score the query set.
+
+    Returns ``(query_loss, query_logits, support_losses)``; ``support_losses`` has one (detached) entry per
+    inner step.  Pure: nothing is mutated, so the function can be vmapped over tasks.
+    """
+    fast, slow = partition(params, names)
+
+    def support_loss(p: Params) -> Tensor:
+        return loss_fn(call(model, {**slow, **p}, buffers, support_x), support_y)
+
+    adapted, losses = adapt(support_loss, fast, steps, rule, hyper, first_order)
+    logits = call(model, {**slow, **adapted}, buffers, query_x)
+    return loss_fn(logits, query_y), logits, losses
+
+
+def meta_batch(model: nn.Module, params: Params, buffers: Params, hyper: Params, names: list[str],
+               episode: Episode, *, steps: int, rule: UpdateRule, first_order: bool = False,
+               loss_fn: LossFn = F.cross_entropy, vmap_tasks: bool = True,
+               chunk_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`task_loss` for every task of a batched ``episode``.
+
+    Returns per-task ``(query_losses (B,), query_logits (B, NQ, N), support_losses (B, steps))``.
+    ``vmap_tasks=False`` is the reference loop over tasks.
+    """
+    if not episode.batched:
+        raise ValueError("episode: expected a batch of tasks (support_x of shape (B, N*K, C, H, W))")
+
+    def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        return task_loss(model, params, buffers, hyper, names, sx, sy, qx, qy, steps=steps, rule=rule,
+                         first_order=first_order, loss_fn=loss_fn)
+
+    args = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+    if vmap_tasks:
+        return vmap(one, chunk_size=chunk_size or None)(*args)
+    outs = [one(*(a[b] for a in args)) for b in range(episode.support_x.shape[0])]
+    return tuple(torch.stack(t) for t in zip(*outs))  # type: ignore[return-value]
+
+
+class MAML(Learner):
+    """Episodic MAML-family learner around a classifier ``model: (N, C, H, W) -> (N, ways)``.
+
+    Args:
+        model: the network; its parameters are the meta-learned initialisation.
+        ways: classes per task (the head's width).
+        inner_lr: inner step size (Meta-SGD: the initial value of the learned step sizes).
+        inner_steps / eval_inner_steps: inner updates while meta-training / at evaluation.
+        first_order: inner gradients as constants (first-order MAML).
+        learn_lr: learn a step size per parameter entry (Meta-SGD).
+        adapt: which parameters the inner loop adapts (:data:`metalearn.functional.ParamFilter`):
+            ``"all"`` (MAML), ``"head"`` (ANIL), a prefix list or a callable.
+        vmap: batch the tasks of a meta-batch with ``torch.func.vmap``; ``False`` loops over them.
+        chunk_size: tasks per vmap chunk (0: all at once).
+        check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
+
+    Example:
+        >>> from metalearn.nn import MamlConv4
+        >>> learner = MAML(MamlConv4(1, ways=5, pool="stride"), ways=5, inner_lr=0.4)
+        >>> loss, logits = learner.loss(episode)       # a batched episode: mean query loss, (B, N*Q, N)
+        >>> loss.backward()                            # meta-gradient in learner.parameters()
+    """
+
+    def __init__(self, model: nn.Module, ways: int, inner_lr: float = 0.4, inner_steps: int = 1,
+                 eval_inner_steps: int = 3, first_order: bool = False, learn_lr: bool = False,
+                 adapt: ParamFilter = "all", vmap: bool = True, chunk_size: int = 0, check_finite: bool = True,
+                 loss_fn: LossFn = F.cross_entropy) -> None:
+        super().__init__()
+        for key, v in (("ways", ways), ("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
+            if v < 1:
+                raise ValueError(f"{key}: expected >= 1, got {v}")
+        if chunk_size < 0:
+            raise ValueError(f"chunk_size: expected >= 0, got {chunk_size}")
+        self.model = model
+        self.ways, self.inner_steps, self.eval_inner_steps = ways, inner_steps, eval_inner_steps
+        self.first_order, self.vmap, self.chunk_size = first_order, vmap, chunk_size
+        self.check_finite, self.loss_fn = check_finite, loss_fn
+        params = dict(model.named_parameters())
+        self.names = select(params, adapt)
+        check_trainable(params, self.names)
+        if vmap and not first_order:
+            check_vmap_safe(model)
+        self.rule = meta_sgd(inner_lr) if learn_lr else sgd(inner_lr)
+        # learned step sizes (Meta-SGD) are meta-parameters: a list in the order of self.names
+        self.step_sizes = nn.ParameterList(
+            [nn.Parameter(t) for t in self.rule.init({n: params[n] for n in self.names}).values()])
+
+    def hyper(self) -> Params:
+        return dict(zip(self.names, self.step_sizes)) if len(self.step_sizes) else {}
+
+    def _run(self, episode: Episode, steps: int, first_order: bool) -> tuple[Tensor, Tensor, Tensor]:
+        if episode.ways != self.ways:
+            raise ValueError(f"episode: {episode.ways}-way, but the model's head has {self.ways} outputs "
+                             f"(ways={self.ways})")
+        single = not episode.batched
+        if single:
+            episode = Episode(episode.support_x[None], episode.support_y[None], episode.query_x[None],
+                              episode.query_y[None], episode.ways)
+        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        q_loss, logits, s_losses = meta_batch(
+            self.model, params, buffers, self.hyper(), self.names, episode, steps=steps, rule=self.rule,
+            first_order=first_order, loss_fn=self.loss_fn, vmap_tasks=self.vmap, chunk_size=self.chunk_size)
+        if self.check_finite:
+            check_finite(s_losses)
+        return q_loss, (logits[0] if single else logits), s_losses
+
+    def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Mean query loss after ``inner_steps`` adaptation steps (differentiable), and the query logits."""
+        q_loss, logits, _ = self._run(episode, self.inner_steps, self.first_order)
+        return q_loss.mean(), logits
+
+    def predict(self, episode: Episode) -> Tensor:
+        """Query logits after ``eval_inner_steps`` first-order adaptation steps (nothing kept for backward)."""
+        with torch.no_grad():  # torch.func.grad inside still computes the inner gradients
+            return self._run(episode, self.eval_inner_steps, True)[1]

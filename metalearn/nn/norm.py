@@ -1,0 +1,50 @@
+"""Batch normalisation written from primitive ops, so that ``torch.func.vmap`` differentiates it correctly.
+
+``torch.func.vmap`` through ``F.batch_norm`` gives wrong second-order gradients (its batching rule for the
+double backward is wrong; forward and first order are right).  The same arithmetic as mean / var / rsqrt is
+differentiated op by op and is exact to any order under vmap.  Statistics always come from the batch (as in
+MAML's reference code, where test-time adaptation also uses batch statistics); there are no running buffers,
+which also keeps the module free of in-place state under vmap.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class BatchNorm2d(nn.Module):
+    """Per-channel batch normalisation of (N, C, H, W) with batch statistics and an affine map.
+
+    Same numbers as ``nn.BatchNorm2d(track_running_stats=False)`` (biased variance, ``eps`` inside the root).
+
+    Example:
+        >>> bn = BatchNorm2d(64)
+        >>> bn(torch.randn(10, 64, 7, 7)).shape
+        torch.Size([10, 64, 7, 7])
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, affine: bool = True) -> None:
+        super().__init__()
+        if num_features < 1:
+            raise ValueError(f"num_features: expected >= 1, got {num_features}")
+        self.num_features, self.eps = num_features, eps
+        if affine:
+            self.weight = nn.Parameter(torch.ones(num_features))
+            self.bias = nn.Parameter(torch.zeros(num_features))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.num_features:
+            raise ValueError(f"x: expected (N, {self.num_features}, H, W), got {tuple(x.shape)}")
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        centred = x - mean
+        var = (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+        y = centred * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight[:, None, None] + self.bias[:, None, None]
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, affine={self.weight is not None}"
