@@ -96,16 +96,24 @@ def check_trainable(params: Params, names: Sequence[str], what: str = "adapt fil
                          "could not reach them; set requires_grad=True or leave them out of the filter)")
 
 
-def check_vmap_safe(model: nn.Module) -> None:
-    """Raise if ``model`` holds a ``torch.nn`` batch-norm layer that normalises with batch statistics.
+def check_vmap_safe(model: nn.Module, second_order: bool = True) -> None:
+    """Raise if ``model`` holds a ``torch.nn`` batch-norm layer that cannot be vmapped over tasks.
 
     ``torch.func.vmap`` through ``F.batch_norm`` gives wrong *second-order* gradients (forward and first
-    order are right), so the vmapped meta-gradient of such a model is silently wrong.  Use
+    order are right), so the vmapped meta-gradient of such a model is silently wrong; and a layer that updates
+    running statistics in training mode cannot write per-task statistics into one shared buffer.  Use
     :class:`metalearn.nn.BatchNorm2d` (written from primitive ops, correct under vmap), GroupNorm or
     LayerNorm, or run the tasks in a loop.
     """
     for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and (m.training or not m.track_running_stats):
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm):
+            continue
+        if m.training and m.track_running_stats:
+            raise ValueError(
+                f"model: {name or type(model).__name__} is a torch.nn {type(m).__name__} that updates running "
+                "statistics in training mode, which vmap over tasks cannot do. Use metalearn.nn.BatchNorm2d "
+                "(batch statistics, primitive ops), track_running_stats=False, or vmap=False (a loop over tasks)")
+        if second_order and (m.training or not m.track_running_stats):
             raise ValueError(
                 f"model: {name or type(model).__name__} is a torch.nn {type(m).__name__} using batch statistics; "
                 "vmap through it gives wrong second-order meta-gradients. Use metalearn.nn.BatchNorm2d "

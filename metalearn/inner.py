@@ -58,26 +58,32 @@ def meta_sgd(lr: float) -> UpdateRule:
     return UpdateRule(init, update)
 
 
-def adapt(loss_fn: Callable[[Params], Tensor], params: Params, steps: int, rule: UpdateRule,
-          hyper: Params | None = None, first_order: bool = False) -> tuple[Params, Tensor]:
+def adapt(loss_fn: Callable[..., Tensor], params: Params, steps: int, rule: UpdateRule,
+          hyper: Params | None = None, first_order: bool = False,
+          buffers: Params | None = None) -> tuple[Params, Tensor]:
     """``steps`` inner updates of ``params`` on ``loss_fn(params) -> scalar``.
 
     Returns ``(adapted_params, losses)`` with ``losses`` the ``steps`` support losses seen before each update
     (detached; check them for NaN outside any vmap).  ``params`` is not modified.  With ``first_order`` the
     inner gradients are constants (FOMAML); otherwise the meta-gradient flows through them (second order).
+
+    ``buffers``: when given, ``loss_fn(params, buffers)`` is called with them as a non-differentiated input, so
+    in-place buffer updates (BatchNorm running statistics) are allowed and land in that dict (pass copies to
+    keep the module's own buffers unchanged).
     """
     if steps < 0:
         raise ValueError(f"steps: expected >= 0, got {steps}")
     hyper = {} if hyper is None else hyper
 
-    def with_aux(p: Params) -> tuple[Tensor, Tensor]:
-        loss = loss_fn(p)
+    def with_aux(p: Params, *state: Params) -> tuple[Tensor, Tensor]:
+        loss = loss_fn(p, *state)
         return loss, loss.detach()
 
     grad_fn = grad(with_aux, has_aux=True)
+    state = () if buffers is None else (buffers,)
     losses = []
     for _ in range(steps):
-        grads, loss = grad_fn(params)
+        grads, loss = grad_fn(params, *state)
         if first_order:
             grads = {n: g.detach() for n, g in grads.items()}
         params = rule.update(params, grads, hyper)

@@ -81,7 +81,7 @@ class Adapted:
             raise ValueError(f"loss: expected a scalar tensor, got {type(loss).__name__} "
                              f"{tuple(loss.shape) if isinstance(loss, Tensor) else ''}")
         if owner.check_finite and not bool(torch.isfinite(loss.detach()).all()):
-            raise FloatingPointError(f"support loss is {float(loss)} at inner step {self.steps} "
+            raise FloatingPointError(f"support loss is {float(loss.detach())} at inner step {self.steps} "
                                      "(check the learning rate and the inputs)")
         fast = {n: self.params[n] for n in owner.names}
         if not loss.requires_grad:

@@ -35,14 +35,16 @@ def task_loss(model: nn.Module, params: Params, buffers: Params, hyper: Params, 
     """One task: adapt ``names`` of ``params`` on the support set, score the query set.
 
     Returns ``(query_loss, query_logits, support_losses)``; ``support_losses`` has one (detached) entry per
-    inner step.  Pure: nothing is mutated, so the function can be vmapped over tasks.
+    inner step.  Pure: nothing is mutated (buffers such as BatchNorm running statistics are updated in a copy),
+    so the function can be vmapped over tasks.
     """
     fast, slow = partition(params, names)
+    buffers = {n: b.clone() for n, b in buffers.items()}
 
-    def support_loss(p: Params) -> Tensor:
-        return loss_fn(call(model, {**slow, **p}, buffers, support_x), support_y)
+    def support_loss(p: Params, bufs: Params) -> Tensor:
+        return loss_fn(call(model, {**slow, **p}, bufs, support_x), support_y)
 
-    adapted, losses = adapt(support_loss, fast, steps, rule, hyper, first_order)
+    adapted, losses = adapt(support_loss, fast, steps, rule, hyper, first_order, buffers=buffers)
     logits = call(model, {**slow, **adapted}, buffers, query_x)
     return loss_fn(logits, query_y), logits, losses
 
@@ -110,8 +112,8 @@ class MAML(Learner):
         params = dict(model.named_parameters())
         self.names = select(params, adapt)
         check_trainable(params, self.names)
-        if vmap and not first_order:
-            check_vmap_safe(model)
+        if vmap:
+            check_vmap_safe(model, second_order=not first_order)
         self.rule = meta_sgd(inner_lr) if learn_lr else sgd(inner_lr)
         # learned step sizes (Meta-SGD) are meta-parameters: a list in the order of self.names
         self.step_sizes = nn.ParameterList(
