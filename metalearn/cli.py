@@ -1,8 +1,10 @@
-"""Command line: ``metalearn {demo,train,eval}``.
+"""Command line: ``metalearn {demo,train,eval,bench,report}``.
 
   metalearn demo                                   ProtoNet on scikit-learn digits, offline, ~1-2 min on CPU
-  metalearn train --config tasks/X.yaml [--set key=value ...] --out DIR [--resume]
+  metalearn train --config tasks/X.yaml [--set key=value ...] --out DIR [--resume] [--tensorboard]
   metalearn eval --checkpoint DIR [--ways N --shots K --queries Q --episodes E --split S] [--json]
+  metalearn bench SUITE [--out-root runs/bench] [--results results] [--set key=value ...] [--dry-run]
+  metalearn report [--results results] [--docs docs]
 """
 from __future__ import annotations
 
@@ -10,11 +12,16 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from metalearn.config import ConfigError, TaskConfig, config_from_dict, dump_config, load_config, load_yaml
+
+if TYPE_CHECKING:
+    from metalearn.train.trainer import TrainState
 
 
 def _threads(n: int) -> None:
@@ -42,69 +49,102 @@ def _episode_sampler(cfg: TaskConfig, split: str, ways: int, shots: int, queries
     return EpisodeSampler(data, ways, shots, queries, batch_size=batch, seed=seed)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from metalearn.builders import build_learner, check_compatible, run_meta
-    from metalearn.train.evaluator import evaluate
+@dataclass
+class TrainOutcome:
+    """What :func:`train_task` did: the trainer's final state, the wall time of training (data loading
+    excluded), whether validation ran, and whether the run was resumed from ``last.pt``."""
+    state: "TrainState"
+    wall_s: float
+    validated: bool
+    resumed: bool
+
+    def message(self) -> str:
+        msg = f"trained to step {self.state.step} in {self.wall_s:.0f} s"
+        if self.validated and self.state.best_step:
+            msg += f"; best validation accuracy {self.state.best_accuracy:.2f}% at step {self.state.best_step}"
+        return msg
+
+
+def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
+               tensorboard: bool = False) -> TrainOutcome:
+    """Meta-train the task ``cfg`` into the run directory ``out`` (the work of ``metalearn train``).
+
+    Writes ``out/config.yaml`` (resolved), ``metrics.jsonl``, ``last.pt``, ``best.pt`` (and ``out/tb/`` with
+    ``tensorboard=True``). ``resume=True`` continues from ``out/last.pt`` and refuses a config that differs in a
+    fixed key; without it an existing ``last.pt`` is an error. Ctrl-C returns with ``state.interrupted`` set.
+    """
+    from metalearn.builders import build_learner, check_compatible, config_differences, load_split, run_meta
+    from metalearn.data.cache import atomic_write
+    from metalearn.episodes import EpisodeSampler
     from metalearn.train.trainer import train
 
-    cfg = load_config(args.config, args.set)
-    out = Path(args.out)
+    out = Path(out)
     resolved = out / "config.yaml"
-    if args.resume:
+    if resume:
         if not resolved.is_file():
             raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
-        from metalearn.builders import config_differences
         diff = config_differences(load_yaml(resolved), cfg.to_dict())
         if diff:
             raise ConfigError(f"--resume: the run in {str(out)!r} was made with a different config "
                               f"({', '.join(diff)} differ)")
     elif (out / "last.pt").exists():
         raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
-    _threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
-    t = cfg.train
-    sampler = _episode_sampler(cfg, "train", t.ways, t.shots, t.queries, t.batch_size, t.seed)
-    image_shape = tuple(sampler.data.image_shape)
-    learner = build_learner(cfg, image_shape).to(sampler.device)
-    val_data = None
-    if t.val_every:
-        from metalearn.builders import load_split
-        val_data = load_split(cfg, "val")
+    loggers = []
+    if tensorboard:
+        from metalearn.train.logging import TensorBoardLogger
+        loggers.append(TensorBoardLogger(out / "tb"))  # fails early (before loading data) without the [tb] extra
+    try:
+        _threads(cfg.train.threads)
+        torch.manual_seed(cfg.train.seed)
+        t = cfg.train
+        sampler = _episode_sampler(cfg, "train", t.ways, t.shots, t.queries, t.batch_size, t.seed)
+        image_shape = tuple(sampler.data.image_shape)
+        learner = build_learner(cfg, image_shape).to(sampler.device)
+        val_data = load_split(cfg, "val") if t.val_every else None
 
-    def val_sampler():
-        from metalearn.episodes import EpisodeSampler
-        e = cfg.eval
-        return EpisodeSampler(val_data, e.ways, e.shots, e.queries, batch_size=e.batch_size, seed=e.seed + 1)
+        def val_sampler():
+            e = cfg.eval
+            return EpisodeSampler(val_data, e.ways, e.shots, e.queries, batch_size=e.batch_size, seed=e.seed + 1)
 
-    out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(resolved, mode="w") as f:
+            f.write(dump_config(cfg))
+        t0 = time.perf_counter()
+        state = train(learner, sampler, t, out, val_sampler if val_data is not None else None, resume=resume,
+                      meta=run_meta(cfg, image_shape), progress=progress, loggers=loggers,
+                      compatible=lambda m: check_compatible(cfg, m, f"{out / 'last.pt'}"))
+        wall = time.perf_counter() - t0
+    finally:
+        for hook in loggers:
+            hook.close()
+    return TrainOutcome(state, wall, val_data is not None, resume)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
     from metalearn.data.cache import atomic_write
-    with atomic_write(resolved, mode="w") as f:
-        f.write(dump_config(cfg))
-    meta = run_meta(cfg, image_shape)
-    t0 = time.perf_counter()
-    state = train(learner, sampler, t, out, val_sampler if val_data is not None else None, resume=args.resume,
-                  meta=meta, progress=not args.quiet,
-                  compatible=lambda m: check_compatible(cfg, m, f"{out / 'last.pt'}"))
-    wall = time.perf_counter() - t0
-    msg = f"trained to step {state.step} in {wall:.0f} s"
-    if val_data is not None and state.best_step:
-        msg += f"; best validation accuracy {state.best_accuracy:.2f}% at step {state.best_step}"
-    print(msg, flush=True)
-    if state.interrupted:
+
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out)
+    outcome = train_task(cfg, out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard)
+    print(outcome.message(), flush=True)
+    if outcome.state.interrupted:
         print(f"interrupted: continue with  metalearn train --config {args.config} --out {out} --resume")
         return 130
     if not args.no_eval:
-        res = _evaluate_dir(out, cfg.eval.ways, cfg.eval.shots, cfg.eval.queries, cfg.eval.episodes,
-                            cfg.eval.split, progress=not args.quiet)
-        res["train_wall_s"] = wall
+        res = evaluate_run(out, progress=not args.quiet)
+        res["train_wall_s"] = outcome.wall_s
         with atomic_write(out / "eval.json", mode="w") as f:
             json.dump(res, f, indent=1)
         print(_format_eval(res))
     return 0
 
 
-def _evaluate_dir(path: Path, ways: int | None, shots: int | None, queries: int | None, episodes: int | None,
-                  split: str | None, progress: bool = False) -> dict:
+def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = None,
+                 queries: int | None = None, episodes: int | None = None, split: str | None = None,
+                 progress: bool = False) -> dict:
+    """Evaluate a run directory's ``best.pt`` (or a ``.pt`` file in a run directory) on test episodes; the
+    ``eval`` section of the run's ``config.yaml`` fills every argument left at None. Returns the
+    ``metalearn eval --json`` object."""
     from metalearn.builders import build_learner, check_compatible
     from metalearn.train.checkpoint import load_checkpoint
     from metalearn.train.evaluator import evaluate
@@ -153,9 +193,27 @@ def _format_eval(res: dict) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _threads(args.threads)
-    res = _evaluate_dir(Path(args.checkpoint), args.ways, args.shots, args.queries, args.episodes, args.split,
-                        progress=not args.json)
+    res = evaluate_run(Path(args.checkpoint), args.ways, args.shots, args.queries, args.episodes, args.split,
+                       progress=not args.json)
     print(json.dumps(res) if args.json else _format_eval(res))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import shlex
+
+    from metalearn.bench import run_suite
+    return run_suite(args.suite, out_root=args.out_root, results=args.results, overrides=args.set,
+                     dry_run=args.dry_run, progress=not args.quiet, tensorboard=args.tensorboard,
+                     command=shlex.join(["metalearn", *args.argv]))
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metalearn.report import write_report
+    summary = write_report(args.results, args.docs, plots=not args.no_plots, skip_invalid=args.skip_invalid)
+    for note in summary.skipped:
+        print(f"metalearn report: warning: skipped {note}", file=sys.stderr)
+    print(summary.message())
     return 0
 
 
@@ -188,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory (config.yaml, metrics.jsonl, last.pt, best.pt)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out from last.pt")
     t.add_argument("--no-eval", action="store_true", help="skip the final test evaluation")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also write TensorBoard event files to DIR/tb (needs the [tb] extra)")
     t.add_argument("--quiet", action="store_true")
     t.set_defaults(fn=cmd_train)
 
@@ -201,14 +261,39 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--threads", type=int, default=0)
     e.add_argument("--json", action="store_true", help="print one JSON object")
     e.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("bench", help="train and evaluate a suite of task files, one result JSON per run")
+    b.add_argument("suite", metavar="SUITE",
+                   help="a suite YAML (list of task files), a quoted glob such as 'tasks/protonet_*.yaml', "
+                        "or one task file")
+    b.add_argument("--out-root", default="runs/bench", help="parent of the run directories (default runs/bench)")
+    b.add_argument("--results", default="results", help="where the result JSON files go (default results/)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value in every task (after the suite's own overrides)")
+    b.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume; run nothing")
+    b.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (needs the [tb] extra)")
+    b.add_argument("--quiet", action="store_true", help="no progress bars")
+    b.set_defaults(fn=cmd_bench)
+
+    r = sub.add_parser("report", help="generate the results tables and plots from the result JSON files")
+    r.add_argument("--results", default="results", help="the result JSON files (default results/)")
+    r.add_argument("--docs", default="docs", help="docs folder: writes DOCS/results.md and DOCS/img/ (default docs/)")
+    r.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib needed)")
+    r.add_argument("--skip-invalid", action="store_true",
+                   help="leave out result files of another schema version instead of stopping with an error")
+    r.set_defaults(fn=cmd_report)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from metalearn.extras import MissingExtraError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         return args.fn(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MissingExtraError) as err:
         print(f"metalearn {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -16,7 +16,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -80,11 +80,14 @@ def _truncate_metrics(path: Path, step: int) -> None:
 def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: str | os.PathLike,
           val_sampler_fn: Callable[[], EpisodeSampler] | None = None, *, resume: bool = False,
           meta: dict | None = None, progress: bool = True,
-          compatible: Callable[[dict], None] | None = None) -> TrainState:
+          compatible: Callable[[dict], None] | None = None,
+          loggers: Sequence[Callable[[dict], None]] = ()) -> TrainState:
     """Meta-train ``learner`` on episodes from ``sampler`` for ``cfg.steps`` optimiser steps.
 
     val_sampler_fn: builds a fresh, fixed-seed validation sampler (the same validation episodes every time).
     meta: stored in every checkpoint (resolved config, input shape, ...), checked by ``compatible`` on resume.
+    loggers: called with every record after it is appended to metrics.jsonl (e.g.
+    :class:`metalearn.train.logging.TensorBoardLogger`); the JSONL log is always written.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -128,6 +131,8 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
         state.history.append(record)
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        for hook in loggers:
+            hook(record)
 
     bar = None
     if progress:

@@ -1,0 +1,25 @@
+"""Optional dependencies (setup.cfg extras): import them on demand, with an error that names the extra."""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+
+class MissingExtraError(ImportError):
+    """An optional package is needed and not installed; the message names the extra that provides it."""
+
+
+def require(module: str, extra: str, purpose: str, package: str | None = None) -> ModuleType:
+    """Import ``module`` or raise :class:`MissingExtraError` naming ``metalearn[extra]``.
+
+    >>> require("yaml", "dev", "reading task files").__name__
+    'yaml'
+    """
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        package = package or module.split(".")[0]
+        raise MissingExtraError(
+            f"{purpose} needs the optional package {package!r}, which is not installed; install the "
+            f"[{extra}] extra: pip install 'metalearn[{extra}]' (or pip install -e '.[{extra}]' in a checkout)"
+        ) from None

@@ -1,0 +1,50 @@
+"""Experiment-log hooks for :func:`metalearn.train.trainer.train` (``loggers=[...]``).
+
+The trainer always writes ``metrics.jsonl``; a hook receives each record after that. TensorBoard is optional
+(the ``[tb]`` extra) and off unless asked for (``metalearn train ... --tensorboard``)::
+
+    tb = TensorBoardLogger("runs/x/tb")
+    train(learner, sampler, cfg, "runs/x", loggers=[tb])
+    tb.close()
+"""
+from __future__ import annotations
+
+import math
+import os
+
+from metalearn.extras import MissingExtraError
+
+
+def tag_for(key: str) -> str:
+    """Metric key of a metrics.jsonl record -> TensorBoard tag: ``val_accuracy`` -> ``val/accuracy``,
+    ``loss`` -> ``train/loss``, ``train_accuracy`` -> ``train/accuracy``."""
+    if key.startswith("val_"):
+        return "val/" + key[4:]
+    if key.startswith("train_"):
+        return "train/" + key[6:]
+    return "train/" + key
+
+
+class TensorBoardLogger:
+    """Writes every numeric field of a record (except ``step``) as a scalar at ``record["step"]``."""
+
+    def __init__(self, log_dir: str | os.PathLike) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise MissingExtraError(
+                "--tensorboard needs the optional package 'tensorboard', which is not installed; install the "
+                "[tb] extra: pip install 'metalearn[tb]' (or pip install -e '.[tb]' in a checkout)") from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def __call__(self, record: dict) -> None:
+        step = int(record["step"])
+        for key, value in record.items():
+            if key == "step" or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue
+            if math.isfinite(value):
+                self.writer.add_scalar(tag_for(key), value, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
