@@ -92,7 +92,8 @@ def _overrides(value: object, where: str) -> tuple[str, ...]:
 def _find(name: str, base: Path, where: str) -> list[Path]:
     """Resolve a path or glob from a suite file: next to the suite first, then the current directory."""
     p = Path(name).expanduser()
-    candidates = [p] if p.is_absolute() else [base / p, p]
+    # normpath: tasks/suites/../x.yaml -> tasks/x.yaml, the path users see in messages and result files
+    candidates = [p] if p.is_absolute() else [Path(os.path.normpath(base / p)), p]
     if _GLOB_CHARS.search(name):
         for c in candidates:
             hits = sorted(Path(h) for h in glob.glob(str(c)) if Path(h).is_file())
