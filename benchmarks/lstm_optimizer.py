@@ -1,0 +1,229 @@
+"""Benchmark: the coordinatewise LSTM optimizer (Andrychowicz et al. 2016) against tuned SGD, NAG, RMSprop, Adam.
+
+For one task family this script (1) meta-trains the LSTM optimizer (truncated 20-step unrolls, Adam, early
+stopping on validation optimisees, checkpoints in --out), (2) tunes each baseline's learning rate by a logged grid
+search on tuning optimisees of the same family, (3) runs every optimizer on the same >= 100 held-out test
+optimisees and reports the loss after the horizon as mean ± 1.96·std/√n, (4) writes a result JSON and loss-vs-step
+plots (docs/img/lstm_<task>*.png, .json) and the meta-training throughput (optimisee steps/s).
+
+    python benchmarks/lstm_optimizer.py quadratic --out runs/lstm                     # random 10-d ‖Wθ − y‖²
+    METALEARN_DATA=../shared/data python benchmarks/lstm_optimizer.py mnist --out runs/lstm
+    ... --smoke                                                                        # seconds: a check that it runs
+
+``mnist`` also runs the generalisation settings of the paper with the optimizer trained on the base task
+(1 hidden layer of 20 sigmoid units, 100 steps): 200 steps, 40 hidden units, 2 hidden layers, ReLU. Baselines are
+tuned on each setting itself. MNIST splits: meta-training optimisees draw minibatches from training images
+0-49999, validation and baseline tuning from 50000-54999, test optimisees from 55000-59999 (the "eval" loss is on
+those 5000 images).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from metalearn.optim import (BASELINES, LearnedOptimizer, LSTMOptimizer, MetaTrainConfig, MLPFamily,  # noqa: E402
+                             ProblemBatch, QuadraticFamily, meta_train, run_optimizer, sample_problems, tune_lr)
+from metalearn.optim.meta import LR_GRID, write_json  # noqa: E402
+from metalearn.train.evaluator import mean_ci95  # noqa: E402
+
+
+def machine() -> dict:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version()}
+
+
+def git_commit() -> dict:
+    def run(*a):
+        return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return {"commit": run("rev-parse", "--short", "HEAD") or None,
+            "dirty_paths": [l[3:] for l in run("status", "--porcelain", "--", "metalearn", "benchmarks").splitlines()]}
+
+
+def stats(values: torch.Tensor) -> dict:
+    v = values.double()
+    finite = torch.isfinite(v)
+    if not bool(finite.all()):
+        return {"mean": math.inf, "ci95": math.nan, "n": v.numel(), "diverged": int((~finite).sum())}
+    m, ci = mean_ci95(v.numpy())
+    return {"mean": m, "ci95": ci, "n": v.numel(), "diverged": 0}
+
+
+def compare(setting: str, net: LSTMOptimizer, tune_family, test_family, steps: int, args, report_at=(100,)) -> dict:
+    """Tune the baselines on ``tune_family``, run everything on the test optimisees of ``test_family``."""
+    tune = ProblemBatch(tune_family, sample_problems(tune_family, args.tune_optimisees,
+                                                     torch.Generator().manual_seed(args.seed + 2)))
+    test = ProblemBatch(test_family, sample_problems(test_family, args.test_optimisees,
+                                                     torch.Generator().manual_seed(args.seed + 3)))
+    out = {"setting": setting, "steps": steps, "test_optimisees": len(test), "tune_optimisees": len(tune),
+           "optimizers": {}}
+    runs = {}
+    for name in BASELINES:
+        tic = time.perf_counter()
+        print(f"[{setting}] grid search {name} on {len(tune)} tuning optimisees, {steps} steps")
+        lr, grid = tune_lr(name, tune, steps, grid=args.grid)
+        edge = lr in (min(args.grid), max(args.grid))
+        runs[name] = (lambda ps, n=name, r=lr: BASELINES[n](ps, r), {"lr": lr, "grid": {str(k): v for k, v in
+                                                                                         grid.items()},
+                                                                      "lr_at_grid_edge": edge,
+                                                                      "tune_seconds": time.perf_counter() - tic})
+    runs["LSTM"] = (lambda ps: LearnedOptimizer(ps, net, check_finite=False), {})
+    for name, (make, info) in runs.items():
+        tic = time.perf_counter()
+        losses, params = run_optimizer(make, test, steps)                    # (steps + 1, M)
+        ev = test.eval_losses(params) if torch.isfinite(losses[-1]).all() else torch.full((len(test),), math.inf)
+        rec = {**info, "final": stats(losses[-1]), "eval_final": stats(ev),
+               "curve_mean": [float(x) for x in losses.mean(1)],
+               "test_seconds": time.perf_counter() - tic}
+        for t in report_at:
+            if t < steps:
+                rec[f"at_{t}"] = stats(losses[t])
+        out["optimizers"][name] = rec
+        lr = f" (lr {info['lr']:g})" if "lr" in info else ""
+        print(f"[{setting}] {name:8s}{lr:14s} loss after {steps} steps {rec['final']['mean']:.4f} ± "
+              f"{rec['final']['ci95']:.4f}   eval {rec['eval_final']['mean']:.4f} ± {rec['eval_final']['ci95']:.4f}")
+    best_base = min((n for n in BASELINES), key=lambda n: out["optimizers"][n]["final"]["mean"])
+    out["best_baseline"] = best_base
+    out["lstm_beats_best_baseline"] = (out["optimizers"]["LSTM"]["final"]["mean"]
+                                       < out["optimizers"][best_base]["final"]["mean"])
+    return out
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    n = len(results)
+    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
+    colors = {"SGD": "tab:gray", "NAG": "tab:green", "RMSprop": "tab:orange", "Adam": "tab:blue", "LSTM": "tab:red"}
+    for ax, res in zip(axes[0], results):
+        for name, rec in res["optimizers"].items():
+            label = f"{name} (lr {rec['lr']:g})" if "lr" in rec else name
+            curve = [c if math.isfinite(c) else float("nan") for c in rec["curve_mean"]]
+            ax.plot(range(len(curve)), curve, label=label, color=colors.get(name), lw=2 if name == "LSTM" else 1.2)
+        ax.set_yscale("log")
+        ax.set_xlabel("optimisee step")
+        ax.set_ylabel("loss (mean over test optimisees)")
+        ax.set_title(f"{res['setting']} (n={res['test_optimisees']})", fontsize=10)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    print(f"wrote {path}")
+
+
+def train_net(family, val_family, cfg: MetaTrainConfig, out: Path, args) -> tuple[LSTMOptimizer, dict]:
+    torch.manual_seed(args.seed)
+    net = LSTMOptimizer()
+    res = meta_train(net, family, cfg, out_dir=out, val_family=val_family, resume=args.resume)
+    info = {"config": cfg.__dict__, "best_val_mean_loss": res.best_val, "best_iteration": res.best_iteration,
+            "iterations_done": res.iterations_done, "optimisee_steps": res.optimisee_steps,
+            "train_seconds": res.train_seconds, "optimisee_steps_per_second": res.steps_per_second,
+            "skipped_unrolls": res.skipped_unrolls, "history": res.history, "checkpoint": str(out / "best.pt")}
+    print(f"meta-training: {res.iterations_done} iterations, {res.optimisee_steps} optimisee steps in "
+          f"{res.train_seconds:.0f} s = {res.steps_per_second:.1f} optimisee steps/s (validation excluded); "
+          f"best validation at iteration {res.best_iteration}")
+    return net, info
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("task", choices=["quadratic", "mnist"])
+    p.add_argument("--out", default="runs/lstm", help="run directory root (checkpoints, metrics.jsonl)")
+    p.add_argument("--img", default=str(ROOT / "docs" / "img"), help="where the PNG plots and the JSON go")
+    p.add_argument("--iterations", type=int, help="meta-training trajectories (default: 300 quadratic, 120 mnist)")
+    p.add_argument("--optimisees", type=int, help="optimisees per trajectory (default: 32 quadratic, 1 mnist)")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam meta learning rate")
+    p.add_argument("--val-every", type=int, default=10)
+    p.add_argument("--val-optimisees", type=int, help="default: 64 quadratic, 8 mnist")
+    p.add_argument("--patience", type=int, default=None)
+    p.add_argument("--test-optimisees", type=int, default=100)
+    p.add_argument("--tune-optimisees", type=int, default=32)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue meta-training from <out>/<task>/last.pt")
+    p.add_argument("--skip-generalisation", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="tiny setting: checks that the script runs")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    args.grid = LR_GRID
+    quad = args.task == "quadratic"
+    if args.smoke:
+        args.iterations, args.test_optimisees, args.tune_optimisees = 2, 4, 2
+        args.val_every, args.val_optimisees, args.grid = 1, 2, (1e-2, 1e-1)
+    iterations = args.iterations or (300 if quad else 120)
+    optimisees = args.optimisees or (32 if quad else 1)
+    val_optimisees = args.val_optimisees or (64 if quad else 8)
+    steps = 20 if args.smoke else 100
+    cfg = MetaTrainConfig(steps=steps, unroll=min(20, steps), optimisees=optimisees, iterations=iterations,
+                          lr=args.lr, val_every=args.val_every, val_optimisees=val_optimisees,
+                          patience=args.patience, seed=args.seed)
+    out = Path(args.out) / (args.task + ("_smoke" if args.smoke else ""))
+    img = Path(args.img)
+    tag = f"lstm_{args.task}" + ("_smoke" if args.smoke else "")
+    result = {"task": args.task, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
+              **git_commit(), "machine": machine(), "lr_grid": list(args.grid)}
+    t0 = time.perf_counter()
+
+    if quad:
+        fam = QuadraticFamily(dim=10)
+        net, result["meta_training"] = train_net(fam, fam, cfg, out, args)
+        result["settings"] = [compare("10-d quadratics", net, fam, fam, steps, args)]
+        plot(result["settings"], img / f"{tag}.png", "Random 10-d quadratics ‖Wθ − y‖², tuned baselines vs LSTM")
+    else:
+        from metalearn.data.mnist import load_mnist
+        x, y = load_mnist("train")
+        if args.smoke:
+            x, y = torch.cat([x[:2000], x[50000:51000], x[55000:56000]]), \
+                torch.cat([y[:2000], y[50000:51000], y[55000:56000]])
+            tr, va, te = slice(0, 2000), slice(2000, 3000), slice(3000, 4000)
+        else:
+            tr, va, te = slice(0, 50000), slice(50000, 55000), slice(55000, 60000)
+
+        def fam(part, **kw):
+            return MLPFamily(x[part], y[part], **kw)
+
+        net, result["meta_training"] = train_net(fam(tr), fam(va), cfg, out, args)
+        result["meta_training"]["coordinates"] = sum(math.prod(s) for s in fam(tr).shapes.values())
+        base = compare("MLP 20 sigmoid, 100 steps", net, fam(va), fam(te), steps, args)
+        result["settings"] = [base]
+        plot([base], img / f"{tag}.png", "MNIST MLP (1×20 sigmoid), batch 128: tuned baselines vs LSTM")
+        if not args.skip_generalisation:
+            gen = [("200 steps", {}, 2 * steps), ("40 hidden units", {"hidden": (40,)}, steps),
+                   ("2 hidden layers", {"hidden": (20, 20)}, steps), ("ReLU", {"activation": "relu"}, steps)]
+            for name, kw, n_steps in gen:
+                result["settings"].append(compare(name, net, fam(va, **kw), fam(te, **kw), n_steps, args))
+            plot(result["settings"][1:], img / f"{tag}_generalisation.png",
+                 "Generalisation: LSTM trained on MLP 1×20 sigmoid, 100 steps; baselines tuned per setting")
+    result["total_seconds"] = time.perf_counter() - t0
+    write_json(result, img / f"{tag}.json")
+    print(f"wrote {img / (tag + '.json')}  ({result['total_seconds']:.0f} s)")
+    summary = {s["setting"]: {n: round(r["final"]["mean"], 4) for n, r in s["optimizers"].items()}
+               for s in result["settings"]}
+    print(json.dumps(summary, indent=1))
+
+
+if __name__ == "__main__":
+    main()
