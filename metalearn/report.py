@@ -110,7 +110,7 @@ def machine_label(m: dict, device: str | None = None) -> str:
     else:
         head = f"CPU: {m.get('cpu_model') or 'unknown'}, {m.get('cpu_count')} cores"
         if m.get("torch_threads"):
-            head += f", {m['torch_threads']} threads"
+            head += f", {m['torch_threads']} thread{'s' * (m['torch_threads'] != 1)}"
     return f"{head}; torch {m.get('torch', '?')}"
 
 
@@ -247,6 +247,9 @@ def plot_curve(r: dict, path: Path) -> bool:
     ax_loss, ax_acc = fig.subplots(1, 2)
     mark = "." if len(c["step"]) <= 60 else None  # a short curve (or a single record) stays visible
     ax_loss.plot(c["step"], c["loss"], color="#3b75af", lw=1.2, marker=mark)
+    losses = [v for v in c["loss"] if v is not None]
+    if losses and min(losses) > 0 and max(losses) / min(losses) > 100:
+        ax_loss.set_yscale("log")  # a loss that falls by orders of magnitude stays readable
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("training loss")
     ax_acc.plot(c["step"], c["train_accuracy"], color="#3b75af", lw=1.2, marker=mark, label="train episodes")
