@@ -12,6 +12,14 @@ from metalearn.learners.base import Learner as Learner
 from metalearn.learners.maml import MAML as MAML
 from metalearn.learners.protonet import ProtoNet as ProtoNet
 from metalearn.learners.protonet import prototypes as prototypes
+from metalearn.optim import LearnedOptimizer as LearnedOptimizer
+from metalearn.optim import LSTMOptimizer as LSTMOptimizer
+from metalearn.optim import LSTMOptimizerConfig as LSTMOptimizerConfig
+from metalearn.optim import MetaTrainConfig as MetaTrainConfig
+from metalearn.optim import MLPFamily as MLPFamily
+from metalearn.optim import QuadraticFamily as QuadraticFamily
+from metalearn.optim import apply_updates as apply_updates
+from metalearn.optim import meta_train as meta_train
 from metalearn.nn.conv4 import Conv4 as Conv4
 from metalearn.nn.maml_conv4 import MamlConv4 as MamlConv4
 from metalearn.train.evaluator import EvalResult as EvalResult
@@ -25,4 +33,6 @@ from metalearn.wrapper import Adapted as Adapted
 __version__ = "0.1.0"
 
 __all__ = ["Adaptable", "Adapted", "ClassImages", "Conv4", "MAML", "MamlConv4", "UpdateRule", "adapt", "meta_sgd", "sgd", "Episode", "EpisodeSampler", "EvalResult", "Learner", "Params", "ProtoNet",
-           "evaluate", "prototypes", "train", "__version__"]
+           "evaluate", "prototypes", "train", "__version__",
+           "LSTMOptimizer", "LSTMOptimizerConfig", "LearnedOptimizer", "MLPFamily", "MetaTrainConfig",
+           "QuadraticFamily", "apply_updates", "meta_train"]
