@@ -12,7 +12,8 @@ from metalearn.learners.base import Learner
 
 # keys that may change between a checkpoint and the config that resumes/evaluates it
 MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.threads", "data.root",
-                "data.cache_dir", "data.device", "data.source", "eval", "name", "reference"}
+                "data.cache_dir", "data.device", "data.source", "eval", "name", "reference",
+                "maml.eval_inner_steps", "maml.vmap", "maml.chunk_size", "maml.check_finite"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -65,7 +66,26 @@ def _protonet(cfg: TaskConfig, image_shape: tuple) -> Learner:
     return ProtoNet(_backbone(cfg, image_shape[0]), check_support=False)  # fed by EpisodeSampler: always complete
 
 
-LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet}
+def _maml(cfg: TaskConfig, image_shape: tuple) -> Learner:
+    from metalearn.learners.maml import MAML
+    from metalearn.nn import MamlConv4
+    if cfg.model.backbone != "maml_conv4":
+        raise ConfigError(f"model.backbone: learner 'maml' needs 'maml_conv4' (a classifier with a head), "
+                          f"got {cfg.model.backbone!r}")
+    if cfg.eval.ways != cfg.train.ways:
+        raise ConfigError(f"eval.ways: the MAML head has train.ways={cfg.train.ways} outputs, so eval.ways must "
+                          f"match, got {cfg.eval.ways}")
+    if image_shape[-1] != image_shape[-2]:
+        raise ConfigError(f"data: maml_conv4 expects square images, got {tuple(image_shape)}")
+    m = cfg.maml
+    model = MamlConv4(image_shape[0], cfg.train.ways, hidden=cfg.model.hidden, pool=cfg.model.pool,
+                      image_size=image_shape[-1])
+    return MAML(model, cfg.train.ways, inner_lr=m.inner_lr, inner_steps=m.inner_steps,
+                eval_inner_steps=m.eval_inner_steps, first_order=m.first_order, learn_lr=m.learn_lr,
+                adapt=m.adapt, vmap=m.vmap, chunk_size=m.chunk_size, check_finite=m.check_finite)
+
+
+LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet, "maml": _maml}
 
 
 def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:

@@ -12,7 +12,8 @@ def test_every_task_file_loads(path):
     cfg = load_config(path)
     assert cfg.name == path.stem
     if cfg.dataset != "digits":
-        assert cfg.reference.accuracy is not None  # each benchmark carries its published number
+        # each benchmark carries its published number, or says why there is none
+        assert cfg.reference.accuracy is not None or "no published" in cfg.reference.source
 
 
 def test_six_protonet_benchmarks_with_published_numbers():

@@ -148,6 +148,12 @@ def test_vmap_through_torch_batchnorm_is_refused_for_second_order():
     MAML(net, 5, vmap=False)           # the loop is fine
     MAML(net, 5, first_order=True)     # and so is first order
     check_vmap_safe(small_net("batch"))
+    for layer in (nn.LayerNorm(4), nn.InstanceNorm2d(4)):   # also wrong at second order under vmap
+        with pytest.raises(ValueError, match="wrong second-order"):
+            check_vmap_safe(nn.Sequential(nn.Conv2d(1, 4, 3), layer))
+    check_vmap_safe(nn.Sequential(nn.Conv2d(1, 4, 3), nn.GroupNorm(2, 4)))   # exact under vmap
+    with pytest.raises(ValueError, match="running statistics"):
+        check_vmap_safe(nn.BatchNorm2d(4), second_order=False)
 
 
 # ---------------------------------------------------------------- purity, evaluation
@@ -262,3 +268,18 @@ def test_wrong_ways_and_unbatched_meta_batch_are_errors():
                    rule=sgd(0.1))
     with pytest.raises(ValueError, match="lr"):
         sgd(0.0)
+
+
+def test_chunked_backward_gives_the_full_meta_gradient():
+    net = small_net()
+    ep = make_episode(b=5)
+    full = MAML(net, 5, inner_lr=0.4, inner_steps=2)
+    loss, logits = full.backward(ep)
+    g_full = [p.grad.clone() for p in full.parameters()]
+    full.zero_grad()
+    chunked = MAML(net, 5, inner_lr=0.4, inner_steps=2, chunk_size=2)   # chunks of 2, 2, 1 tasks
+    loss_c, logits_c = chunked.backward(ep)
+    torch.testing.assert_close(loss_c, loss.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(logits_c, logits.detach(), rtol=1e-12, atol=1e-12)
+    for p, g in zip(chunked.parameters(), g_full):
+        torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-13)

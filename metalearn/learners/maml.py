@@ -79,13 +79,16 @@ class MAML(Learner):
         model: the network; its parameters are the meta-learned initialisation.
         ways: classes per task (the head's width).
         inner_lr: inner step size (Meta-SGD: the initial value of the learned step sizes).
-        inner_steps / eval_inner_steps: inner updates while meta-training / at evaluation.
+        inner_steps: inner updates while meta-training.
+        eval_inner_steps: inner updates at evaluation (:meth:`predict`).
         first_order: inner gradients as constants (first-order MAML).
         learn_lr: learn a step size per parameter entry (Meta-SGD).
         adapt: which parameters the inner loop adapts (:data:`metalearn.functional.ParamFilter`):
             ``"all"`` (MAML), ``"head"`` (ANIL), a prefix list or a callable.
         vmap: batch the tasks of a meta-batch with ``torch.func.vmap``; ``False`` loops over them.
-        chunk_size: tasks per vmap chunk (0: all at once).
+        chunk_size: bound memory by processing the meta-batch in chunks of this many tasks (0: all at once):
+            :meth:`backward` back-propagates each chunk before starting the next (the meta-gradient is the
+            same), and :meth:`loss` / :meth:`predict` vmap chunk by chunk.
         check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
 
     Example:
@@ -142,6 +145,24 @@ class MAML(Learner):
         """Mean query loss after ``inner_steps`` adaptation steps (differentiable), and the query logits."""
         q_loss, logits, _ = self._run(episode, self.inner_steps, self.first_order)
         return q_loss.mean(), logits
+
+    def backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Accumulate the meta-gradient of :meth:`loss` into ``.grad``, chunk by chunk if ``chunk_size`` is set.
+
+        Each chunk's graph is freed before the next chunk runs, so peak memory follows ``chunk_size``, not the
+        meta-batch.  Returns the (detached) mean query loss and the query logits.
+        """
+        b = episode.support_x.shape[0] if episode.batched else 1
+        if not episode.batched or not self.chunk_size or self.chunk_size >= b:
+            return super().backward(episode)
+        losses, logits = [], []
+        for start in range(0, b, self.chunk_size):
+            part = episode[start:start + self.chunk_size]
+            q_loss, lg, _ = self._run(part, self.inner_steps, self.first_order)
+            (q_loss.sum() / b).backward()
+            losses.append(q_loss.detach())
+            logits.append(lg.detach())
+        return torch.cat(losses).mean(), torch.cat(logits)
 
     def predict(self, episode: Episode) -> Tensor:
         """Query logits after ``eval_inner_steps`` first-order adaptation steps (nothing kept for backward)."""

@@ -144,9 +144,8 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
     with _StopFlag() as flag:
         while state.step < cfg.steps and not flag.stop:
             ep = sampler.sample()
-            loss, logits = learner.loss(ep)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = learner.backward(ep)   # loss.backward(), or in chunks (Learner.backward)
             opt.step()
             sched.step()
             state.step += 1
