@@ -55,8 +55,10 @@ def machine() -> dict:
 def git_commit() -> dict:
     def run(*a):
         return subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    status = subprocess.run(["git", "status", "--porcelain", "--", "metalearn", "benchmarks"], cwd=ROOT,
+                            capture_output=True, text=True).stdout
     return {"commit": run("rev-parse", "--short", "HEAD") or None,
-            "dirty_paths": [l[3:] for l in run("status", "--porcelain", "--", "metalearn", "benchmarks").splitlines()]}
+            "dirty_paths": [l[3:] for l in status.splitlines() if l.strip()]}
 
 
 def stats(values: torch.Tensor) -> dict:
@@ -87,12 +89,21 @@ def compare(setting: str, net: LSTMOptimizer, tune_family, test_family, steps: i
                                                                       "lr_at_grid_edge": edge,
                                                                       "tune_seconds": time.perf_counter() - tic})
     runs["LSTM"] = (lambda ps: LearnedOptimizer(ps, net, check_finite=False), {})
+    finals = {}
     for name, (make, info) in runs.items():
         tic = time.perf_counter()
-        losses, params = run_optimizer(make, test, steps)                    # (steps + 1, M)
-        ev = test.eval_losses(params) if torch.isfinite(losses[-1]).all() else torch.full((len(test),), math.inf)
+        losses, ev = [], []
+        for i in range(0, len(test.problems), args.chunk):          # chunks of optimisees bound the memory
+            chunk = ProblemBatch(test_family, test.problems[i:i + args.chunk])
+            l, params = run_optimizer(make, chunk, steps)                   # (steps + 1, m)
+            losses.append(l)
+            ev.append(chunk.eval_losses(params) if torch.isfinite(l[-1]).all()
+                      else torch.full((len(chunk),), math.inf))
+        losses, ev = torch.cat(losses, 1), torch.cat(ev).double().cpu()
+        finals[name] = losses[-1]
         rec = {**info, "final": stats(losses[-1]), "eval_final": stats(ev),
                "curve_mean": [float(x) for x in losses.mean(1)],
+               "final_per_optimisee": [float(x) for x in losses[-1]],
                "test_seconds": time.perf_counter() - tic}
         for t in report_at:
             if t < steps:
@@ -103,6 +114,11 @@ def compare(setting: str, net: LSTMOptimizer, tune_family, test_family, steps: i
               f"{rec['final']['ci95']:.4f}   eval {rec['eval_final']['mean']:.4f} ± {rec['eval_final']['ci95']:.4f}")
     best_base = min((n for n in BASELINES), key=lambda n: out["optimizers"][n]["final"]["mean"])
     out["best_baseline"] = best_base
+    diff = finals["LSTM"] - finals[best_base]          # paired: the same test optimisees for every optimizer
+    out["paired_lstm_minus_best_baseline"] = {**stats(diff), "lstm_wins": int((diff < 0).sum())}
+    d = out["paired_lstm_minus_best_baseline"]
+    print(f"[{setting}] paired LSTM - {best_base}: {d['mean']:.4f} ± {d['ci95']:.4f}, LSTM lower on "
+          f"{d['lstm_wins']}/{d['n']} optimisees")
     out["lstm_beats_best_baseline"] = (out["optimizers"]["LSTM"]["final"]["mean"]
                                        < out["optimizers"][best_base]["final"]["mean"])
     return out
@@ -161,6 +177,7 @@ def main() -> None:
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--test-optimisees", type=int, default=100)
     p.add_argument("--tune-optimisees", type=int, default=32)
+    p.add_argument("--chunk", type=int, default=25, help="test optimisees run together (memory)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue meta-training from <out>/<task>/last.pt")
