@@ -129,7 +129,7 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(results)
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(max(6.4, 4.6 * n), 3.8), squeeze=False)
     colors = {"SGD": "tab:gray", "NAG": "tab:green", "RMSprop": "tab:orange", "Adam": "tab:blue", "LSTM": "tab:red"}
     for ax, res in zip(axes[0], results):
         for name, rec in res["optimizers"].items():
