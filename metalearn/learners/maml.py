@@ -90,6 +90,8 @@ class MAML(Learner):
             :meth:`backward` back-propagates each chunk before starting the next (the meta-gradient is the
             same), and :meth:`loss` / :meth:`predict` vmap chunk by chunk.
         check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
+        compile: run the meta-training loss through ``torch.compile`` (off by default: it changes the numbers at
+            rounding level and compiles for a while on the first steps; :meth:`predict` is never compiled).
 
     Example:
         >>> from metalearn.nn import MamlConv4
@@ -101,7 +103,7 @@ class MAML(Learner):
     def __init__(self, model: nn.Module, ways: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_inner_steps: int = 3, first_order: bool = False, learn_lr: bool = False,
                  adapt: ParamFilter = "all", vmap: bool = True, chunk_size: int = 0, check_finite: bool = True,
-                 loss_fn: LossFn = F.cross_entropy) -> None:
+                 loss_fn: LossFn = F.cross_entropy, compile: bool = False) -> None:
         super().__init__()
         for key, v in (("ways", ways), ("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
             if v < 1:
@@ -121,6 +123,13 @@ class MAML(Learner):
         # learned step sizes (Meta-SGD) are meta-parameters: a list in the order of self.names
         self.step_sizes = nn.ParameterList(
             [nn.Parameter(t) for t in self.rule.init({n: params[n] for n in self.names}).values()])
+        self._compiled = torch.compile(self._meta_batch) if compile else None
+
+    def _meta_batch(self, episode: Episode, steps: int, first_order: bool) -> tuple[Tensor, Tensor, Tensor]:
+        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        return meta_batch(self.model, params, buffers, self.hyper(), self.names, episode, steps=steps,
+                          rule=self.rule, first_order=first_order, loss_fn=self.loss_fn, vmap_tasks=self.vmap,
+                          chunk_size=self.chunk_size)
 
     def hyper(self) -> Params:
         return dict(zip(self.names, self.step_sizes)) if len(self.step_sizes) else {}
@@ -133,10 +142,10 @@ class MAML(Learner):
         if single:
             episode = Episode(episode.support_x[None], episode.support_y[None], episode.query_x[None],
                               episode.query_y[None], episode.ways)
-        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
-        q_loss, logits, s_losses = meta_batch(
-            self.model, params, buffers, self.hyper(), self.names, episode, steps=steps, rule=self.rule,
-            first_order=first_order, loss_fn=self.loss_fn, vmap_tasks=self.vmap, chunk_size=self.chunk_size)
+        fn = self._meta_batch
+        if self._compiled is not None and torch.is_grad_enabled() and steps == self.inner_steps:
+            fn = self._compiled
+        q_loss, logits, s_losses = fn(episode, steps, first_order)
         if self.check_finite:
             check_finite(s_losses)
         return q_loss, (logits[0] if single else logits), s_losses
