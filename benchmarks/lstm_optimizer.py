@@ -164,7 +164,42 @@ def train_net(family, val_family, cfg: MetaTrainConfig, out: Path, args) -> tupl
     return net, info
 
 
+def markdown(path: Path) -> str:
+    """The results.md tables of a result JSON: ``python benchmarks/lstm_optimizer.py table docs/img/lstm_mnist.json``."""
+    r = json.loads(Path(path).read_text())
+    lines = []
+    for s in r["settings"]:
+        n, steps = s["test_optimisees"], s["steps"]
+        ev = r["task"] == "mnist"          # quadratics have no data: the eval loss is the loss
+        lines += [f"**{s['setting']}** ({n} test optimisees, {steps} steps; lr tuned on {s['tune_optimisees']})", "",
+                  f"| optimizer | tuned lr | loss after {steps} steps |"
+                  + (f" held-out-set loss after {steps} steps |" if ev else "")
+                  + (" loss after 100 steps |" if steps > 100 else ""),
+                  "|---|---|---|" + ("---|" if ev else "") + ("---|" if steps > 100 else "")]
+        for name, o in s["optimizers"].items():
+            lr = f"{o['lr']:g}" + (" (grid edge)" if o.get("lr_at_grid_edge") else "") if "lr" in o else "—"
+            cell = lambda st: f"{st['mean']:.4f} ± {st['ci95']:.4f}" if math.isfinite(st["mean"]) else \
+                f"diverged ({st['diverged']}/{st['n']})"
+            row = f"| {'**LSTM**' if name == 'LSTM' else name} | {lr} | {cell(o['final'])} |"
+            if ev:
+                row += f" {cell(o['eval_final'])} |"
+            if steps > 100:
+                row += f" {cell(o['at_100'])} |"
+            lines.append(row)
+        d = s["paired_lstm_minus_best_baseline"]
+        lines += ["", f"Paired on the same optimisees, LSTM − {s['best_baseline']} (the best tuned baseline): "
+                  f"{d['mean']:+.4f} ± {d['ci95']:.4f}; the LSTM ends lower on {d['lstm_wins']} of {d['n']}.", ""]
+    m = r["meta_training"]
+    lines.append(f"Meta-training: {m['iterations_done']} iterations, {m['optimisee_steps']} optimisee steps in "
+                 f"{m['train_seconds']:.0f} s = **{m['optimisee_steps_per_second']:.1f} optimisee steps/s** "
+                 f"(validation excluded); best validation at iteration {m['best_iteration']}.")
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "table":
+        print(markdown(Path(sys.argv[2])))
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("task", choices=["quadratic", "mnist"])
     p.add_argument("--out", default="runs/lstm", help="run directory root (checkpoints, metrics.jsonl)")
