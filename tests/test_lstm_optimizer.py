@@ -51,7 +51,7 @@ def test_update_shape_dtype_and_no_mutation(dtype):
     grads = {k: torch.randn_like(v) for k, v in params.items()}
     grads_copy = {k: v.clone() for k, v in grads.items()}
     state = net.init(params)
-    assert state.h.shape == (2, 12 + 5 + 1, 20) and state.c.shape == state.h.shape
+    assert state.h.shape == (2, 20, 12 + 5 + 1) and state.c.shape == state.h.shape
     updates, new = net.update(grads, state)
     for k in params:
         assert updates[k].shape == params[k].shape and updates[k].dtype == dtype
@@ -73,10 +73,10 @@ def test_batched_equals_per_parameter_and_nn_lstm():
         torch.testing.assert_close(together[k], alone[k], rtol=0, atol=1e-15)
     flat = torch.cat([g.reshape(-1) for g in grads.values()])
     h, c = torch.randn(2, 19, 20, dtype=torch.float64), torch.randn(2, 19, 20, dtype=torch.float64)
-    u, h1, c1 = net(flat, h, c)
-    out, (h2, c2) = net.lstm(preprocess_gradients(flat)[None], (h, c))
-    torch.testing.assert_close(h1, h2)
-    torch.testing.assert_close(c1, c2)
+    u, h1, c1 = net(flat, h.transpose(1, 2), c.transpose(1, 2))           # ours: (layers, hidden, N)
+    out, (h2, c2) = net.lstm(preprocess_gradients(flat)[None], (h, c))     # nn.LSTM: (layers, N, hidden)
+    torch.testing.assert_close(h1, h2.transpose(1, 2))
+    torch.testing.assert_close(c1, c2.transpose(1, 2))
     torch.testing.assert_close(u, net.head(out[0]).squeeze(-1) * 0.1)
 
 
