@@ -154,9 +154,9 @@ class LSTMOptimizer(nn.Module):
         x = preprocess_gradients(flat_grad.detach(), self.config.preprocess_p).t()  # (2, N), a constant
         hs, cs = [], []
         for layer in range(self.config.num_layers):
-            w = torch.cat([getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")], 1)
             b = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
-            gates = torch.addmm(b.unsqueeze(1), w, torch.cat([x, h[layer]], 0))     # (4H, N): i, f, g, o
+            gates = torch.mm(getattr(self.lstm, f"weight_ih_l{layer}"), x)              # (4H, N): i, f, g, o
+            gates = gates.addmm_(getattr(self.lstm, f"weight_hh_l{layer}"), h[layer]).add_(b.unsqueeze(1))
             i_f = torch.sigmoid(gates[:2 * H])
             c_new = i_f[H:] * c[layer] + i_f[:H] * torch.tanh(gates[2 * H:3 * H])
             x = torch.sigmoid(gates[3 * H:]) * torch.tanh(c_new)                     # (H, N)
@@ -229,15 +229,39 @@ class LearnedOptimizer(torch.optim.Optimizer):
             loss_fn(model(x), y).backward()
             opt.step()
 
-    Each parameter keeps its slice of the LSTM state (``state[p]["h"]``, ``["c"]``: (layers, hidden, numel)),
-    so ``state_dict()`` / ``load_state_dict()`` work as usual. A step concatenates every parameter that has a
-    gradient into one batched LSTM call. The LSTM's weights are not trained here (no autograd through step).
+    Each parameter keeps its slice of the LSTM state in ``state[p]["h"]``, ``["c"]`` (layers, hidden, numel), so
+    ``state_dict()`` / ``load_state_dict()`` work as usual. Between those calls the state of all parameters is kept
+    as one (layers, hidden, N) tensor while the set of parameters with gradients stays the same, and a step is
+    one batched LSTM call without gathering or scattering state. The LSTM's weights are not trained here (no
+    autograd through step).
     """
 
     def __init__(self, params: Iterable, net: LSTMOptimizer, check_finite: bool = True) -> None:
         super().__init__(params, {})
         self.net = net
         self.check_finite = check_finite
+        self._flat: tuple | None = None        # (params with grads, h, c): the batched state
+
+    def _sync(self) -> None:
+        """Write the batched state back into the per-parameter ``self.state`` entries."""
+        if self._flat is None:
+            return
+        ps, h, c = self._flat
+        i = 0
+        for p in ps:
+            n = p.numel()
+            self.state[p]["h"] = h[..., i:i + n].contiguous()
+            self.state[p]["c"] = c[..., i:i + n].contiguous()
+            i += n
+        self._flat = None
+
+    def state_dict(self) -> dict:
+        self._sync()
+        return super().state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._flat = None
+        super().load_state_dict(state_dict)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -245,9 +269,30 @@ class LearnedOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        ps = [p for group in self.param_groups for p in group["params"] if p.grad is not None]
+        ps = tuple(p for group in self.param_groups for p in group["params"] if p.grad is not None)
         if not ps:
             return loss
+        grads = {str(i): p.grad for i, p in enumerate(ps)}
+        _check_tensors(grads, "parameter gradients")
+        layout = tuple((k, tuple(g.shape)) for k, g in grads.items())
+        if self._flat is not None and len(self._flat[0]) == len(ps) and all(a is b for a, b in zip(self._flat[0], ps)):
+            h, c = self._flat[1], self._flat[2]
+        else:                                   # first step, or another set of parameters has gradients
+            self._sync()
+            cfg, w = self.net.config, self.net._weight()
+            for p in ps:
+                st = self.state[p]
+                if "h" not in st:
+                    st["h"] = torch.zeros(cfg.num_layers, cfg.hidden_size, p.numel(), dtype=w.dtype,
+                                          device=w.device)
+                    st["c"] = torch.zeros_like(st["h"])
+            h = torch.cat([self.state[p]["h"] for p in ps], dim=2)
+            c = torch.cat([self.state[p]["c"] for p in ps], dim=2)
+        updates, new = self.net.update(grads, LSTMState(h, c, layout), check_finite=self.check_finite)
+        for k, p in zip(grads, ps):
+            p.add_(updates[k])
+        self._flat = (ps, new.h, new.c)
+        return loss
         grads = {str(i): p.grad for i, p in enumerate(ps)}
         _check_tensors(grads, "parameter gradients")
         cfg, w = self.net.config, self.net._weight()
