@@ -13,7 +13,7 @@ from metalearn.learners.base import Learner
 # keys that may change between a checkpoint and the config that resumes/evaluates it
 MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.threads", "data.root",
                 "data.cache_dir", "data.device", "data.source", "eval", "name", "reference",
-                "maml.eval_inner_steps", "maml.vmap", "maml.chunk_size", "maml.check_finite", "maml.compile"}
+                "maml.eval_inner_steps", "maml.vmap", "maml.chunk_size", "maml.check_finite"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -82,8 +82,7 @@ def _maml(cfg: TaskConfig, image_shape: tuple) -> Learner:
                       image_size=image_shape[-1])
     return MAML(model, cfg.train.ways, inner_lr=m.inner_lr, inner_steps=m.inner_steps,
                 eval_inner_steps=m.eval_inner_steps, first_order=m.first_order, learn_lr=m.learn_lr,
-                adapt=m.adapt, vmap=m.vmap, chunk_size=m.chunk_size, check_finite=m.check_finite,
-                compile=m.compile)
+                adapt=m.adapt, vmap=m.vmap, chunk_size=m.chunk_size, check_finite=m.check_finite)
 
 
 LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet, "maml": _maml}

@@ -49,7 +49,6 @@ class MamlConfig:
     vmap: bool = True                # batch the tasks of a meta-batch with torch.func.vmap (False: a loop)
     chunk_size: int = 0              # tasks per vmap chunk; 0: all at once
     check_finite: bool = True        # raise on a non-finite support loss (one host sync per meta-batch)
-    compile: bool = False            # torch.compile the meta-training loss (measured; off by default)
 
 
 @dataclass(frozen=True)

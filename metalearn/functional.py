@@ -101,8 +101,8 @@ def check_vmap_safe(model: nn.Module, second_order: bool = True) -> None:
 
     ``torch.func.vmap`` through ``F.batch_norm`` (``nn.BatchNorm*`` with batch statistics, ``nn.InstanceNorm*``)
     and ``F.layer_norm`` (``nn.LayerNorm``) gives wrong *second-order* gradients (forward and first order are
-    right; measured in float64 against a loop over tasks: 0.3% to orders of magnitude off), so the vmapped
-    meta-gradient of such a model is silently wrong.  A layer that updates running statistics in training mode
+    right; measured in float64 against a loop over tasks by benchmarks/vmap_norm_check.py: 0.6% to 5% off), so
+    the vmapped meta-gradient of such a model is silently wrong.  A layer that updates running statistics in training mode
     cannot write per-task statistics into one shared buffer either.  ``nn.GroupNorm`` and
     :class:`metalearn.nn.BatchNorm2d` (primitive ops) are exact under vmap; or run the tasks in a loop.
     """

@@ -91,10 +91,11 @@ def adapt(loss_fn: Callable[..., Tensor], params: Params, steps: int, rule: Upda
     return params, (torch.stack(losses) if losses else torch.zeros(0))
 
 
-def check_finite(losses: Tensor, what: str = "support loss") -> None:
+def check_finite(losses: Tensor, what: str = "support loss", first_task: int = 0) -> None:
     """Raise ``FloatingPointError`` naming the first task and inner step whose loss is NaN/inf.
 
-    ``losses``: (tasks, steps) or (steps,).  One host sync.
+    ``losses``: (tasks, steps) or (steps,); row ``i`` is task ``first_task + i`` of the meta-batch (a chunk of
+    it starts at ``first_task``).  One host sync.
     """
     if losses.numel() == 0:
         return
@@ -102,6 +103,6 @@ def check_finite(losses: Tensor, what: str = "support loss") -> None:
     if bool(bad.any()):
         idx = bad.nonzero()[0].tolist()
         value = float(losses[tuple(idx)])
-        where = (f"task {idx[0]} of the meta-batch at inner step {idx[1]}" if losses.dim() == 2
+        where = (f"task {first_task + idx[0]} of the meta-batch at inner step {idx[1]}" if losses.dim() == 2
                  else f"inner step {idx[0]}")
         raise FloatingPointError(f"{what} is {value} for {where} (check the learning rate and the inputs)")

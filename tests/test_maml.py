@@ -240,6 +240,8 @@ def test_nan_support_loss_names_task_and_step():
     for vm in (True, False):
         with pytest.raises(FloatingPointError, match="task 2 of the meta-batch at inner step 0"):
             MAML(net, 5, vmap=vm).loss(bad)
+    with pytest.raises(FloatingPointError, match="task 2 of the meta-batch at inner step 0"):
+        MAML(net, 5, chunk_size=2).backward(bad)    # task 2 is the first task of the second chunk
     losses = torch.tensor([[0.1, 0.2], [0.3, float("inf")]])
     with pytest.raises(FloatingPointError, match="task 1 of the meta-batch at inner step 1"):
         check_finite(losses)
@@ -283,3 +285,45 @@ def test_chunked_backward_gives_the_full_meta_gradient():
     torch.testing.assert_close(logits_c, logits.detach(), rtol=1e-12, atol=1e-12)
     for p, g in zip(chunked.parameters(), g_full):
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-13)
+
+
+# ---------------------------------------------------------------- through the config and the CLI
+
+MAML_DIGITS = """
+name: maml_digits_tiny
+dataset: digits
+learner: maml
+model: {backbone: maml_conv4, hidden: 8, pool: max}
+maml: {inner_lr: 0.4, inner_steps: 1, eval_inner_steps: 2, learn_lr: true}
+train: {ways: 5, shots: 1, queries: 2, batch_size: 2, steps: 3, lr: 0.001, val_every: 0, log_every: 1,
+        checkpoint_every: 3}
+eval: {ways: 5, shots: 1, queries: 3, episodes: 4, batch_size: 2, split: test}
+"""
+
+
+def test_maml_trains_and_evaluates_through_the_cli(tmp_path, capsys):
+    import json
+
+    from metalearn.builders import build_learner
+    from metalearn.cli import main
+    from metalearn.config import ConfigError, load_config
+
+    path = tmp_path / "maml.yaml"
+    path.write_text(MAML_DIGITS)
+    learner = build_learner(load_config(path), (1, 16, 16))
+    assert isinstance(learner, MAML) and learner.ways == 5 and learner.eval_inner_steps == 2
+    assert len(learner.step_sizes) == len(list(learner.model.parameters()))      # Meta-SGD step sizes
+    with pytest.raises(ConfigError, match="eval.ways"):
+        build_learner(load_config(path, ["eval.ways=3"]), (1, 16, 16))
+    with pytest.raises(ConfigError, match="maml_conv4"):
+        build_learner(load_config(path, ["model.backbone=conv4"]), (1, 16, 16))
+    with pytest.raises(ConfigError, match="maml.adapt"):
+        load_config(path, ["maml.adapt=body"])
+
+    run = tmp_path / "run"
+    assert main(["train", "--config", str(path), "--out", str(run), "--quiet"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    assert res["learner"] == "maml" and res["episodes"] == 4 and 0.0 <= res["accuracy"] <= 100.0
+    assert main(["eval", "--checkpoint", str(run), "--json"]) == 0
+    assert main(["eval", "--checkpoint", str(run), "--ways", "3"]) == 2          # the head has 5 outputs
+    assert "5 outputs" in capsys.readouterr().err

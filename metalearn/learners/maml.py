@@ -90,8 +90,6 @@ class MAML(Learner):
             :meth:`backward` back-propagates each chunk before starting the next (the meta-gradient is the
             same), and :meth:`loss` / :meth:`predict` vmap chunk by chunk.
         check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
-        compile: run the meta-training loss through ``torch.compile`` (off by default: it changes the numbers at
-            rounding level and compiles for a while on the first steps; :meth:`predict` is never compiled).
 
     Example:
         >>> from metalearn.nn import MamlConv4
@@ -103,7 +101,7 @@ class MAML(Learner):
     def __init__(self, model: nn.Module, ways: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_inner_steps: int = 3, first_order: bool = False, learn_lr: bool = False,
                  adapt: ParamFilter = "all", vmap: bool = True, chunk_size: int = 0, check_finite: bool = True,
-                 loss_fn: LossFn = F.cross_entropy, compile: bool = False) -> None:
+                 loss_fn: LossFn = F.cross_entropy) -> None:
         super().__init__()
         for key, v in (("ways", ways), ("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
             if v < 1:
@@ -123,18 +121,12 @@ class MAML(Learner):
         # learned step sizes (Meta-SGD) are meta-parameters: a list in the order of self.names
         self.step_sizes = nn.ParameterList(
             [nn.Parameter(t) for t in self.rule.init({n: params[n] for n in self.names}).values()])
-        self._compiled = torch.compile(self._meta_batch) if compile else None
-
-    def _meta_batch(self, episode: Episode, steps: int, first_order: bool) -> tuple[Tensor, Tensor, Tensor]:
-        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
-        return meta_batch(self.model, params, buffers, self.hyper(), self.names, episode, steps=steps,
-                          rule=self.rule, first_order=first_order, loss_fn=self.loss_fn, vmap_tasks=self.vmap,
-                          chunk_size=self.chunk_size)
 
     def hyper(self) -> Params:
         return dict(zip(self.names, self.step_sizes)) if len(self.step_sizes) else {}
 
-    def _run(self, episode: Episode, steps: int, first_order: bool) -> tuple[Tensor, Tensor, Tensor]:
+    def _run(self, episode: Episode, steps: int, first_order: bool,
+             first_task: int = 0) -> tuple[Tensor, Tensor, Tensor]:
         if episode.ways != self.ways:
             raise ValueError(f"episode: {episode.ways}-way, but the model's head has {self.ways} outputs "
                              f"(ways={self.ways})")
@@ -142,12 +134,12 @@ class MAML(Learner):
         if single:
             episode = Episode(episode.support_x[None], episode.support_y[None], episode.query_x[None],
                               episode.query_y[None], episode.ways)
-        fn = self._meta_batch
-        if self._compiled is not None and torch.is_grad_enabled() and steps == self.inner_steps:
-            fn = self._compiled
-        q_loss, logits, s_losses = fn(episode, steps, first_order)
+        params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
+        q_loss, logits, s_losses = meta_batch(
+            self.model, params, buffers, self.hyper(), self.names, episode, steps=steps, rule=self.rule,
+            first_order=first_order, loss_fn=self.loss_fn, vmap_tasks=self.vmap, chunk_size=self.chunk_size)
         if self.check_finite:
-            check_finite(s_losses)
+            check_finite(s_losses, first_task=first_task)
         return q_loss, (logits[0] if single else logits), s_losses
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
@@ -167,7 +159,7 @@ class MAML(Learner):
         losses, logits = [], []
         for start in range(0, b, self.chunk_size):
             part = episode[start:start + self.chunk_size]
-            q_loss, lg, _ = self._run(part, self.inner_steps, self.first_order)
+            q_loss, lg, _ = self._run(part, self.inner_steps, self.first_order, first_task=start)
             (q_loss.sum() / b).backward()
             losses.append(q_loss.detach())
             logits.append(lg.detach())
