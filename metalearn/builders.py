@@ -88,6 +88,30 @@ def _maml(cfg: TaskConfig, image_shape: tuple) -> Learner:
 LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet, "maml": _maml}
 
 
+def _siamese(cfg: TaskConfig, image_shape: tuple) -> Learner:
+    from metalearn.augment import AffineRanges
+    from metalearn.learners.siamese import Siamese, embedding_dim
+    from metalearn.nn import Conv4, KochNet
+    s, c = cfg.siamese, image_shape[0]
+    if cfg.model.backbone == "koch":
+        if image_shape[-1] != image_shape[-2]:
+            raise ConfigError(f"data: the koch backbone expects square images, got {tuple(image_shape)}")
+        encoder = KochNet(c, image_shape[-1], hidden=cfg.model.hidden, fc=s.fc or 4096)
+    elif cfg.model.backbone == "conv4":
+        encoder = Conv4(in_channels=c, hidden=cfg.model.hidden)
+        if s.fc:
+            encoder = torch.nn.Sequential(encoder, torch.nn.Linear(embedding_dim(encoder, image_shape), s.fc),
+                                          torch.nn.Sigmoid())
+    else:
+        raise ConfigError(f"model.backbone: learner 'siamese' needs 'conv4' or 'koch', got {cfg.model.backbone!r}")
+    ranges = AffineRanges(s.rotation, s.shear, (s.scale_min, s.scale_max), s.translate, 105, s.distort_p)
+    return Siamese(encoder, embedding_dim(encoder, image_shape), ranges if s.distort else None, fill=s.fill,
+                   seed=cfg.train.seed, check_support=False)  # fed by EpisodeSampler: always complete
+
+
+LEARNERS["siamese"] = _siamese
+
+
 def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
     if cfg.learner not in LEARNERS:
         raise ConfigError(f"learner: unknown {cfg.learner!r}; expected one of {sorted(LEARNERS)}")

@@ -82,6 +82,33 @@ class EvalConfig:
 
 
 @dataclass(frozen=True)
+class SiameseConfig:
+    """Siamese networks (learner: siamese; Koch et al. 2015).  The twin network is model.backbone: conv4 (28 px)
+    or koch (Koch's convnet, 105 px; model.hidden is its first width, 64 in the paper)."""
+    fc: int = 0                      # Linear + sigmoid embedding layer; 0: none for conv4, 4096 for koch
+    distort: bool = True             # Koch's random affine distortions of the training images
+    distort_p: float = 0.5           # probability of each component (rotation, shear, scale, translation)
+    rotation: float = 10.0           # degrees, uniform in [-rotation, rotation]
+    shear: float = 0.3               # uniform in [-shear, shear]
+    scale_min: float = 0.8
+    scale_max: float = 1.2
+    translate: float = 2.0           # pixels at 105 px (scaled with the image size)
+    fill: float | None = None        # value outside a distorted image (Omniglot background: 1.0); null: border
+
+    def __post_init__(self) -> None:
+        if self.fc < 0:
+            raise ConfigError(f"siamese.fc: expected >= 0, got {self.fc}")
+        if not 0.0 <= self.distort_p <= 1.0:
+            raise ConfigError(f"siamese.distort_p: expected a probability in [0, 1], got {self.distort_p}")
+        if min(self.rotation, self.shear, self.translate) < 0:
+            raise ConfigError("siamese.rotation / shear / translate: expected >= 0, got "
+                              f"{self.rotation} / {self.shear} / {self.translate}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(f"siamese.scale_min / scale_max: expected 0 < min <= max, got {self.scale_min} / "
+                              f"{self.scale_max}")
+
+
+@dataclass(frozen=True)
 class Reference:
     accuracy: float | None = None    # published accuracy, %
     ci95: float | None = None
@@ -98,6 +125,7 @@ class TaskConfig:
     maml: MamlConfig = field(default_factory=MamlConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    siamese: SiameseConfig = field(default_factory=SiameseConfig)
     reference: Reference = field(default_factory=Reference)
 
     def to_dict(self) -> dict:

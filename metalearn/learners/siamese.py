@@ -1,0 +1,189 @@
+"""Siamese networks for one-shot recognition (Koch, Zemel & Salakhutdinov 2015).
+
+A twin embedding network phi and a weighted-L1 head give the probability that two images show the same class:
+
+    p(same | x1, x2) = sigmoid( sum_j alpha_j |phi(x1)_j - phi(x2)_j| + b )              (Koch eq. 1-2)
+
+Training is verification: binary cross-entropy on balanced same/different pairs, with random affine
+distortions of the training images (:mod:`metalearn.augment`).  N-way K-shot classification scores every
+query against every support image and picks the class with the highest mean p(same) over its K support
+images (K = 1: Koch's one-shot rule, the support image that scores highest).
+
+Pairs from an episode: the learner pools the episode's support and query images (M = N*(K+Q) images, labels
+known), embeds each (distorted) image once and scores all M(M-1)/2 unordered pairs.  Same-class and
+different-class pairs get equal total weight in the BCE (each same pair 1/(2 n_same), each different pair
+1/(2 n_diff)): the expected loss of Koch's balanced pair sampling, with every pair of the episode used.
+For Koch's pure pair stream over a dataset see :class:`metalearn.data.pairs.PairSampler`.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metalearn.augment import KOCH, AffineRanges, random_affine
+from metalearn.learners.base import Learner
+from metalearn.types import Episode
+
+_CHUNK_ELEMENTS = 1 << 24   # pair differences materialised at once by SiameseHead.pairwise (64 MiB in float32)
+
+
+def embedding_dim(encoder: nn.Module, image_shape: tuple) -> int:
+    """D, the size of ``encoder``'s output for one image of ``image_shape`` (C, H, W): one forward pass of two
+    zero images in eval mode (the encoder's mode is restored)."""
+    was = encoder.training
+    p = next(encoder.parameters(), None)
+    x = torch.zeros(2, *image_shape, device=p.device if p is not None else None)
+    try:
+        encoder.eval()
+        with torch.no_grad():
+            return int(encoder(x).shape[-1])
+    finally:
+        encoder.train(was)
+
+
+class SiameseHead(nn.Module):
+    """Weighted L1 distance -> logit of p(same):  s(a, b) = sum_j alpha_j |a_j - b_j| + bias."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        if dim < 1:
+            raise ValueError(f"dim: expected >= 1, got {dim}")
+        self.dim = dim
+        self.alpha = nn.Linear(dim, 1)
+
+    def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        """Logits of matched pairs.  a, b: (..., D) -> (...)."""
+        return self.alpha((a - b).abs()).squeeze(-1)
+
+    def pairwise(self, a: Tensor, b: Tensor) -> Tensor:
+        """Logits of all pairs.  a: ([B,] P, D), b: ([B,] R, D) -> ([B,] P, R).
+
+        Materialises |a_p - b_r| in chunks of rows of ``a`` (bounded memory for wide embeddings such as
+        Koch's 4096-d)."""
+        if a.shape[-1] != self.dim or b.shape[-1] != self.dim:
+            raise ValueError(f"a, b: expected embeddings of size {self.dim}, got {a.shape[-1]} and {b.shape[-1]}")
+        per_row = max(1, math.prod(b.shape[:-2]) * b.shape[-2] * self.dim)
+        step = max(1, _CHUNK_ELEMENTS // per_row)
+        rows = a.shape[-2]
+        outs = [self(a[..., i:i + step, None, :], b[..., None, :, :]) for i in range(0, rows, step)]
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
+
+
+def class_log_scores(pair_logits: Tensor, support_y: Tensor, ways: int, check: bool = True) -> Tensor:
+    """log of the mean p(same) over each class's support images.
+
+    pair_logits: ([B,] NQ, NK) logits of p(same) for every (query, support) pair; support_y: ([B,] NK) in
+    [0, ways) -> ([B,] NQ, ways).  With ``check``, a class without a support image raises ValueError (one host
+    sync); without it such a class scores -inf.
+    """
+    onehot = F.one_hot(support_y, ways).to(pair_logits.dtype)                      # ([B,] NK, N)
+    counts = onehot.sum(-2)                                                         # ([B,] N)
+    if check and bool((counts == 0).any()):
+        missing = int((counts == 0).nonzero()[0, -1])
+        raise ValueError(f"support_y: class {missing} has no support example (ways={ways})")
+    log_mask = torch.log(onehot)                                                    # 0 or -inf
+    logp = F.logsigmoid(pair_logits)[..., :, :, None] + log_mask[..., None, :, :]   # ([B,] NQ, NK, N)
+    return torch.logsumexp(logp, dim=-2) - torch.log(counts)[..., None, :]
+
+
+def balanced_pair_bce(pair_logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Class-balanced BCE over the unordered pairs (i < j) of M labelled items.
+
+    pair_logits: ([B,] M, M) symmetric logits, y: ([B,] M) labels -> (loss, n_same, n_diff), the loss averaged
+    over tasks; n_same/n_diff ([B]) count the pairs.  Same pairs and different pairs weigh 1/2 each in total.
+    """
+    m = y.shape[-1]
+    upper = torch.ones(m, m, dtype=torch.bool, device=y.device).triu(1)
+    same = (y[..., :, None] == y[..., None, :])
+    pos, neg = same & upper, ~same & upper
+    n_pos = pos.sum((-1, -2))
+    n_neg = neg.sum((-1, -2))
+    w = (pos.to(pair_logits.dtype) / (2 * n_pos.clamp_min(1)[..., None, None])
+         + neg.to(pair_logits.dtype) / (2 * n_neg.clamp_min(1)[..., None, None]))
+    bce = F.binary_cross_entropy_with_logits(pair_logits, same.to(pair_logits.dtype), reduction="none")
+    return (w * bce).sum((-1, -2)).mean(), n_pos, n_neg
+
+
+class Siamese(Learner):
+    """Koch's Siamese network learner around any embedding network ``encoder: (..., C, H, W) -> (..., D)``.
+
+    Args:
+        encoder: the twin network phi (e.g. :class:`metalearn.nn.KochNet` at 105 px, ``Conv4`` at 28 px).
+        dim: D, the encoder's embedding size (the head has D weights alpha and a bias).
+        distort: affine distortion ranges applied to training images in train mode (None: no distortion).
+        fill: value outside the distorted image (Omniglot: 1.0, white); None repeats the border pixels.
+        seed: seeds the learner's own CPU ``torch.Generator`` for the distortion parameters (saved with the
+            state dict, so a resumed run draws the same distortions).
+        check_support: raise on a class without support images / an episode without same-class pairs
+            (one host sync per call); the CLI turns it off because its EpisodeSampler always completes them.
+
+    ``loss(episode)`` -> (balanced pair BCE, query logits ([B,] N*Q, N) = log mean p(same) per class).
+
+    Example:
+        >>> from metalearn.nn import Conv4
+        >>> learner = Siamese(Conv4(in_channels=1), dim=64, fill=1.0)
+        >>> loss, logits = learner.loss(episode)
+    """
+
+    def __init__(self, encoder: nn.Module, dim: int, distort: AffineRanges | None = KOCH,
+                 fill: float | None = None, seed: int = 0, check_support: bool = True) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = SiameseHead(dim)
+        self.distort = distort
+        self.fill = fill
+        self.check_support = check_support
+        self.generator = torch.Generator()
+        self.generator.manual_seed(int(seed))
+
+    # the distortion RNG travels with the weights (exact resume, deterministic evaluation of a checkpoint)
+    def get_extra_state(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.generator.set_state(state["generator"].cpu())
+
+    def _check(self, episode: Episode) -> None:
+        sx, qx = episode.support_x, episode.query_x
+        if sx.dim() not in (4, 5):
+            raise ValueError(f"support_x: expected ([B,] N*K, C, H, W), got {tuple(sx.shape)}")
+        if sx.shape[-3:] != qx.shape[-3:]:
+            raise ValueError(f"support_x and query_x image shapes differ: {tuple(sx.shape[-3:])} vs "
+                             f"{tuple(qx.shape[-3:])}")
+        if sx.shape[-4] == 0:
+            raise ValueError("support_x: the support set is empty (shots=0); expected at least one image per class")
+        if episode.support_y.shape != sx.shape[:-3] or episode.query_y.shape != qx.shape[:-3]:
+            raise ValueError(f"support_y / query_y: expected shapes {tuple(sx.shape[:-3])} / {tuple(qx.shape[:-3])}, "
+                             f"got {tuple(episode.support_y.shape)} / {tuple(episode.query_y.shape)}")
+
+    def _embed(self, episode: Episode) -> tuple[Tensor, int]:
+        x = torch.cat([episode.support_x, episode.query_x], dim=-4)                # ([B,] M, C, H, W)
+        if self.training and self.distort is not None:
+            x = random_affine(x, self.distort, generator=self.generator, fill=self.fill)
+        return self.encoder(x), episode.support_x.shape[-4]                       # ([B,] M, D)
+
+    def forward(self, episode: Episode) -> Tensor:
+        """Query logits ([B,] N*Q, N): log of the mean p(same) with each class's support images."""
+        self._check(episode)
+        z, n_s = self._embed(episode)
+        s = self.head.pairwise(z[..., n_s:, :], z[..., :n_s, :])                   # ([B,] NQ, NK)
+        return class_log_scores(s, episode.support_y, episode.ways, self.check_support)
+
+    def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        self._check(episode)
+        z, n_s = self._embed(episode)
+        y = torch.cat([episode.support_y, episode.query_y], dim=-1)                # ([B,] M)
+        s = self.head.pairwise(z, z)                                               # ([B,] M, M)
+        loss, n_pos, n_neg = balanced_pair_bce(s, y)
+        if self.check_support and bool(((n_pos == 0) | (n_neg == 0)).any()):
+            raise ValueError("episode: verification training needs same-class and different-class pairs: at "
+                             "least 2 images (shots + queries) of some class and at least 2 classes (ways)")
+        logits = class_log_scores(s[..., n_s:, :n_s], episode.support_y, episode.ways, self.check_support)
+        return loss, logits
+
+    def predict(self, episode: Episode) -> Tensor:
+        with torch.no_grad():
+            return self(episode)
