@@ -85,7 +85,16 @@ def _maml(cfg: TaskConfig, image_shape: tuple) -> Learner:
                 adapt=m.adapt, vmap=m.vmap, chunk_size=m.chunk_size, check_finite=m.check_finite)
 
 
-LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet, "maml": _maml}
+def _matchnet(cfg: TaskConfig, image_shape: tuple) -> Learner:
+    from metalearn.learners.matchnet import MatchingNet, embedding_dim
+    encoder = _backbone(cfg, image_shape[0])
+    m = cfg.matchnet
+    return MatchingNet(encoder, embedding_dim(encoder, image_shape), fce=m.fce, process_steps=m.process_steps,
+                       lstm_hidden=m.lstm_hidden, check_support=False)  # fed by EpisodeSampler: always complete
+
+
+LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet, "maml": _maml,
+                                                                "matchnet": _matchnet}
 
 
 def _siamese(cfg: TaskConfig, image_shape: tuple) -> Learner:

@@ -52,6 +52,15 @@ class MamlConfig:
 
 
 @dataclass(frozen=True)
+class MatchnetConfig:
+    """Matching Networks (learner: matchnet).  fce: full context embeddings (bidirectional LSTM over the
+    support, attention LSTM over each query); off, f = g = the backbone."""
+    fce: bool = False
+    process_steps: int = 5           # K, the attention LSTM's processing steps (fce only)
+    lstm_hidden: int = 0             # 0: LSTMs at the embedding size (paper); else a linear projection first
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     ways: int = 60
     shots: int = 1
@@ -123,6 +132,7 @@ class TaskConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     maml: MamlConfig = field(default_factory=MamlConfig)
+    matchnet: MatchnetConfig = field(default_factory=MatchnetConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     siamese: SiameseConfig = field(default_factory=SiameseConfig)
@@ -231,6 +241,12 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"maml.adapt: expected all or head, got {m.adapt!r}")
     if m.chunk_size < 0:
         raise ConfigError(f"maml.chunk_size: expected >= 0, got {m.chunk_size}")
+    if cfg.matchnet.process_steps < 1:
+        raise ConfigError(f"matchnet.process_steps: expected >= 1, got {cfg.matchnet.process_steps}")
+    if cfg.matchnet.lstm_hidden < 0:
+        raise ConfigError(f"matchnet.lstm_hidden: expected >= 0, got {cfg.matchnet.lstm_hidden}")
+    if cfg.matchnet.lstm_hidden and not cfg.matchnet.fce:
+        raise ConfigError("matchnet.lstm_hidden: only used with matchnet.fce: true")
     if cfg.model.pool not in ("max", "stride"):
         raise ConfigError(f"model.pool: expected max or stride, got {cfg.model.pool!r}")
     if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):
