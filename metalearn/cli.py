@@ -1,10 +1,13 @@
 """Command line: ``metalearn {demo,train,eval,bench,report}``.
 
   metalearn demo                                   ProtoNet on scikit-learn digits, offline, ~1-2 min on CPU
+  metalearn data cifar10c [--corruptions NAME ...] [--severities 1..5 ...] [--limit N] [--data-dir D] [--cache-dir C]
   metalearn train --config tasks/X.yaml [--set key=value ...] --out DIR [--resume] [--tensorboard]
   metalearn eval --checkpoint DIR [--ways N --shots K --queries Q --episodes E --split S] [--json]
   metalearn bench SUITE [--out-root runs/bench] [--results results] [--set key=value ...] [--dry-run]
   metalearn report [--results results] [--docs docs]
+  metalearn ttt train --config tasks/ttt_cifar10_gn.yaml --out DIR [--set key=value ...] [--resume] [--device D]
+  metalearn ttt eval --checkpoint DIR [--set key=value ...] [--device D] [--json FILE]
 """
 from __future__ import annotations
 
@@ -208,6 +211,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      command=shlex.join(["metalearn", *args.argv]))
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """metalearn data cifar10c: generate CIFAR-10-C into the cache (skips entries already built)."""
+    from metalearn.data.cifar10c import build_cifar10c
+    _threads(args.threads)
+    t0 = time.perf_counter()
+    paths = build_cifar10c(args.data_dir, args.cache_dir, severities=args.severities, corruptions=args.corruptions,
+                           seed=args.seed, limit=args.limit, device=args.device, progress=not args.quiet)
+    print(f"CIFAR-10-C: {len(paths)} entries ready under {paths[0].parent} ({time.perf_counter() - t0:.1f}s)")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from metalearn.report import write_report
     summary = write_report(args.results, args.docs, plots=not args.no_plots, skip_invalid=args.skip_invalid)
@@ -215,6 +229,12 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"metalearn report: warning: skipped {note}", file=sys.stderr)
     print(summary.message())
     return 0
+
+
+def cmd_ttt(args: argparse.Namespace) -> int:
+    from metalearn.ttt.cli import run_ttt_command
+    _threads(args.threads)
+    return run_ttt_command(args)
 
 
 def _positive(text: str) -> int:
@@ -275,6 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(fn=cmd_bench)
 
+    da = sub.add_parser("data", help="prepare data sets: cifar10c (generate CIFAR-10-C into the cache)")
+    da_sub = da.add_subparsers(dest="dataset", required=True)
+    dc = da_sub.add_parser("cifar10c", help="the 15 corruptions x severities of the CIFAR-10 test set")
+    from metalearn.data.corruptions import CORRUPTIONS
+    dc.add_argument("--corruptions", nargs="+", choices=CORRUPTIONS, default=list(CORRUPTIONS), metavar="NAME",
+                    help="corruption names (default all 15): " + ", ".join(CORRUPTIONS))
+    dc.add_argument("--severities", nargs="+", type=int, choices=range(1, 6), default=[1, 2, 3, 4, 5],
+                    metavar="S", help="severity levels 1..5 (default all)")
+    dc.add_argument("--data-dir", default=None, help="data root holding cifar10/ (default $METALEARN_DATA)")
+    dc.add_argument("--cache-dir", default=None, help="cache directory (default $METALEARN_CACHE)")
+    dc.add_argument("--seed", type=int, default=0)
+    dc.add_argument("--limit", type=_positive, default=None, help="only the first N test images (smoke runs)")
+    dc.add_argument("--device", default="cpu", help="where the corruptions run (output is device-independent)")
+    dc.add_argument("--threads", type=int, default=0)
+    dc.add_argument("--quiet", action="store_true", help="no progress bar")
+    dc.set_defaults(fn=cmd_data)
+
     r = sub.add_parser("report", help="generate the results tables and plots from the result JSON files")
     r.add_argument("--results", default="results", help="the result JSON files (default results/)")
     r.add_argument("--docs", default="docs", help="docs folder: writes DOCS/results.md and DOCS/img/ (default docs/)")
@@ -282,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--skip-invalid", action="store_true",
                    help="leave out result files of another schema version instead of stopping with an error")
     r.set_defaults(fn=cmd_report)
+
+    tt = sub.add_parser("ttt", help="Test-Time Training / Tent on CIFAR-10(-C): train | eval")
+    from metalearn.ttt.cli import add_ttt_arguments
+    add_ttt_arguments(tt)
+    tt.set_defaults(fn=cmd_ttt)
     return p
 
 

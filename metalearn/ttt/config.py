@@ -1,0 +1,158 @@
+"""TTT task files (``tasks/ttt_*.yaml``): a frozen dataclass per section, parsed as strictly as
+:mod:`metalearn.config` (unknown keys and wrong types are errors naming the key; ``--set key=value`` overrides).
+
+Sections: ``model`` (the ResNet), ``train`` (:class:`metalearn.ttt.train.JointTrainConfig`), ``ttt`` (standard and
+online TTT), ``tent``, ``eval`` (which test sets and methods), ``data``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from metalearn.config import ConfigError, _build, apply_overrides, load_yaml
+from metalearn.ttt.train import JointTrainConfig
+
+METHODS = ("source", "ttt", "ttt_online", "norm_adapt", "tent")
+
+
+@dataclass(frozen=True)
+class TTTModelConfig:
+    depth: int = 26
+    norm: str = "gn"                 # gn (GroupNorm, 8 groups) | bn (BatchNorm2d)
+    groups: int = 8
+    width: int = 1
+    rotation_head: bool = True       # False: object-recognition-only baseline
+
+
+@dataclass(frozen=True)
+class TTTAdaptConfig:
+    steps: int = 10                  # standard TTT: SGD steps per image
+    online_steps: int = 1            # TTT-Online: steps per image
+    lr: float = 0.001
+    copies: int = 32                 # augmented copies of the test image per step
+    adapt: str = "trunk"             # trunk (paper: stem+stage1+stage2) | trunk+rotation (released code) | all
+    chunk_size: int = 64             # images adapted at once (vmap)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class TentConfig:
+    lr: float = 0.001                # Adam
+    batch_size: int = 128
+    steps: int = 1                   # Adam steps per test batch
+
+
+@dataclass(frozen=True)
+class TTTEvalConfig:
+    severity: int = 5
+    corruptions: str = "all"         # all | comma-separated names; 'clean' is the uncorrupted test set
+    images: int = 1000               # first N test images per set (<= 1000 keeps CIFAR-10's original order)
+    ttt_images: int = 0              # first N of those for standard TTT (0: all of them)
+    methods: str = "auto"            # auto (from the model) | comma-separated subset of METHODS
+    batch_size: int = 128            # source / norm_adapt batch
+    corruption_seed: int = 0
+
+
+@dataclass(frozen=True)
+class TTTDataConfig:
+    root: str | None = None
+    cache_dir: str | None = None
+    device: str = "auto"             # auto | cpu | cuda[:N]
+
+
+@dataclass(frozen=True)
+class TTTTaskConfig:
+    name: str = ""
+    dataset: str = "cifar10"
+    model: TTTModelConfig = field(default_factory=TTTModelConfig)
+    train: JointTrainConfig = field(default_factory=JointTrainConfig)
+    ttt: TTTAdaptConfig = field(default_factory=TTTAdaptConfig)
+    tent: TentConfig = field(default_factory=TentConfig)
+    eval: TTTEvalConfig = field(default_factory=TTTEvalConfig)
+    data: TTTDataConfig = field(default_factory=TTTDataConfig)
+    reference: str = ""              # where the published numbers come from
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+ADAPT_FILTERS = {"trunk": "trunk", "trunk+rotation": ["trunk", "rotation"], "all": "all"}
+
+
+def validate(cfg: TTTTaskConfig) -> None:
+    def positive(key: str, v) -> None:
+        if v < 1:
+            raise ConfigError(f"{key}: expected >= 1, got {v}")
+    if cfg.dataset != "cifar10":
+        raise ConfigError(f"dataset: expected cifar10, got {cfg.dataset!r}")
+    m, t, a, e = cfg.model, cfg.train, cfg.ttt, cfg.eval
+    if m.norm not in ("gn", "bn"):
+        raise ConfigError(f"model.norm: expected gn or bn, got {m.norm!r}")
+    if m.depth < 8 or (m.depth - 2) % 6:
+        raise ConfigError(f"model.depth: expected 6n+2 >= 8, got {m.depth}")
+    for key, v in (("model.groups", m.groups), ("model.width", m.width), ("train.epochs", t.epochs),
+                   ("train.batch_size", t.batch_size), ("train.checkpoint_every", t.checkpoint_every),
+                   ("train.log_every", t.log_every), ("ttt.steps", a.steps), ("ttt.online_steps", a.online_steps),
+                   ("ttt.copies", a.copies), ("ttt.chunk_size", a.chunk_size), ("tent.batch_size", cfg.tent.batch_size),
+                   ("tent.steps", cfg.tent.steps), ("eval.images", e.images), ("eval.batch_size", e.batch_size)):
+        positive(key, v)
+    for key, v in (("train.lr", t.lr), ("ttt.lr", a.lr), ("tent.lr", cfg.tent.lr)):
+        if not v > 0:
+            raise ConfigError(f"{key}: expected > 0, got {v}")
+    if t.max_steps < 0 or e.ttt_images < 0:
+        raise ConfigError("train.max_steps / eval.ttt_images: expected >= 0")
+    if list(t.milestones) != sorted(t.milestones):
+        raise ConfigError(f"train.milestones: expected increasing epochs, got {list(t.milestones)}")
+    if a.adapt not in ADAPT_FILTERS:
+        raise ConfigError(f"ttt.adapt: expected one of {sorted(ADAPT_FILTERS)}, got {a.adapt!r}")
+    if not 1 <= e.severity <= 5:
+        raise ConfigError(f"eval.severity: expected 1..5, got {e.severity}")
+    if e.methods != "auto":
+        bad = [x for x in e.methods.split(",") if x.strip() not in METHODS]
+        if bad:
+            raise ConfigError(f"eval.methods: unknown {bad}; expected 'auto' or a comma list of {list(METHODS)}")
+    d = cfg.data.device
+    if d not in ("auto", "cpu", "cuda") and not d.startswith("cuda:"):
+        raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {d!r}")
+
+
+def ttt_config_from_dict(data: dict) -> TTTTaskConfig:
+    cfg = _build(TTTTaskConfig, data, "")
+    validate(cfg)
+    return cfg
+
+
+def load_ttt_config(path: str | Path, overrides: list[str] | None = None) -> TTTTaskConfig:
+    data = apply_overrides(load_yaml(path), overrides or [])
+    try:
+        return ttt_config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def dump_ttt_config(cfg: TTTTaskConfig) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def methods_for(cfg: TTTTaskConfig, has_rotation_head: bool, has_bn: bool) -> list[str]:
+    """The methods ``eval.methods`` names ('auto': source, TTT and TTT-Online with a rotation head; norm_adapt
+    and Tent with BatchNorm; Tent also on GroupNorm when asked explicitly)."""
+    if cfg.eval.methods != "auto":
+        return [x.strip() for x in cfg.eval.methods.split(",")]
+    out = ["source"]
+    if has_rotation_head:
+        out += ["ttt", "ttt_online"]
+    if has_bn:
+        out += ["norm_adapt", "tent"]
+    return out

@@ -1,0 +1,136 @@
+"""The work of ``metalearn ttt train`` and ``metalearn ttt eval``: runs from a task file, on CIFAR-10 / -10-C.
+
+``train_run`` writes ``OUT/config.yaml`` (resolved), ``metrics.jsonl`` and ``last.pt``; ``eval_run`` evaluates a
+run's ``last.pt`` with the methods of its config on the clean test set and the corruptions (``corrupt`` applied to
+the first ``eval.images`` test images), and returns per set and method the error in %.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from metalearn.config import ConfigError, load_yaml
+from metalearn.nn.resnet_cifar import ResNetCIFAR
+from metalearn.ttt.config import ADAPT_FILTERS, TTTTaskConfig, dump_ttt_config, methods_for, ttt_config_from_dict
+from metalearn.ttt.train import JointTrainState, load_model, train_joint
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device: {device!r} was asked for but CUDA is not available")
+    return torch.device(device)
+
+
+def build_model(cfg: TTTTaskConfig) -> ResNetCIFAR:
+    m = cfg.model
+    return ResNetCIFAR(m.depth, 10, m.norm, m.groups, m.width, m.rotation_head)
+
+
+def train_run(cfg: TTTTaskConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
+              progress: Callable[[dict], None] | None = None) -> JointTrainState:
+    from metalearn.data.cache import atomic_write
+    from metalearn.data.cifar10 import load_cifar10
+
+    out = Path(out)
+    resolved = out / "config.yaml"
+    if resume:
+        if not resolved.is_file():
+            raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
+        old = ttt_config_from_dict(load_yaml(resolved))
+        if (old.model, old.train.epochs, old.train.batch_size, old.train.lr, old.train.seed) != (
+                cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.seed):
+            raise ConfigError(f"--resume: the run in {str(out)!r} was made with another model or recipe")
+    elif (out / "last.pt").exists():
+        raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
+    dev = resolve_device(device or cfg.data.device)
+    torch.manual_seed(cfg.train.seed)
+    images, labels = load_cifar10(cfg.data.root, "train", cfg.data.cache_dir)
+    images, labels = images.to(dev), labels.to(dev)
+    model = build_model(cfg).to(dev)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(resolved, mode="w") as f:
+        f.write(dump_ttt_config(cfg))
+    return train_joint(model, images, labels, cfg.train, out, resume=resume, meta={"config": cfg.to_dict()},
+                       progress=progress)
+
+
+def corruption_names(cfg: TTTTaskConfig) -> list[str]:
+    """``clean`` first, then the corruptions of ``eval.corruptions``."""
+    from metalearn.data.corruptions import CORRUPTIONS
+    spec = cfg.eval.corruptions
+    names = list(CORRUPTIONS) if spec == "all" else [s.strip() for s in spec.split(",") if s.strip()]
+    bad = [n for n in names if n not in CORRUPTIONS and n != "clean"]
+    if bad:
+        raise ConfigError(f"eval.corruptions: unknown {bad}; expected 'all' or names from {list(CORRUPTIONS)} "
+                          "or 'clean'")
+    return ["clean"] + [n for n in names if n != "clean"] if spec == "all" else names
+
+
+def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskConfig) -> torch.Tensor:
+    """Logits of ``method`` on the stream ``x`` (uint8 (N, 3, 32, 32)) with the config's settings."""
+    from metalearn.ttt.adapt import ttt, ttt_online
+    from metalearn.ttt.tent import norm_adapt, predict, tent
+    a = cfg.ttt
+    filt = ADAPT_FILTERS[a.adapt]
+    if method == "source":
+        return predict(model, x, cfg.eval.batch_size)
+    if method == "ttt":
+        return ttt(model, x, steps=a.steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed,
+                   chunk_size=a.chunk_size).logits
+    if method == "ttt_online":
+        return ttt_online(model, x, steps=a.online_steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed).logits
+    if method == "norm_adapt":
+        return norm_adapt(model, x, cfg.eval.batch_size)
+    if method == "tent":
+        return tent(model, x, lr=cfg.tent.lr, batch_size=cfg.tent.batch_size, steps=cfg.tent.steps).logits
+    raise ConfigError(f"eval.methods: unknown method {method!r}")
+
+
+def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, device: str | None = None,
+             progress: Callable[[str], None] | None = None) -> dict:
+    """Evaluate a run directory's ``last.pt`` (or a ``.pt`` in a run directory) with its ``config.yaml``
+    (``overrides`` as ``key=value``).  Returns ``{"sets": {set: {method: {"error", "n", "wall_s"}}}, ...}``."""
+    from metalearn.config import apply_overrides
+    from metalearn.data.cifar10 import load_cifar10
+    from metalearn.data.corruptions import corrupt
+    from metalearn.ttt.tent import has_batchnorm
+
+    path = Path(checkpoint)
+    ck_path = path if path.is_file() else path / "last.pt"
+    if not (ck_path.parent / "config.yaml").is_file():
+        raise ConfigError(f"--checkpoint: {str(ck_path.parent / 'config.yaml')!r} does not exist "
+                          "(not a ttt run directory)")
+    cfg = ttt_config_from_dict(apply_overrides(load_yaml(ck_path.parent / "config.yaml"), overrides or []))
+    dev = resolve_device(device or cfg.data.device)
+    model, ck = load_model(ck_path, map_location=dev)
+    methods = methods_for(cfg, model.has_rotation_head, has_batchnorm(model))
+    if ("ttt" in methods or "ttt_online" in methods) and not model.has_rotation_head:
+        raise ConfigError(f"eval.methods: {methods} include TTT but {ck_path} has no rotation head")
+    names = corruption_names(cfg)
+    x_all, y_all = load_cifar10(cfg.data.root, "test", cfg.data.cache_dir)
+    n = cfg.eval.images
+    if n > x_all.shape[0]:
+        raise ConfigError(f"eval.images: {n} but the test set has {x_all.shape[0]} images")
+    x0, y = x_all[:n].to(dev), y_all[:n].to(dev)
+    n_ttt = cfg.eval.ttt_images or n
+    sets: dict = {}
+    for name in names:
+        x = x0 if name == "clean" else corrupt(x0, name, cfg.eval.severity, seed=cfg.eval.corruption_seed)
+        sets[name] = {}
+        for method in methods:
+            m_n = min(n_ttt, n) if method == "ttt" else n
+            t0 = time.perf_counter()
+            logits = run_method(method, model, x[:m_n], cfg)
+            err = float((logits.argmax(-1) != y[:m_n]).float().mean()) * 100
+            sets[name][method] = {"error": err, "n": m_n, "wall_s": time.perf_counter() - t0}
+            if progress is not None:
+                progress(f"{name:18s} {method:11s} error {err:5.1f}% on {m_n} images "
+                         f"({time.perf_counter() - t0:.0f} s)")
+    return {"checkpoint": str(ck_path), "step": ck.get("step"), "config": cfg.to_dict(), "methods": methods,
+            "severity": cfg.eval.severity, "images": n, "ttt_images": n_ttt, "device": str(dev),
+            "corruption_seed": cfg.eval.corruption_seed, "sets": sets}

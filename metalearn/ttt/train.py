@@ -1,0 +1,199 @@
+"""Joint training of the Y-shaped ResNet (Test-Time Training, Sun et al. 2020), and the object-only baseline.
+
+Loss per batch: ``CE(main head, labels) + CE(rotation head, rotation labels)`` with every image of the batch at
+all four rotations (no rotation term for a model without a rotation head).  The trunk runs once on the 4 B
+rotated images; the main head sees the unrotated quarter (identical to a separate pass for GroupNorm; for
+BatchNorm the trunk's batch statistics come from all four rotations).  SGD (lr 0.1, momentum 0.9, weight decay
+5e-4), batch 128, lr x0.1 at epochs 75 and 125 of 150; random crop (zero padding 4) and horizontal flip done on
+the device.
+
+Determinism and exact resume: the epoch's shuffle is seeded by ``(seed, epoch)`` and a step's augmentation by
+``(seed, step)``, so a run resumed from ``last.pt`` (model, optimiser, step) makes the same updates as an
+uninterrupted one.  Checkpoints are written atomically (:func:`metalearn.train.checkpoint.atomic_save`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from metalearn.nn.resnet_cifar import ResNetCIFAR
+from metalearn.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from metalearn.ttt.rotation import all_rotations, crop_flip, random_draws
+
+KIND = "ttt-resnet-cifar"
+
+
+@dataclass(frozen=True)
+class JointTrainConfig:
+    """Joint-training recipe (defaults: the paper's).  ``max_steps`` > 0 stops early (the lr schedule still
+    follows ``epochs``); ``checkpoint_every`` and ``log_every`` count optimiser steps."""
+    epochs: int = 150
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple = (75, 125)    # epochs at which lr is multiplied by gamma
+    gamma: float = 0.1
+    max_steps: int = 0               # 0: train all epochs
+    checkpoint_every: int = 200
+    log_every: int = 20
+    seed: int = 0
+
+
+def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
+    """Joint loss on float images x (B, C, H, W) in [0, 1] with labels y (B,): ``CE(main) + CE(rotation)``
+    over all 4 rotations (just ``CE(main)`` without a rotation head).  Returns (loss, metrics tensors)."""
+    b = x.shape[0]
+    if model.has_rotation_head:
+        xr, yr = all_rotations(x)                         # (4B, C, H, W), first B unrotated
+        z = model.features(xr)
+        logits = model.head(z[:b])
+        rot_logits = model.rotation(z)
+        main, rot = F.cross_entropy(logits, y), F.cross_entropy(rot_logits, yr)
+        acc_rot = (rot_logits.argmax(-1) == yr).float().mean()
+        loss = main + rot
+    else:
+        logits = model(x)
+        main = F.cross_entropy(logits, y)
+        rot = acc_rot = torch.zeros((), device=x.device)
+        loss = main
+    acc = (logits.argmax(-1) == y).float().mean()
+    return loss, {"loss": loss.detach(), "main": main.detach(), "rotation": rot.detach(), "acc": acc,
+                  "rot_acc": acc_rot}
+
+
+def lr_at(cfg: JointTrainConfig, step: int, steps_per_epoch: int) -> float:
+    passed = sum(1 for m in cfg.milestones if step >= m * steps_per_epoch)
+    return cfg.lr * cfg.gamma ** passed
+
+
+def _permutation(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+
+
+def batch_at(images: Tensor, labels: Tensor, cfg: JointTrainConfig, step: int,
+             dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """The augmented float batch of global step ``step`` (deterministic in (seed, step)); images uint8 on the
+    device."""
+    n = images.shape[0]
+    spe = math.ceil(n / cfg.batch_size)
+    epoch, i = divmod(step, spe)
+    idx = _permutation(n, cfg.seed, epoch)[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(images.device)
+    x = images[idx].to(dtype) / 255.0
+    off, flip = random_draws(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step),
+                             device=x.device)
+    return crop_flip(x, off, flip), labels[idx]
+
+
+@dataclass
+class JointTrainState:
+    step: int
+    total_steps: int
+    wall_s: float
+    last: dict
+    resumed_from: int | None = None
+
+
+def check_training_data(images: Tensor, labels: Tensor, model: ResNetCIFAR) -> None:
+    if images.dim() != 4 or images.shape[1] != model.in_channels or images.dtype != torch.uint8:
+        raise ValueError(f"images: expected uint8 (N, {model.in_channels}, H, W), got {images.dtype} "
+                         f"{tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError("images: the training set is empty")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"labels: expected shape ({images.shape[0]},), got {tuple(labels.shape)}")
+    if int(labels.min()) < 0 or int(labels.max()) >= model.classes:
+        raise ValueError(f"labels: expected values in [0, {model.classes}), got [{int(labels.min())}, "
+                         f"{int(labels.max())}]")
+
+
+def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTrainConfig,
+                out: str | Path | None = None, *, resume: bool = False, meta: dict | None = None,
+                progress: Callable[[dict], None] | None = None) -> JointTrainState:
+    """Train ``model`` in place on uint8 ``images`` (N, C, H, W) and ``labels`` (N,) (both on the model's device).
+
+    ``out``: run directory for ``last.pt`` (atomic, every ``checkpoint_every`` steps and at the end) and
+    ``metrics.jsonl``; ``resume=True`` continues from ``out/last.pt`` (same model config required).  ``meta``
+    is stored in the checkpoint (e.g. the task config).  ``progress`` gets each logged metrics dict.
+    """
+    check_training_data(images, labels, model)
+    if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0:
+        raise ValueError(f"cfg: batch_size and epochs must be >= 1 and max_steps >= 0, got {cfg}")
+    spe = math.ceil(images.shape[0] / cfg.batch_size)
+    total = spe * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, spe * cfg.epochs)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    out = Path(out) if out is not None else None
+    step, resumed = 0, None
+    if out is not None:
+        ck_path = out / "last.pt"
+        if resume:
+            ck = load_checkpoint(ck_path, map_location=next(model.parameters()).device)
+            if ck.get("kind") != KIND or ck.get("model_config") != model.config():
+                raise ValueError(f"checkpoint {str(ck_path)!r} holds another model ({ck.get('model_config')}; "
+                                 f"this one is {model.config()})")
+            model.load_state_dict(ck["model"])
+            opt.load_state_dict(ck["optimizer"])
+            step = resumed = int(ck["step"])
+            _truncate_metrics(out / "metrics.jsonl", step)
+        elif ck_path.exists():
+            raise FileExistsError(f"{str(out)!r} already holds a run (last.pt); resume it or choose another out")
+        out.mkdir(parents=True, exist_ok=True)
+
+    def save(at: int) -> None:
+        if out is not None:
+            atomic_save({"format": FORMAT, "kind": KIND, "model_config": model.config(), "model": model.state_dict(),
+                         "optimizer": opt.state_dict(), "step": at, "train_config": dataclasses.asdict(cfg),
+                         "meta": meta or {}}, out / "last.pt")
+
+    model.train()
+    t0, last = time.perf_counter(), {}
+    dtype = next(model.parameters()).dtype
+    while step < total:
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg, step, spe)
+        x, y = batch_at(images, labels, cfg, step, dtype)
+        loss, metrics = joint_loss(model, x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        if step % cfg.log_every == 0 or step == total:
+            last = {k: float(v) for k, v in metrics.items()}   # one host sync per logged step
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"joint loss is {last['loss']} at step {step} (check lr and the data)")
+            last.update(step=step, epoch=step / spe, lr=opt.param_groups[0]["lr"], wall_s=time.perf_counter() - t0)
+            if out is not None:
+                with open(out / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(last) + "\n")
+            if progress is not None:
+                progress(last)
+        if step % cfg.checkpoint_every == 0 or step == total:
+            save(step)
+    return JointTrainState(step, total, time.perf_counter() - t0, last, resumed)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    if not path.is_file():
+        return
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in keep))
+
+
+def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ResNetCIFAR, dict]:
+    """Rebuild a :class:`ResNetCIFAR` from a checkpoint written by :func:`train_joint`; returns (model in eval
+    mode, checkpoint dict)."""
+    ck = load_checkpoint(path, map_location=map_location)
+    if ck.get("kind") != KIND:
+        raise ValueError(f"checkpoint {str(path)!r} is not a TTT ResNet checkpoint (kind {ck.get('kind')!r})")
+    model = ResNetCIFAR(**ck["model_config"])
+    model.load_state_dict(ck["model"])
+    return model.to(map_location).eval(), ck
