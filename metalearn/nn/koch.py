@@ -17,11 +17,11 @@ def koch_flat_size(image_size: int, hidden: int = 64) -> int:
     for k, pool in ((10, True), (7, True), (4, True), (4, False)):
         s = s - k + 1
         if s < 1:
-            raise ValueError(f"image_size: {image_size} px is too small for the Koch net (needs >= 48)")
+            raise ValueError(f"image_size: {image_size} px is too small for the Koch net (needs >= 65)")
         if pool:
             s //= 2
     if s < 1:
-        raise ValueError(f"image_size: {image_size} px is too small for the Koch net (needs >= 48)")
+        raise ValueError(f"image_size: {image_size} px is too small for the Koch net (needs >= 65)")
     return 4 * hidden * s * s
 
 
