@@ -138,10 +138,10 @@ def _class_of(path: str, where: Path) -> int:
     return CLASSES.index(parts[1])
 
 
-def _decode_jpeg_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray, str]:
+def _decode_jpeg_split(folder: Path, split: str, progress: bool) -> tuple[np.ndarray, np.ndarray, str]:
     archive = folder / JPEG_ARCHIVE
     images: dict[str, np.ndarray] = {}
-    with _cache.progress(SPLIT_SIZES[split], f"decoding CIFAR-10 {split}", "img") as bar:
+    with _cache.progress(SPLIT_SIZES[split], f"decoding CIFAR-10 {split}", "img", enabled=progress) as bar:
         for name, data in _jpeg_members(archive, split):
             _class_of(name, archive)
             images[name] = _decode_jpeg(data, f"{archive}:{name}")
@@ -206,18 +206,9 @@ def _locate(root) -> tuple[Path, str]:
                             " exists (expected under $METALEARN_DATA/cifar10/ or root=...)")
 
 
-def load_cifar10(root: str | os.PathLike | None = None, split: str = "train",
-                 cache_dir: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One CIFAR-10 split: ``(images uint8 (N, 3, 32, 32) RGB, labels int64 (N,))``, N = 50000 / 10000.
-
-    Args:
-        root: data root holding ``cifar10/`` (default $METALEARN_DATA).
-        split: "train" or "test".
-        cache_dir: where the decoded cache lives (default $METALEARN_CACHE or ~/.cache/metalearn).
-
-    The first call decodes the archive (a few seconds to a minute) and writes the cache; later calls memory-map it
-    (copy-on-write: the tensor is writable, the file is never changed). Order: see the module docstring.
-    """
+def source_key(root: str | os.PathLike | None, split: str) -> tuple[Path, str, list[Path], str]:
+    """(folder, source kind 'jpeg'|'python', source files, cache key) of one split; the key changes when any
+    source file's bytes or this loader's version change (also used by the CIFAR-10-C cache)."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     folder, kind = _locate(root)
@@ -225,11 +216,29 @@ def load_cifar10(root: str | os.PathLike | None = None, split: str = "train",
     if kind == "jpeg" and (folder / ORDER_CSV[split]).is_file():
         sources.append(folder / ORDER_CSV[split])
     key = _cache.make_key("cifar10", _LOADER_VERSION, kind, split, _cache.file_checksums(sources))
+    return folder, kind, sources, key
+
+
+def load_cifar10(root: str | os.PathLike | None = None, split: str = "train",
+                 cache_dir: str | os.PathLike | None = None, progress: bool = True
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One CIFAR-10 split: ``(images uint8 (N, 3, 32, 32) RGB, labels int64 (N,))``, N = 50000 / 10000.
+
+    Args:
+        root: data root holding ``cifar10/`` (default $METALEARN_DATA).
+        split: "train" or "test".
+        cache_dir: where the decoded cache lives (default $METALEARN_CACHE or ~/.cache/metalearn).
+        progress: show a progress bar while decoding.
+
+    The first call decodes the archive (a few seconds to a minute) and writes the cache; later calls memory-map it
+    (copy-on-write: the tensor is writable, the file is never changed). Order: see the module docstring.
+    """
+    folder, kind, sources, key = source_key(root, split)
     entry = _cache_dir(cache_dir) / f"cifar10_{kind}_{split}"
 
     def build() -> tuple[np.ndarray, dict]:
         if kind == "jpeg":
-            x, y, note = _decode_jpeg_split(folder, split)
+            x, y, note = _decode_jpeg_split(folder, split, progress)
         else:
             x, y, note = _decode_python_split(sources[0], split)
         # the labels (0..9) are stored in the json record beside the images

@@ -1,0 +1,147 @@
+"""CIFAR-10-C generated locally: the 15 corruptions of :mod:`metalearn.data.corruptions` applied to the CIFAR-10
+test set (:func:`metalearn.data.cifar10.load_cifar10`), one uint8 cache entry per (corruption, severity).
+
+Entries live under ``<cache_dir>/cifar10c/<source>_seed<seed>[_n<limit>]/<corruption>_<severity>.npy/.json``
+(the uint8 cache format of :mod:`metalearn.data.cache`: atomic writes, json last), keyed on the clean test set's
+source checksums, the corruption code's ``VERSION``, the seed and the chunk size, so a stale entry is rebuilt and
+an interrupted build leaves no half-written file.
+
+Images are corrupted in chunks of :data:`CHUNK` test images; chunk ``k`` uses seed ``seed * 1_000_000 + k`` (the
+same at every severity, so severities share their noise pattern). The result does not depend on the device.
+
+Example::
+
+    from metalearn.data.cifar10c import build_cifar10c, load_cifar10c
+    build_cifar10c(severities=(5,))                       # all 15 corruptions at level 5 (about a minute on CPU)
+    x, y = load_cifar10c("fog", 5)                        # uint8 (10000, 3, 32, 32), int64 (10000,)
+
+CLI: ``metalearn data cifar10c [--corruptions fog snow] [--severities 5] [--limit N]``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from metalearn.data import cache as _cache
+from metalearn.data import corruptions as _corr
+from metalearn.data.cifar10 import load_cifar10, source_key
+from metalearn.data.corruptions import CORRUPTIONS as CORRUPTIONS
+from metalearn.data.paths import cache_dir as _cache_dir
+
+CHUNK = 1000
+SEVERITIES = (1, 2, 3, 4, 5)
+_VERSION = 1
+
+
+def _check_names(corruptions: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(corruptions, str):
+        corruptions = (corruptions,)
+    names = tuple(corruptions)
+    bad = [c for c in names if c not in _corr.CORRUPTIONS]
+    if bad or not names:
+        raise ValueError(f"corruptions: unknown {bad or 'empty list'}; expected names from "
+                         f"{', '.join(_corr.CORRUPTIONS)}")
+    return tuple(dict.fromkeys(names))
+
+
+def _check_severities(severities: Iterable[int]) -> tuple[int, ...]:
+    if isinstance(severities, (int, np.integer)) and not isinstance(severities, bool):
+        severities = (severities,)
+    sev = tuple(severities)
+    bad = [s for s in sev if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 1 <= s <= 5]
+    if bad or not sev:
+        raise ValueError(f"severities: expected integers in 1..5, got {bad or 'an empty list'}")
+    return tuple(sorted({int(s) for s in sev}))
+
+
+def _check_limit(limit) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"limit: expected a positive integer or None, got {limit!r}")
+    return int(limit)
+
+
+def _entry(cache: Path, kind: str, seed: int, limit: int | None, name: str, severity: int) -> Path:
+    sub = f"{kind}_seed{seed}" + (f"_n{limit}" if limit is not None else "")
+    return cache / "cifar10c" / sub / f"{name}_{severity}"
+
+
+def _key(clean_key: str, seed: int, limit: int | None, name: str, severity: int) -> str:
+    return _cache.make_key("cifar10c", _VERSION, _corr.VERSION, clean_key, name, severity, seed, limit, CHUNK)
+
+
+def _generate(clean: torch.Tensor, name: str, severity: int, seed: int, device, bar) -> np.ndarray:
+    out = np.empty(tuple(clean.shape), dtype=np.uint8)
+    for k, start in enumerate(range(0, clean.shape[0], CHUNK)):
+        x = clean[start: start + CHUNK].to(device)
+        y = _corr.corrupt(x, name, severity, seed=seed * 1_000_000 + k)
+        out[start: start + x.shape[0]] = y.cpu().numpy()
+        bar.update(x.shape[0])
+    return out
+
+
+def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
+                   severities: Sequence[int] = SEVERITIES, corruptions: Sequence[str] = CORRUPTIONS,
+                   seed: int = 0, limit: int | None = None, device: str | torch.device = "cpu",
+                   progress: bool = True) -> list[Path]:
+    """Generate CIFAR-10-C (corruptions x severities of the CIFAR-10 test set) into the cache.
+
+    Args:
+        root: data root holding ``cifar10/`` (default $METALEARN_DATA).
+        cache_dir: cache directory (default $METALEARN_CACHE or ~/.cache/metalearn).
+        severities: levels 1..5 to build. corruptions: names from :data:`CORRUPTIONS` (standard order).
+        seed: the generation seed. limit: only the first ``limit`` test images (smoke tests).
+        device: where the corruptions run ("cpu", "cuda"); the output does not depend on it.
+        progress: show a tqdm bar.
+
+    Returns the ``.npy`` paths of all requested entries. Entries already built with the same key are skipped.
+    """
+    names, sev, limit = _check_names(corruptions), _check_severities(severities), _check_limit(limit)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
+    _, kind, _, clean_key = source_key(root, "test")
+    cache = _cache_dir(cache_dir)
+    todo, paths = [], []
+    for name in names:
+        for s in sev:
+            entry = _entry(cache, kind, seed, limit, name, s)
+            paths.append(_cache.cache_entry_files(entry)[0])
+            if _cache.load_uint8_cache(entry, _key(clean_key, seed, limit, name, s), verify=False) is None:
+                todo.append((name, s, entry))
+    if not todo:
+        return paths
+    images, labels = load_cifar10(root, "test", cache_dir, progress=progress)
+    if limit is not None:
+        images, labels = images[:limit], labels[:limit]
+    total = len(todo) * images.shape[0]
+    with _cache.progress(total, "CIFAR-10-C", "img", enabled=progress) as bar:
+        for name, s, entry in todo:
+            out = _generate(images, name, s, seed, device, bar)
+            meta = {"corruption": name, "severity": s, "seed": seed, "limit": limit, "source": kind,
+                    "corruptions_version": _corr.VERSION, "chunk": CHUNK}
+            _cache.save_uint8_cache(entry, out, meta, key=_key(clean_key, seed, limit, name, s))
+    return paths
+
+
+def load_cifar10c(name: str, severity: int, root: str | os.PathLike | None = None,
+                  cache_dir: str | os.PathLike | None = None, seed: int = 0, limit: int | None = None,
+                  device: str | torch.device = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` of corruption ``name`` at ``severity`` (1..5),
+    N = 10000 (or ``limit``); built on demand (see :func:`build_cifar10c`), memory-mapped from the cache."""
+    (name,), (severity,) = _check_names((name,)), _check_severities((severity,))
+    limit = _check_limit(limit)
+    build_cifar10c(root, cache_dir, (severity,), (name,), seed=seed, limit=limit, device=device, progress=progress)
+    _, kind, _, clean_key = source_key(root, "test")
+    entry = _entry(_cache_dir(cache_dir), kind, seed, limit, name, severity)
+    hit = _cache.load_uint8_cache(entry, _key(clean_key, seed, limit, name, severity))
+    if hit is None:  # pragma: no cover - build_cifar10c just wrote it
+        raise ValueError(f"cache entry {entry} could not be read back after building it")
+    images, _ = hit
+    _, labels = load_cifar10(root, "test", cache_dir, progress=progress)
+    labels = labels[: images.shape[0]]
+    return torch.from_numpy(images), labels
