@@ -133,7 +133,7 @@ def tent(model: nn.Module, images: Tensor, *, lr: float = 1e-3, batch_size: int 
     x = as_float_images(images, model)
     all_params = {n: p.detach() for n, p in model.named_parameters()}
     names = norm_affine_names(model)
-    check_trainable(all_params, names, "Tent (norm affine parameters)")
+    check_trainable(dict(model.named_parameters()), names, "Tent (norm affine parameters)")
     start, slow = partition(all_params, names)
     if params is not None:
         if set(params) != set(names):

@@ -195,5 +195,10 @@ def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tu
     if ck.get("kind") != KIND:
         raise ValueError(f"checkpoint {str(path)!r} is not a TTT ResNet checkpoint (kind {ck.get('kind')!r})")
     model = ResNetCIFAR(**ck["model_config"])
-    model.load_state_dict(ck["model"])
+    dtype = next((t.dtype for t in ck["model"].values() if t.is_floating_point()), torch.float32)
+    model.to(dtype)  # load float64 weights as float64
+    try:
+        model.load_state_dict(ck["model"])
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(path)!r} does not fit its model config: {err}") from None
     return model.to(map_location).eval(), ck
