@@ -259,3 +259,39 @@ def test_task_files_load():
     for t in tasks:
         cfg = load_config(t)
         assert cfg.learner == "siamese" and cfg.reference.accuracy is not None and not math.isnan(cfg.reference.accuracy)
+
+
+def test_koch_backbone_through_the_builder():
+    from metalearn.builders import build_learner
+    cfg = config_from_dict({"dataset": "omniglot", "learner": "siamese", "model": {"backbone": "koch", "hidden": 2},
+                            "siamese": {"fc": 8}})
+    learner = build_learner(cfg, (1, 65, 65))
+    assert isinstance(learner.encoder, KochNet) and learner.head.dim == 8
+    with pytest.raises(ConfigError, match="square images"):
+        build_learner(cfg, (1, 65, 70))
+
+
+def test_cli_train_resume_is_exact_and_eval_at_another_setting(tmp_path, capsys):
+    """Through `metalearn train/eval` on the offline digits data: the distortion RNG is checkpointed, so
+    2 steps + resume to 4 gives the weights of 4 uninterrupted steps."""
+    import json
+    from metalearn.cli import main
+    from metalearn.train.checkpoint import load_checkpoint
+    tiny = ["--set", "learner=siamese", "--set", "train.ways=5", "--set", "train.shots=1", "--set",
+            "train.queries=2", "--set", "train.checkpoint_every=100", "--set", "train.log_every=2", "--set",
+            "model.hidden=8", "--set", "eval.episodes=10", "--set", "eval.batch_size=5", "--quiet"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    cfg = "tasks/protonet_digits_5w5s.yaml"
+    assert main(["train", "--config", cfg, "--out", str(a), "--no-eval", "--set", "train.steps=4", *tiny]) == 0
+    assert main(["train", "--config", cfg, "--out", str(b), "--no-eval", "--set", "train.steps=2", *tiny]) == 0
+    assert main(["train", "--config", cfg, "--out", str(b), "--no-eval", "--resume", "--set", "train.steps=4",
+                 *tiny]) == 0
+    wa, wb = load_checkpoint(a / "last.pt")["model"], load_checkpoint(b / "last.pt")["model"]
+    assert "_extra_state" in wa
+    for k, v in wa.items():
+        if isinstance(v, torch.Tensor):
+            assert torch.equal(v, wb[k]), k
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(a), "--ways", "3", "--shots", "2", "--episodes", "10", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["learner"], res["ways"], res["shots"]) == ("siamese", 3, 2) and 0.0 <= res["accuracy"] <= 100.0
