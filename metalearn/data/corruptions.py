@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 #: Version of the corruption code: part of the cache key of generated sets (bump when outputs change).
-VERSION = 1
+VERSION = 2  # 2: elastic coordinates in float64 before the cast
 
 #: The 15 corruptions in the standard order (noise, blur, weather, digital).
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -430,17 +430,18 @@ def _elastic_transform(x, c, g):
     a1 = torch.cat([p1, torch.ones(3, 1, dtype=torch.float64)], 1)  # (3, 3)
     m = torch.linalg.solve(a1, p2).transpose(1, 2)  # (N, 2, 3): dst = m @ [x, y, 1]
     full = torch.cat([m, torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64).expand(n, 1, 3)], 1)
-    inv = torch.linalg.inv(full)[:, :2].to(x.device)  # (N, 2, 3)
-    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64, device=x.device),
-                            torch.arange(w, dtype=torch.float64, device=x.device), indexing="ij")
+    inv = torch.linalg.inv(full)[:, :2]  # (N, 2, 3)
+    # coordinates in float64 on the CPU (some devices lack float64), then moved
+    yy, xx = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64),
+                            indexing="ij")
     grid = torch.stack([xx, yy, torch.ones_like(xx)], 0).view(3, -1)  # (3, H*W)
-    src = inv @ grid  # (N, 2, H*W)
-    x = _bilinear(x, src[:, 1].view(n, h, w).to(x.dtype), src[:, 0].view(n, h, w).to(x.dtype), "reflect101")
+    src = (inv @ grid).view(n, 2, h, w).to(x.device, x.dtype)  # (N, 2, H, W): (x, y) to sample
+    x = _bilinear(x, src[:, 1], src[:, 0], "reflect101")
     # smooth random displacement field
     fields = _rand(g, (n, 2, h, w), like64, -1.0, 1.0)
     fields = _gaussian(fields, sigma, mode="symmetric", truncate=3.0) * alpha if sigma > 0 else fields * alpha
-    fields = fields.to(x.device, x.dtype)
-    return _bilinear(x, yy.to(x.dtype) + fields[:, 1], xx.to(x.dtype) + fields[:, 0], "symmetric")
+    ys, xs = (yy + fields[:, 1]).to(x.device, x.dtype), (xx + fields[:, 0]).to(x.device, x.dtype)
+    return _bilinear(x, ys, xs, "symmetric")
 
 
 def _pixelate(x, c, g):
