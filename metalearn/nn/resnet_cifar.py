@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Per-channel mean and std the inputs are normalised with (the ImageNet values the TTT code uses).
+#: Per-channel mean and std the inputs are normalised with (the ImageNet values; the released TTT code uses 0.5 / 0.5
+#: for every channel: a fixed affine map of the input, kept as it is so that trained checkpoints stay valid).
 CIFAR_MEAN = (0.485, 0.456, 0.406)
 CIFAR_STD = (0.229, 0.224, 0.225)
 
