@@ -51,7 +51,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 #: Version of the corruption code: part of the cache key of generated sets (bump when outputs change).
-VERSION = 2  # 2: elastic coordinates in float64 before the cast
+VERSION = 3  # 2: elastic coordinates in float64 before the cast; 3: shot noise per-image generators
 
 #: The 15 corruptions in the standard order (noise, blur, weather, digital).
 CORRUPTIONS = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
@@ -311,8 +311,14 @@ def _gaussian_noise(x, c, g):
 
 
 def _shot_noise(x, c, g):
+    # Poisson sampling uses a pixel-dependent number of random draws, so each image gets its own generator:
+    # otherwise image i's noise would depend on the pixels of images 0..i-1
     rate = (x.detach().to("cpu", torch.float64) * c).clamp_min(0)
-    return (torch.poisson(rate, generator=g) / c).to(x.device, x.dtype)
+    base = int(torch.randint(0, 2 ** 62, (1,), generator=g))
+    out = torch.empty_like(rate)
+    for i in range(rate.shape[0]):
+        out[i] = torch.poisson(rate[i], generator=torch.Generator().manual_seed(base + i))
+    return (out / c).to(x.device, x.dtype)
 
 
 def _impulse_noise(x, c, g):
