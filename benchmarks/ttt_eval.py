@@ -66,15 +66,33 @@ def cmd_run(args: argparse.Namespace) -> None:
         out["runs"] = json.loads(path.read_text()).get("runs", {})
     for key in ("objonly", "bn", "gn"):
         run_dir = getattr(args, key)
-        if not run_dir or key in out["runs"]:
+        if not run_dir or out["runs"].get(key, {}).get("complete"):
             continue
+        done = out["runs"].get(key, {}).get("sets", {})      # sets of an interrupted run are kept
+        overrides = list(args.set)
+        if done:
+            left = [s for s in SETS if s not in done]
+            overrides.append("eval.corruptions=" + ",".join(left))
         t0 = time.perf_counter()
-        res = eval_run(run_dir, args.set, device=args.device,
+
+        def save(name: str, row: dict, k: str = key) -> None:
+            part = out["runs"].setdefault(k, {"complete": False, "sets": {}})
+            part["sets"][name] = row
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(out, indent=1) + "\n")
+
+        res = eval_run(run_dir, overrides, device=args.device, on_set=save,
                        progress=lambda s, k=key: print(f"[{k}] {s}", flush=True))
-        res["wall_s"] = time.perf_counter() - t0
+        res["sets"] = {**done, **res["sets"]}
+        res["sets"] = {s: res["sets"][s] for s in SETS if s in res["sets"]}
+        res["wall_s"] = time.perf_counter() - t0 + out["runs"].get(key, {}).get("wall_s", 0.0)
+        res["complete"] = True
         out["runs"][key] = res
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(out, indent=1) + "\n")   # after each run: a crash keeps what is done
+
+
+def _methods(run: dict) -> list[str]:
+    return run.get("methods") or (list(next(iter(run["sets"].values()))) if run.get("sets") else [])
 
 
 def table(res: dict) -> str:
@@ -82,7 +100,7 @@ def table(res: dict) -> str:
     head = "| | " + " | ".join(SHORT) + " | mean(15) | images |"
     lines = [head, "|" + "---|" * (len(SHORT) + 3)]
     for label, run, method in ROWS:
-        if run not in runs or method not in runs[run]["methods"]:
+        if run not in runs or method not in _methods(runs[run]):
             continue
         sets = runs[run]["sets"]
         vals = [sets[s][method]["error"] if s in sets else None for s in SETS]
@@ -107,7 +125,7 @@ def plot(res: dict, png: str) -> None:
 
     runs = res["runs"]
     ours = [(label, [runs[r]["sets"][s][m]["error"] for s in SETS]) for label, r, m in ROWS
-            if r in runs and m in runs[r]["methods"] and all(s in runs[r]["sets"] for s in SETS)]
+            if r in runs and m in _methods(runs[r]) and all(s in runs[r]["sets"] for s in SETS)]
     fig, axes = plt.subplots(2, 1, figsize=(15, 8.5), sharex=True)
     x = np.arange(len(SETS) + 1)
     for ax, rows, title in (

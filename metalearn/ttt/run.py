@@ -92,9 +92,11 @@ def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskCon
 
 
 def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, device: str | None = None,
-             progress: Callable[[str], None] | None = None) -> dict:
+             progress: Callable[[str], None] | None = None,
+             on_set: Callable[[str, dict], None] | None = None) -> dict:
     """Evaluate a run directory's ``last.pt`` (or a ``.pt`` in a run directory) with its ``config.yaml``
-    (``overrides`` as ``key=value``).  Returns ``{"sets": {set: {method: {"error", "n", "wall_s"}}}, ...}``."""
+    (``overrides`` as ``key=value``).  Returns ``{"sets": {set: {method: {"error", "n", "wall_s"}}}, ...}``;
+    ``on_set(name, row)`` is called after each test set (to save partial results)."""
     from metalearn.config import apply_overrides
     from metalearn.data.cifar10 import load_cifar10
     from metalearn.data.corruptions import corrupt
@@ -131,6 +133,8 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
             if progress is not None:
                 progress(f"{name:18s} {method:11s} error {err:5.1f}% on {m_n} images "
                          f"({time.perf_counter() - t0:.0f} s)")
+        if on_set is not None:
+            on_set(name, sets[name])
     return {"checkpoint": str(ck_path), "step": ck.get("step"), "config": cfg.to_dict(), "methods": methods,
             "severity": cfg.eval.severity, "images": n, "ttt_images": n_ttt, "device": str(dev),
             "corruption_seed": cfg.eval.corruption_seed, "sets": sets}
