@@ -1,6 +1,6 @@
 """Figure docs/img/cifar10c_grid.png: one CIFAR-10 test image under the 15 corruptions x 5 severities.
 
-    METALEARN_DATA=/path/to/data python benchmarks/cifar10c_grid.py [--index 7] [--seed 0] [--out docs/img/cifar10c_grid.png]
+    METALEARN_DATA=/path/to/data python benchmarks/cifar10c_grid.py [--index 7] [--seed 0] [--out PNG]
 """
 from __future__ import annotations
 
