@@ -7,6 +7,7 @@ prints the markdown table and draws the bar chart.
 
   python benchmarks/ttt_eval.py run --gn runs/ttt/gn --objonly runs/ttt/objonly --bn runs/ttt/bn \\
       --device cuda --out results/ttt_cifar10c.json                       # full test sets (the config's eval.*)
+  python benchmarks/ttt_eval.py run ... --set eval.images=1000 --gn-set eval.methods=source --out X.json
   python benchmarks/ttt_eval.py run ... --set eval.images=100 --set eval.ttt_images=10 --device cpu --threads 1
   python benchmarks/ttt_eval.py report results/ttt_cifar10c.json --png docs/img/ttt_cifar10c.png
 """
@@ -69,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         if not run_dir or out["runs"].get(key, {}).get("complete"):
             continue
         done = out["runs"].get(key, {}).get("sets", {})      # sets of an interrupted run are kept
-        overrides = list(args.set)
+        overrides = list(args.set) + list(getattr(args, f"{key}_set"))
         if done:
             left = [s for s in SETS if s not in done]
             overrides.append("eval.corruptions=" + ",".join(left))
@@ -161,6 +162,9 @@ def main() -> None:
     r.add_argument("--objonly", help="GN object-only run directory")
     r.add_argument("--bn", help="BN run directory")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="eval overrides for every run")
+    for key in ("gn", "objonly", "bn"):
+        r.add_argument(f"--{key}-set", action="append", default=[], metavar="KEY=VALUE",
+                       help=f"overrides for the {key} run only (after --set)")
     r.add_argument("--device", default=None)
     r.add_argument("--threads", type=int, default=0)
     r.add_argument("--out", required=True, help="result JSON (runs already in it are skipped)")
