@@ -110,6 +110,23 @@ def table(res: dict) -> str:
         n = sorted({sets[s][method]["n"] for s in sets})
         cells = ["–" if v is None else f"{v:.1f}" for v in vals] + ["–" if mean is None else f"{mean:.1f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'/'.join(map(str, n))} |")
+    gn = runs.get("gn", {})
+    if gn.get("labels") and "ttt" in _methods(gn) and "source" in _methods(gn):
+        # the source model on exactly the images standard TTT ran on (TTT may use a prefix of the stream)
+        vals = []
+        for s in SETS:
+            row = gn["sets"].get(s)
+            if row is None:
+                vals.append(None)
+                continue
+            m = row["ttt"]["n"]
+            pred, lab = row["source"]["pred"][:m], gn["labels"][:m]
+            vals.append(100.0 * sum(p != t for p, t in zip(pred, lab)) / m)
+        cor = [v for v in vals[1:] if v is not None]
+        cells = ["–" if v is None else f"{v:.1f}" for v in vals] + [f"{sum(cor) / len(cor):.1f}" if cor else "–"]
+        n = sorted({gn["sets"][s]["ttt"]["n"] for s in gn["sets"]})
+        lines.append("| joint training, on the TTT images | " + " | ".join(cells) +
+                     f" | {'/'.join(map(str, n))} |")
     for label, vals in PAPER.items():
         lines.append(f"| paper: {label} | " + " | ".join(f"{v:.1f}" for v in vals) +
                      f" | {sum(vals[1:]) / 15:.1f} | 10000 |")

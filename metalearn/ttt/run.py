@@ -95,7 +95,8 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
              progress: Callable[[str], None] | None = None,
              on_set: Callable[[str, dict], None] | None = None) -> dict:
     """Evaluate a run directory's ``last.pt`` (or a ``.pt`` in a run directory) with its ``config.yaml``
-    (``overrides`` as ``key=value``).  Returns ``{"sets": {set: {method: {"error", "n", "wall_s"}}}, ...}``;
+    (``overrides`` as ``key=value``).  Returns ``{"sets": {set: {method: {"error", "n", "wall_s", "pred"}}},
+    "labels": [...], ...}`` (``pred``: the predicted class of each image, in stream order);
     ``on_set(name, row)`` is called after each test set (to save partial results)."""
     from metalearn.config import apply_overrides
     from metalearn.data.cifar10 import load_cifar10
@@ -128,13 +129,16 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
             m_n = min(n_ttt, n) if method == "ttt" else n
             t0 = time.perf_counter()
             logits = run_method(method, model, x[:m_n], cfg)
-            err = float((logits.argmax(-1) != y[:m_n]).float().mean()) * 100
-            sets[name][method] = {"error": err, "n": m_n, "wall_s": time.perf_counter() - t0}
+            pred = logits.argmax(-1)
+            err = float((pred != y[:m_n]).float().mean()) * 100
+            sets[name][method] = {"error": err, "n": m_n, "wall_s": time.perf_counter() - t0,
+                                  "pred": pred.tolist()}
             if progress is not None:
                 progress(f"{name:18s} {method:11s} error {err:5.1f}% on {m_n} images "
                          f"({time.perf_counter() - t0:.0f} s)")
         if on_set is not None:
             on_set(name, sets[name])
-    return {"checkpoint": str(ck_path), "step": ck.get("step"), "config": cfg.to_dict(), "methods": methods,
+    return {"checkpoint": str(ck_path), "step": ck.get("step"), "labels": y.tolist(), "config": cfg.to_dict(),
+            "methods": methods,
             "severity": cfg.eval.severity, "images": n, "ttt_images": n_ttt, "device": str(dev),
             "corruption_seed": cfg.eval.corruption_seed, "sets": sets}
