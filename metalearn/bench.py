@@ -89,6 +89,22 @@ def _overrides(value: object, where: str) -> tuple[str, ...]:
                       f"got {value!r}")
 
 
+def _episodic(paths: list[Path]) -> list[Path]:
+    """Drop test-time-training task files from a glob's hits (they run under `metalearn ttt`, with their own
+    schema); a glob such as 'tasks/*.yaml' then means every episodic task.  A malformed file is kept, so that
+    loading it reports the YAML error with its line."""
+    from metalearn.config import is_ttt_task
+    keep = []
+    for p in paths:
+        try:
+            data = yaml.safe_load(p.read_text())
+        except (OSError, yaml.YAMLError):
+            data = None
+        if not is_ttt_task(data):
+            keep.append(p)
+    return keep
+
+
 def _find(name: str, base: Path, where: str) -> list[Path]:
     """Resolve a path or glob from a suite file: next to the suite first, then the current directory."""
     p = Path(name).expanduser()
@@ -96,7 +112,7 @@ def _find(name: str, base: Path, where: str) -> list[Path]:
     candidates = [p] if p.is_absolute() else [Path(os.path.normpath(base / p)), p]
     if _GLOB_CHARS.search(name):
         for c in candidates:
-            hits = sorted(Path(h) for h in glob.glob(str(c)) if Path(h).is_file())
+            hits = _episodic(sorted(Path(h) for h in glob.glob(str(c)) if Path(h).is_file()))
             if hits:
                 return hits
         raise ConfigError(f"{where}: the pattern {name!r} matches no task file (looked in "
@@ -117,6 +133,10 @@ def load_suite(spec: str | os.PathLike) -> list[SuiteEntry]:
             hits = sorted(Path(h) for h in glob.glob(spec) if Path(h).is_file())
             if not hits:
                 raise ConfigError(f"SUITE: the pattern {spec!r} matches no file")
+            hits = _episodic(hits)
+            if not hits:
+                raise ConfigError(f"SUITE: the pattern {spec!r} matches only test-time-training tasks; run "
+                                  "those with `metalearn ttt` (docs/ttt.md)")
             return [SuiteEntry(h, (), f"{spec} -> {h}") for h in hits]
         raise ConfigError(f"SUITE: {spec!r} is neither a file nor a glob that matches task files")
     data, node = _yaml_with_nodes(path)

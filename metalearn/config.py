@@ -295,8 +295,21 @@ def load_yaml(path: str | Path) -> dict:
     return data
 
 
+# task files of the test-time-training pipeline (metalearn ttt), which has its own schema (metalearn/ttt/config.py)
+TTT_DATASETS = ("cifar10",)
+
+
+def is_ttt_task(data: dict) -> bool:
+    """True for a test-time-training task (``dataset: cifar10``): not an episodic task."""
+    return isinstance(data, dict) and data.get("dataset") in TTT_DATASETS
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
-    data = apply_overrides(load_yaml(path), overrides or [])
+    raw = load_yaml(path)
+    if is_ttt_task(raw):
+        raise ConfigError(f"{path}: dataset {raw['dataset']!r} is a test-time-training task; run it with "
+                          f"`metalearn ttt train --config {path}` (docs/ttt.md), not the episodic train/eval/bench")
+    data = apply_overrides(raw, overrides or [])
     try:
         return config_from_dict(data)
     except ConfigError as e:

@@ -245,3 +245,15 @@ def test_tensorboard_logs_when_installed(tmp_path, capsys):
     assert [e.step for e in acc.Scalars("train/loss")] == [2, 4]
     logged = [json.loads(s)["loss"] for s in (out / "metrics.jsonl").read_text().splitlines()]
     assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(logged, rel=1e-6)
+
+
+def test_glob_skips_test_time_training_tasks(tmp_path, monkeypatch):
+    monkeypatch.chdir(REPO)
+    (tmp_path / "a.yaml").write_text("dataset: digits\nname: a\n")
+    (tmp_path / "ttt.yaml").write_text("dataset: cifar10\nname: ttt\n")
+    assert [e.task.name for e in bench.load_suite(str(tmp_path / "*.yaml"))] == ["a.yaml"]
+    with pytest.raises(ConfigError, match="only test-time-training tasks"):
+        bench.load_suite(str(tmp_path / "t*.yaml"))
+    # every episodic task of the repository, none of the TTT ones
+    names = [e.task.stem for e in bench.load_suite("tasks/*.yaml")]
+    assert "protonet_omniglot_5w1s" in names and not [n for n in names if n.startswith("ttt_")]
