@@ -58,6 +58,7 @@ class MatchnetConfig:
     fce: bool = False
     process_steps: int = 5           # K, the attention LSTM's processing steps (fce only)
     lstm_hidden: int = 0             # 0: LSTMs at the embedding size (paper); else a linear projection first
+    scale: float = 1.0               # cosines x scale before the softmax (1: the paper)
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,9 @@ def test_cosine_attention_by_hand_and_rows_sum_to_one():
     cos = torch.tensor([0.6, 0.8, -0.6], dtype=torch.float64)
     assert torch.allclose(a, (cos.exp() / cos.exp().sum())[None], atol=1e-15)
     assert torch.allclose(cosine_attention(10 * q, s / 7), a, atol=1e-15)
+    # scale: an inverse temperature on the cosines
+    assert torch.allclose(cosine_attention(q, s, scale=10.0), ((10 * cos).exp() / (10 * cos).exp().sum())[None],
+                          atol=1e-15)
     g = torch.Generator().manual_seed(0)
     a = cosine_attention(torch.randn(4, 6, 5, generator=g, dtype=torch.float64),
                          torch.randn(4, 9, 5, generator=g, dtype=torch.float64))
@@ -193,6 +196,8 @@ def test_bad_input_names_the_argument():
         MatchingNet(Identity(), 4, fce=True, process_steps=0)
     with pytest.raises(ValueError, match="lstm_hidden"):
         MatchingNet(Identity(), 4, lstm_hidden=8)
+    with pytest.raises(ValueError, match="scale: expected > 0"):
+        MatchingNet(Identity(), scale=0.0)
     check_support_labels(ep.support_y, 3)  # a complete support set passes
 
 

@@ -26,11 +26,12 @@ from metalearn.learners.base import Learner
 from metalearn.types import Episode
 
 
-def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8) -> Tensor:
+def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8, scale: float = 1.0) -> Tensor:
     """Attention of each query over the support: softmax over the support of cosine similarities.
 
     query: ([B,] Q, D), support: ([B,] S, D) -> ([B,] Q, S), each row sums to one.  Vinyals et al. 2016, eq. 2.
-    ``eps`` bounds the norms away from zero (an all-zero embedding gets cosine 0 with everything).
+    ``eps`` bounds the norms away from zero (an all-zero embedding gets cosine 0 with everything).  ``scale``
+    multiplies the cosines before the softmax (an inverse temperature; 1 is the paper).
 
     Example:
         >>> a = cosine_attention(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
@@ -39,7 +40,7 @@ def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8) -> Tenso
     """
     q = query / query.norm(dim=-1, keepdim=True).clamp_min(eps)
     s = support / support.norm(dim=-1, keepdim=True).clamp_min(eps)
-    return torch.softmax(q @ s.transpose(-1, -2), dim=-1)
+    return torch.softmax(scale * (q @ s.transpose(-1, -2)), dim=-1)
 
 
 def check_support_labels(support_y: Tensor, ways: int) -> None:
@@ -128,6 +129,8 @@ class MatchingNet(Learner):
         lstm_hidden: 0 (the paper) runs the LSTMs at the embedding size D; otherwise a linear map projects the
             embeddings to this size first (``fce`` only), which shrinks the LSTMs for 1600-d miniImageNet
             features.
+        scale: multiplies the cosines before the softmax (1, the paper's attention, keeps the logits of two
+            support items within e^2 of each other; a larger value sharpens it — not in the paper).
         check_support: check that every class has a support example and labels lie in [0, ways) (a host sync
             per episode); the CLI turns it off because EpisodeSampler always fills every class.
 
@@ -138,11 +141,15 @@ class MatchingNet(Learner):
     """
 
     def __init__(self, encoder: nn.Module, embed_dim: int | None = None, *, fce: bool = False,
-                 process_steps: int = 5, lstm_hidden: int = 0, check_support: bool = True) -> None:
+                 process_steps: int = 5, lstm_hidden: int = 0, scale: float = 1.0,
+                 check_support: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
         self.fce = fce
         self.check_support = check_support
+        if not scale > 0:
+            raise ValueError(f"scale: expected > 0, got {scale}")
+        self.scale = float(scale)
         if lstm_hidden < 0:
             raise ValueError(f"lstm_hidden: expected >= 0, got {lstm_hidden}")
         if fce:
@@ -201,7 +208,7 @@ class MatchingNet(Learner):
         n_s = sx.shape[1]
         z = self.encoder(torch.cat([sx, qx], dim=1))                   # (B, NK+NQ, D)
         support, query = self.embed(z[:, :n_s], z[:, n_s:])
-        logits = matching_logits(cosine_attention(query, support), sy, episode.ways)   # (B, NQ, N)
+        logits = matching_logits(cosine_attention(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
         return logits if batched else logits[0]
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
