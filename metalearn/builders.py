@@ -142,11 +142,17 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 def config_differences(a: dict, b: dict) -> list[str]:
     """Keys whose values differ between two config dicts, ignoring :data:`MUTABLE_KEYS`."""
     fa, fb = _flatten(a), _flatten(b)
+    # a key one side lacks (a config section added after that checkpoint was written) counts as its default
+    defaults = _flatten(TaskConfig(dataset="").to_dict())
+    missing = object()
 
     def fixed(k: str) -> bool:
         return not any(k == m or k.startswith(m + ".") for m in MUTABLE_KEYS)
 
-    return sorted(k for k in set(fa) | set(fb) if fixed(k) and fa.get(k) != fb.get(k))
+    def value(f: dict, k: str):
+        return f[k] if k in f else defaults.get(k, missing)
+
+    return sorted(k for k in set(fa) | set(fb) if fixed(k) and value(fa, k) != value(fb, k))
 
 
 def run_meta(cfg: TaskConfig, image_shape: tuple) -> dict:

@@ -59,3 +59,13 @@ def test_overrides_and_hash_is_independent_of_key_order():
     assert c.train.steps == 7 and c.eval.ways == 20 and c.hash() != a.hash()
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["train.steps"])
+
+
+def test_config_differences_treats_a_missing_section_as_its_defaults():
+    from metalearn.builders import config_differences
+    new = config_from_dict({"dataset": "omniglot", "learner": "protonet"}).to_dict()
+    old = {k: v for k, v in new.items() if k != "matchnet"}     # written before the section existed
+    assert config_differences(old, new) == []
+    changed = config_from_dict({"dataset": "omniglot", "matchnet": {"fce": True}}).to_dict()
+    assert config_differences(old, changed) == ["matchnet.fce"]
+    assert config_differences({**old, "model": {**old["model"], "gone": 1}}, new) == ["model.gone"]
