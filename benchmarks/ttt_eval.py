@@ -96,6 +96,24 @@ def _methods(run: dict) -> list[str]:
     return run.get("methods") or (list(next(iter(run["sets"].values()))) if run.get("sets") else [])
 
 
+def _source_on_ttt_images(runs: dict):
+    """Error % of the GN source model on exactly the images standard TTT ran on (a prefix of the stream), per
+    set, and the sorted numbers of images; None without per-image predictions."""
+    gn = runs.get("gn", {})
+    if not (gn.get("labels") and "ttt" in _methods(gn) and "source" in _methods(gn)):
+        return None
+    vals = []
+    for s in SETS:
+        row = gn["sets"].get(s)
+        if row is None:
+            vals.append(None)
+            continue
+        m = row["ttt"]["n"]
+        pred, lab = row["source"]["pred"][:m], gn["labels"][:m]
+        vals.append(100.0 * sum(p != t for p, t in zip(pred, lab)) / m)
+    return vals, sorted({gn["sets"][s]["ttt"]["n"] for s in gn["sets"]})
+
+
 def table(res: dict) -> str:
     runs = res["runs"]
     head = "| | " + " | ".join(SHORT) + " | mean(15) | images |"
@@ -110,22 +128,13 @@ def table(res: dict) -> str:
         n = sorted({sets[s][method]["n"] for s in sets})
         cells = ["–" if v is None else f"{v:.1f}" for v in vals] + ["–" if mean is None else f"{mean:.1f}"]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'/'.join(map(str, n))} |")
-    gn = runs.get("gn", {})
-    if gn.get("labels") and "ttt" in _methods(gn) and "source" in _methods(gn):
-        # the source model on exactly the images standard TTT ran on (TTT may use a prefix of the stream)
-        vals = []
-        for s in SETS:
-            row = gn["sets"].get(s)
-            if row is None:
-                vals.append(None)
-                continue
-            m = row["ttt"]["n"]
-            pred, lab = row["source"]["pred"][:m], gn["labels"][:m]
-            vals.append(100.0 * sum(p != t for p, t in zip(pred, lab)) / m)
+    same = _source_on_ttt_images(runs)
+    if same is not None:
+        vals, n = same
         cor = [v for v in vals[1:] if v is not None]
         cells = ["–" if v is None else f"{v:.1f}" for v in vals] + [f"{sum(cor) / len(cor):.1f}" if cor else "–"]
-        n = sorted({gn["sets"][s]["ttt"]["n"] for s in gn["sets"]})
-        lines.append("| joint training, on the TTT images | " + " | ".join(cells) +
+        at = next((i + 1 for i, ln in enumerate(lines) if ln.startswith("| TTT |")), len(lines))
+        lines.insert(at, "| joint training, on the TTT images | " + " | ".join(cells) +
                      f" | {'/'.join(map(str, n))} |")
     for label, vals in PAPER.items():
         lines.append(f"| paper: {label} | " + " | ".join(f"{v:.1f}" for v in vals) +
@@ -144,10 +153,14 @@ def plot(res: dict, png: str) -> None:
     runs = res["runs"]
     ours = [(label, [runs[r]["sets"][s][m]["error"] for s in SETS]) for label, r, m in ROWS
             if r in runs and m in _methods(runs[r]) and all(s in runs[r]["sets"] for s in SETS)]
+    same = _source_on_ttt_images(runs)
+    if same is not None and None not in same[0]:
+        at = next((i + 1 for i, (label, _) in enumerate(ours) if label == "TTT"), len(ours))
+        ours.insert(at, ("joint training, on the TTT images", same[0]))
     fig, axes = plt.subplots(2, 1, figsize=(15, 8.5), sharex=True)
     x = np.arange(len(SETS) + 1)
     for ax, rows, title in (
-            (axes[0], ours, "ours: UNDER-TRAINED CPU run (see docs/results.md for steps, images and commands)"),
+            (axes[0], ours, "ours: UNDER-TRAINED CPU run, 100 training steps, image subsets (TTT: first 8-20 images; see docs/results.md)"),
             (axes[1], list(PAPER.items()), "paper: Sun et al. 2020, Table A2 (ResNet-26 GN, full recipe)")):
         w = 0.8 / max(1, len(rows))
         for i, (label, vals) in enumerate(rows):
