@@ -252,11 +252,7 @@ def test_real_test_split():
 
 def test_real_train_split():
     root = _real_root()
-    from metalearn.data.paths import cache_dir
-
-    if not (cache_dir() / "cifar10_jpeg_train.json").is_file():
-        pytest.skip("real CIFAR-10 train: cache not built (decoding 50k JPEGs takes ~20 s; "
-                    "run `python -c 'from metalearn.data.cifar10 import load_cifar10; load_cifar10()'` once)")
-    x, y = load_cifar10(root, "train")
+    # a cold cache decodes the 50k JPEGs once (~20-40 s on 2 cores); the TTT example's smoke run reuses it
+    x, y = load_cifar10(root, "train", progress=False)
     assert x.shape == (50000, 3, 32, 32) and torch.bincount(y).tolist() == [5000] * 10
     assert y[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]  # the original training order
