@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,11 +44,12 @@ ROWS = [("object only", "objonly", "source"), ("joint training", "gn", "source")
 
 
 def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
+    """Short commit of the checkout (``metalearn.bench.git_state``), marked when the tree is dirty."""
+    from metalearn.bench import git_state
+    state = git_state()
+    if not state["commit"]:
         return "unknown"
+    return state["commit"][:7] + (" (dirty)" if state["dirty"] else "")
 
 
 def cmd_run(args: argparse.Namespace) -> None:
