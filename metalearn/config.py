@@ -248,6 +248,8 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"matchnet.lstm_hidden: expected >= 0, got {cfg.matchnet.lstm_hidden}")
     if cfg.matchnet.lstm_hidden and not cfg.matchnet.fce:
         raise ConfigError("matchnet.lstm_hidden: only used with matchnet.fce: true")
+    if not cfg.matchnet.scale > 0:   # also catches nan
+        raise ConfigError(f"matchnet.scale: expected > 0, got {cfg.matchnet.scale}")
     if cfg.model.pool not in ("max", "stride"):
         raise ConfigError(f"model.pool: expected max or stride, got {cfg.model.pool!r}")
     if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):

@@ -213,6 +213,8 @@ def test_config_section_and_errors():
         config_from_dict({**base, "matchnet": {"fce": "yes"}})
     with pytest.raises(ConfigError, match="train.shots: expected >= 1, got 0"):
         config_from_dict({**base, "train": {"shots": 0}})
+    with pytest.raises(ConfigError, match="matchnet.scale: expected > 0, got 0.0"):
+        config_from_dict({**base, "matchnet": {"scale": 0}})
     with pytest.raises(ConfigError, match="unknown config key 'matchnet.steps'"):
         config_from_dict({**base, "matchnet": {"steps": 3}})
 
@@ -226,11 +228,15 @@ def test_builder_and_task_files():
         assert cfg.train.shots == cfg.eval.shots, f
         if cfg.dataset == "miniimagenet":
             assert cfg.matchnet.fce == ("fce" in f.stem), f
+        assert cfg.matchnet.scale == 10.0, f       # the setting of every measured run (docs/results.md)
     cfg = config_from_dict({"dataset": "omniglot", "learner": "matchnet", "model": {"hidden": 8},
                             "matchnet": {"fce": True, "process_steps": 2}})
     learner = build_learner(cfg, (1, 28, 28))
     assert isinstance(learner, MatchingNet) and learner.fce and not learner.check_support
-    assert learner.g.dim == 8 and learner.f.steps == 2
+    assert learner.g.dim == 8 and learner.f.steps == 2 and learner.scale == 1.0
+    scaled = build_learner(config_from_dict({"dataset": "omniglot", "learner": "matchnet", "model": {"hidden": 8},
+                                             "matchnet": {"scale": 10}}), (1, 28, 28))
+    assert scaled.scale == 10.0                     # the config's scale reaches the learner
     assert learner.encoder.training  # embedding_dim restored the mode
     assert embedding_dim(Conv4(in_channels=3, hidden=4), (3, 84, 84)) == 100
     ep = tiny_episode(batch=2, size=28)
