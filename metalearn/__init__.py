@@ -2,6 +2,12 @@
 
 The flat public API; everything else is reachable through its submodule.
 """
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:   # OpenMP reads its environment when torch loads (metalearn.engine)
+    if _os.environ.get("METALEARN_OMP", "").lower() not in ("default", "0", "off"):
+        _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from metalearn.data.storage import ClassImages as ClassImages
 from metalearn.episodes import EpisodeSampler as EpisodeSampler
 from metalearn.inner import UpdateRule as UpdateRule

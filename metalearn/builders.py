@@ -11,7 +11,7 @@ from metalearn.data.storage import ClassImages
 from metalearn.learners.base import Learner
 
 # keys that may change between a checkpoint and the config that resumes/evaluates it
-MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.threads", "data.root",
+MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "train.threads", "train.precision", "data.root",
                 "data.cache_dir", "data.device", "data.source", "eval", "name", "reference",
                 "maml.eval_inner_steps", "maml.vmap", "maml.chunk_size", "maml.check_finite"}
 
@@ -125,7 +125,8 @@ LEARNERS["siamese"] = _siamese
 def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
     if cfg.learner not in LEARNERS:
         raise ConfigError(f"learner: unknown {cfg.learner!r}; expected one of {sorted(LEARNERS)}")
-    return LEARNERS[cfg.learner](cfg, tuple(image_shape))
+    from metalearn.engine import channels_last
+    return channels_last(LEARNERS[cfg.learner](cfg, tuple(image_shape)))  # conv weights channels-last
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

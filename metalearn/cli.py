@@ -330,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from metalearn.extras import MissingExtraError
 
+    from metalearn.engine import tune_allocator
+
     argv = sys.argv[1:] if argv is None else list(argv)
+    tune_allocator()   # keep activations' memory on the heap (METALEARN_MALLOC=default turns it off)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:

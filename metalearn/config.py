@@ -77,7 +77,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     seed: int = 0
-    threads: int = 0                 # torch CPU threads; 0 leaves the default
+    threads: int = 0                 # torch CPU threads; 0 leaves the default (one per core)
+    precision: str = "auto"          # encoder precision: auto (bf16 where native and safe) | bf16 | fp32
 
 
 @dataclass(frozen=True)
@@ -250,6 +251,13 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError("matchnet.lstm_hidden: only used with matchnet.fce: true")
     if not cfg.matchnet.scale > 0:   # also catches nan
         raise ConfigError(f"matchnet.scale: expected > 0, got {cfg.matchnet.scale}")
+    if cfg.train.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {cfg.train.precision!r}")
+    if cfg.train.precision == "bf16" and cfg.learner == "maml":
+        raise ConfigError("train.precision: bf16 is not offered for learner 'maml' (it moves the second-order "
+                          "meta-gradient by ~30%); use auto or fp32")
+    if cfg.train.threads < 0:
+        raise ConfigError(f"train.threads: expected >= 0 (0: one per core), got {cfg.train.threads}")
     if cfg.model.pool not in ("max", "stride"):
         raise ConfigError(f"model.pool: expected max or stride, got {cfg.model.pool!r}")
     if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):

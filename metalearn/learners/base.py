@@ -15,6 +15,25 @@ class Learner(nn.Module):
     never a dataset.
     """
 
+    #: ``"fp32"`` or ``"bf16"``: the precision :meth:`encode` runs the encoder in (the trainer and evaluator
+    #: set it from ``train.precision``; embeddings always come back fp32).
+    precision: str = "fp32"
+    #: learners whose prediction needs gradients (an inner loop) set this False: the evaluator then neither
+    #: folds BatchNorm nor runs under ``torch.inference_mode``.
+    inference_without_grad: bool = True
+    #: whether ``precision: auto`` may pick bf16 for this learner (measured to keep accuracy)
+    bf16_safe: bool = True
+
+    def encode(self, x: Tensor) -> Tensor:
+        """``self.encoder(x)`` under the learner's precision: bf16 autocast for the convolutions, the embedding
+        returned in fp32 so distances, softmax and losses stay fp32."""
+        if self.precision == "fp32":
+            return self.encoder(x)
+        from metalearn.engine import autocast
+        with autocast(x.device, self.precision):
+            z = self.encoder(x)
+        return z.float()
+
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
         raise NotImplementedError
 

@@ -98,6 +98,10 @@ class MAML(Learner):
         >>> loss.backward()                            # meta-gradient in learner.parameters()
     """
 
+    # the inner loop needs gradients at test time; bf16 moves the second-order meta-gradient by ~30%
+    inference_without_grad = False
+    bf16_safe = False
+
     def __init__(self, model: nn.Module, ways: int, inner_lr: float = 0.4, inner_steps: int = 1,
                  eval_inner_steps: int = 3, first_order: bool = False, learn_lr: bool = False,
                  adapt: ParamFilter = "all", vmap: bool = True, chunk_size: int = 0, check_finite: bool = True,

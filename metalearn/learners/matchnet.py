@@ -206,7 +206,7 @@ class MatchingNet(Learner):
             sx, qx, sy = sx[None], qx[None], sy[None]
         # one encoder call for support and query of all tasks (one BatchNorm batch, as in ProtoNet)
         n_s = sx.shape[1]
-        z = self.encoder(torch.cat([sx, qx], dim=1))                   # (B, NK+NQ, D)
+        z = self.encode(torch.cat([sx, qx], dim=1))                   # (B, NK+NQ, D)
         support, query = self.embed(z[:, :n_s], z[:, n_s:])
         logits = matching_logits(cosine_attention(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
         return logits if batched else logits[0]

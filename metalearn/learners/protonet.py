@@ -59,7 +59,7 @@ class ProtoNet(Learner):
                              f"{tuple(qx.shape[-3:])}")
         # one encoder call for support and query of all tasks (one BatchNorm batch, as in Snell's code)
         n_s = sx.shape[-4]
-        z = self.encoder(torch.cat([sx, qx], dim=-4))               # ([B,] NK+NQ, D)
+        z = self.encode(torch.cat([sx, qx], dim=-4))               # ([B,] NK+NQ, D)
         return protonet_logits(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways,
                                self.check_support)
 

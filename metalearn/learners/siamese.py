@@ -163,7 +163,7 @@ class Siamese(Learner):
         x = torch.cat([episode.support_x, episode.query_x], dim=-4)                # ([B,] M, C, H, W)
         if self.training and self.distort is not None:
             x = random_affine(x, self.distort, generator=self.generator, fill=self.fill)
-        return self.encoder(x), episode.support_x.shape[-4]                       # ([B,] M, D)
+        return self.encode(x), episode.support_x.shape[-4]                       # ([B,] M, D)
 
     def forward(self, episode: Episode) -> Tensor:
         """Query logits ([B,] N*Q, N): log of the mean p(same) with each class's support images."""

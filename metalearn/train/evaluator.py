@@ -43,12 +43,23 @@ def episode_accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (logits.argmax(-1) == y).to(torch.float64).mean(-1) * 100.0
 
 
-def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress: bool = False) -> EvalResult:
-    """Accuracy of ``learner.predict`` on ``episodes`` episodes drawn from ``sampler`` (eval mode inside)."""
+def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress: bool = False, *,
+             precision: str | None = None, fold_bn: bool = True) -> EvalResult:
+    """Accuracy of ``learner.predict`` on ``episodes`` episodes drawn from ``sampler`` (eval mode inside).
+
+    precision: ``bf16`` / ``fp32`` / ``auto`` for the encoder (None: the learner's own ``precision``).
+    fold_bn: predict with a copy of the learner whose BatchNorms are folded into the preceding convs, under
+        ``torch.inference_mode`` (learners that adapt at test time, such as MAML, are evaluated as they are).
+    ``sampler.batch_size`` episodes go through the encoder in one forward pass.
+    """
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
-    was_training = learner.training
+    from metalearn.engine import fold_batchnorm, resolve_precision
+    fast = fold_bn and learner.inference_without_grad
+    was_training, old_precision = learner.training, learner.precision
     learner.eval()
+    model = fold_batchnorm(learner) if fast else learner
+    model.precision = resolve_precision(precision or learner.precision, sampler.device, learner.bf16_safe)
     accs = []
     draws = math.ceil(episodes / sampler.batch_size)
     it = range(draws)
@@ -56,11 +67,13 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress:
         from tqdm.auto import tqdm
         it = tqdm(it, desc="eval", unit="batch", leave=False)
     try:
-        for _ in it:
-            ep = sampler.sample()
-            accs.append(episode_accuracy(learner.predict(ep), ep.query_y).reshape(-1))
+        with torch.inference_mode(fast):
+            for _ in it:
+                ep = sampler.sample()
+                accs.append(episode_accuracy(model.predict(ep), ep.query_y).reshape(-1))
     finally:
         learner.train(was_training)
+        learner.precision = old_precision
     acc = torch.cat(accs)[:episodes].cpu().numpy()  # one host sync
     mean, ci = mean_ci95(acc)
     return EvalResult(mean, ci, int(acc.size), sampler.ways, sampler.shots, sampler.queries, tuple(acc.tolist()))

@@ -36,6 +36,10 @@ class TrainState:
     history: list = field(default_factory=list)
 
 
+class NonFiniteLossError(FloatingPointError, ValueError):
+    """The training loss became NaN or infinite; names the step and the learner."""
+
+
 class _StopFlag:
     """First SIGINT asks the loop to stop after the current step; a second one raises as usual."""
 
@@ -89,8 +93,10 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
     loggers: called with every record after it is appended to metrics.jsonl (e.g.
     :class:`metalearn.train.logging.TensorBoardLogger`); the JSONL log is always written.
     """
+    from metalearn.engine import resolve_precision
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    learner.precision = resolve_precision(cfg.precision, sampler.device, learner.bf16_safe)
     opt = torch.optim.Adam(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
     state = TrainState()
@@ -141,6 +147,18 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
     learner.train()
     loss_sum = acc_sum = None
     n_acc, t0, last_val = 0, time.perf_counter(), None
+    bad_step = bad_loss = None
+
+    def check_finite() -> None:
+        """Stop before anything is written if a training loss since the last check was NaN or infinite."""
+        nonlocal bad_step
+        if bad_step is not None and int(bad_step) != 0:
+            raise NonFiniteLossError(f"training loss of learner {type(learner).__name__} became "
+                                     f"{float(bad_loss)} at step {int(bad_step)}; no checkpoint was written "
+                                     f"after it (last.pt holds the last finite state). Lower train.lr or check "
+                                     f"the data")
+        bad_step = None
+
     with _StopFlag() as flag:
         while state.step < cfg.steps and not flag.stop:
             ep = sampler.sample()
@@ -150,12 +168,19 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
             sched.step()
             state.step += 1
             acc = episode_accuracy(logits.detach(), ep.query_y).mean()
+            # the first step whose loss was not finite, kept on the device (no host sync per step)
+            lv = loss.detach()
+            if bad_step is None:
+                bad_step, bad_loss = torch.zeros((), dtype=torch.long, device=lv.device), torch.zeros_like(lv)
+            first = ~torch.isfinite(lv) & (bad_step == 0)
+            bad_step, bad_loss = torch.where(first, state.step, bad_step), torch.where(first, lv, bad_loss)
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()   # no host sync here
             acc_sum = acc if acc_sum is None else acc_sum + acc
             n_acc += 1
             if bar is not None:
                 bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
+                check_finite()
                 dt = time.perf_counter() - t0
                 rec = {"step": state.step, "loss": float(loss_sum) / n_acc, "train_accuracy": float(acc_sum) / n_acc,
                        "lr": sched.get_last_lr()[0], "episodes_per_s": n_acc * sampler.batch_size / dt}
@@ -168,6 +193,7 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
                 n_acc, t0 = 0, time.perf_counter()
             if val_sampler_fn is not None and cfg.val_every and (state.step % cfg.val_every == 0
                                                                  or state.step == cfg.steps):
+                check_finite()
                 res = evaluate(learner, val_sampler_fn(), cfg.val_episodes)
                 last_val = res.accuracy
                 improved = res.accuracy > state.best_accuracy
@@ -177,8 +203,10 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
                 log({"step": state.step, "val_accuracy": res.accuracy, "val_ci95": res.ci95, "best": improved})
                 t0 = time.perf_counter()
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
+                check_finite()
                 checkpoint()
         if flag.stop and state.step < cfg.steps:
+            check_finite()
             state.interrupted = True
             checkpoint()
     if bar is not None:

@@ -1,0 +1,188 @@
+"""The CPU/GPU engine: allocator, threads, precision and layout policy, inference-time BatchNorm folding.
+
+Measured on a 2-core AVX-512-BF16 machine (benchmarks/cpu_throughput.py, docs/speed.md):
+
+* **allocator** -- glibc returns every large block to the kernel with ``munmap`` and trims the heap, so every
+  training step page-faults its activations back in (a third to a half of the CPU time).
+  :func:`tune_allocator` tells it to keep large blocks on the heap and never trim (``mallopt``): 1.9-2x.
+  The CLI applies it once at start-up; ``METALEARN_MALLOC=default`` turns it off.
+* **layout** -- conv weights in channels-last (:func:`channels_last`); a 1-channel input is already both
+  layouts, so converting only the input leaves every conv in NCHW with reorders around it: 1.2-1.4x.
+* **precision** -- bf16 autocast on the encoder only, with fp32 embeddings, distances, softmax, losses and
+  optimizer state (:func:`autocast` and :meth:`metalearn.Learner.encode`): 1.6-1.9x on AVX-512-BF16.
+  Second-order MAML stays fp32: bf16 moves its meta-gradient by ~30%.
+* **threads** -- ``OMP_WAIT_POLICY=PASSIVE`` keeps two threads from spinning against a busy neighbour
+  (plain 2 threads were 4-5x slower than 1 thread next to another busy process); it is set when
+  ``metalearn`` is imported before torch (see :func:`omp_env_defaults`).
+
+The allocator is process-wide state, so it is a function a program calls once, not a side effect of import.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import ctypes
+import ctypes.util
+import os
+import sys
+from typing import Iterator
+
+import torch
+from torch import nn
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+_allocator_state: dict = {"applied": None}
+
+
+def omp_env_defaults(environ: dict | None = None) -> dict:
+    """Set the OpenMP defaults metalearn wants, unless the user set them already; returns what it set.
+
+    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning. On a quiet machine it costs
+    5-8% at two threads; next to another busy process it avoids a 4-5x slow-down. ``METALEARN_OMP=default``
+    leaves the OpenMP defaults alone. The OpenMP runtime reads its environment once, when torch is loaded, so
+    ``import metalearn`` calls this before importing torch; after that it has no effect on this process.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("METALEARN_OMP", "").lower() in ("default", "0", "off"):
+        return {}
+    done = {}
+    if "OMP_WAIT_POLICY" not in env:
+        env["OMP_WAIT_POLICY"] = done["OMP_WAIT_POLICY"] = "PASSIVE"
+    return done
+
+
+def tune_allocator(enable: bool | None = None) -> bool:
+    """Keep large blocks on glibc's heap and never trim it (``mallopt(M_MMAP_MAX, 0)``,
+    ``mallopt(M_TRIM_THRESHOLD, -1)``); applied at most once per process.
+
+    enable: None reads ``METALEARN_MALLOC`` (``default`` / ``0`` / ``off`` leave glibc's defaults).
+    Returns True when the setting is in force. On a platform without glibc it does nothing and returns False.
+    The cost is memory: the heap keeps its high-water mark (the activations of the largest step) until the
+    process exits.
+    """
+    if enable is None:
+        enable = os.environ.get("METALEARN_MALLOC", "").lower() not in ("default", "0", "off")
+    if not enable:
+        return bool(_allocator_state["applied"])
+    if _allocator_state["applied"] is not None:
+        return bool(_allocator_state["applied"])
+    ok = False
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            mallopt = libc.mallopt
+            mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+            ok = bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, -1))
+        except (OSError, AttributeError):   # not glibc (musl, ...): nothing to tune
+            ok = False
+    _allocator_state["applied"] = ok
+    return ok
+
+
+def allocator_tuned() -> bool:
+    """Whether :func:`tune_allocator` is in force in this process."""
+    return bool(_allocator_state["applied"])
+
+
+def set_threads(n: int) -> int:
+    """``torch.set_num_threads(n)`` for n > 0 (0 keeps torch's default, one per core); returns the count."""
+    if n < 0:
+        raise ValueError(f"threads: expected >= 0, got {n}")
+    if n > 0:
+        torch.set_num_threads(n)
+    return torch.get_num_threads()
+
+
+def bf16_supported(device: torch.device | str) -> bool:
+    """bf16 matmul/conv at full speed: CUDA with bf16, or a CPU oneDNN reports native bf16 for
+    (AVX-512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device | str, bf16_safe: bool = True) -> str:
+    """``auto`` -> ``bf16`` where the device runs bf16 natively and the learner keeps its accuracy with it
+    (``bf16_safe``: the metric learners; not second-order MAML), else ``fp32``. ``bf16`` / ``fp32`` are
+    returned as asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    return "bf16" if bf16_safe and bf16_supported(device) else "fp32"
+
+
+def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to bf16 on the device's type for ``precision == "bf16"``; a no-op for fp32.
+
+    Inside, convolutions and matmuls run in bf16 (their fp32 weights are cast per call; the weights, their
+    gradients and the optimizer state stay fp32).
+    """
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    if precision != "bf16":
+        raise ValueError(f"precision: expected bf16 or fp32, got {precision!r}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16)
+
+
+def channels_last(module: nn.Module) -> nn.Module:
+    """Put every 4-d parameter and buffer (conv weights) in channels-last, in place; returns the module.
+
+    Values are unchanged (only the strides), so state dicts load either way.
+    """
+    for t in list(module.parameters()) + list(module.buffers()):
+        if t.dim() == 4:
+            # clone, not .contiguous(): a (64, 1, 3, 3) weight counts as channels-last already, but only the
+            # (9, 1, 3, 1) strides make oneDNN run the conv (and everything after it) in channels-last
+            t.data = t.data.clone(memory_format=torch.channels_last)
+    return module
+
+
+def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    fused = fuse_conv_bn_eval(conv, bn)
+    if conv.weight.stride()[1] == 1:
+        fused.weight.data = fused.weight.data.clone(memory_format=torch.channels_last)
+    return fused
+
+
+def fold_batchnorm(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` for inference in which every ``Conv2d`` directly followed by a ``BatchNorm2d``
+    with running statistics (inside an ``nn.Sequential``) is one conv: w' = w·γ/σ, b' = (b − μ)·γ/σ + β.
+
+    Exact in eval mode up to float rounding. The copy is in eval mode and has no gradients; ``module`` is
+    unchanged. BatchNorms that use batch statistics at test time (no running stats, e.g. MAML's) are kept.
+    """
+    folded = copy.deepcopy(module).eval()
+    for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
+        names = list(seq._modules)
+        for a, b in zip(names, names[1:]):
+            conv, bn = seq._modules[a], seq._modules[b]
+            if (type(conv) is nn.Conv2d and type(bn) is nn.BatchNorm2d and bn.track_running_stats
+                    and bn.running_mean is not None and conv.out_channels == bn.num_features):
+                seq._modules[a] = _fuse(conv, bn)
+                seq._modules[b] = nn.Identity()
+    for p in folded.parameters():
+        p.requires_grad_(False)
+    return folded
+
+
+@contextlib.contextmanager
+def precision_of(learner: nn.Module, precision: str) -> Iterator[None]:
+    """Temporarily set ``learner.precision`` (a :class:`metalearn.Learner`) to ``precision``."""
+    old = getattr(learner, "precision", "fp32")
+    learner.precision = precision
+    try:
+        yield
+    finally:
+        learner.precision = old
