@@ -59,7 +59,8 @@ def meta_batch(model: nn.Module, params: Params, buffers: Params, hyper: Params,
     ``vmap_tasks=False`` is the reference loop over tasks.
     """
     if not episode.batched:
-        raise ValueError("episode: expected a batch of tasks (support_x of shape (B, N*K, C, H, W))")
+        raise ValueError("episode: expected a batch of tasks (support_x of shape (B, N*K, C, H, W), or an "
+                         "Episode with batch=True whose first dimension indexes tasks)")
 
     def one(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return task_loss(model, params, buffers, hyper, names, sx, sy, qx, qy, steps=steps, rule=rule,
@@ -137,7 +138,7 @@ class MAML(Learner):
         single = not episode.batched
         if single:
             episode = Episode(episode.support_x[None], episode.support_y[None], episode.query_x[None],
-                              episode.query_y[None], episode.ways)
+                              episode.query_y[None], episode.ways, True)
         params, buffers = dict(self.model.named_parameters()), dict(self.model.named_buffers())
         q_loss, logits, s_losses = meta_batch(
             self.model, params, buffers, self.hyper(), self.names, episode, steps=steps, rule=self.rule,
