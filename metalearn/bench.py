@@ -226,6 +226,11 @@ def _max_rss_bytes() -> int | None:
 
 # ------------------------------------------------------------------------------------------------- plans
 
+#: what a result's ``name`` and ``config_hash`` may be (both are used in file names)
+RESULT_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,199}")
+CONFIG_HASH = re.compile(r"[0-9a-f]{16}")
+
+
 def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "task"
 
@@ -336,6 +341,12 @@ def read_result(path: str | os.PathLike) -> dict:
             raise ConfigError(f"{path}: schema_version {version} result without the key {key!r}")
         if not isinstance(data[key], tp) or isinstance(data[key], bool):
             raise ConfigError(f"{path}: {key}: expected {getattr(tp, '__name__', 'a number')}, got {data[key]!r}")
+    # both become parts of file names (plots, run directories): nothing but the characters bench writes
+    if not RESULT_NAME.fullmatch(data["name"]):
+        raise ConfigError(f"{path}: name: expected letters, digits, '_', '-' and '.' (at most 200, not starting "
+                          f"with '.'), got {data['name']!r}")
+    if not CONFIG_HASH.fullmatch(data["config_hash"]):
+        raise ConfigError(f"{path}: config_hash: expected 16 lowercase hex digits, got {data['config_hash']!r}")
     return data
 
 

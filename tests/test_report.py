@@ -16,13 +16,18 @@ MACHINE = {"platform": "Linux-x86_64", "python": "3.11.7", "torch": "2.13.0+cpu"
            "cpu_model": "AMD EPYC", "torch_threads": 2, "gpu": None}
 
 
+def fake_hash(name):
+    """A 16-hex-digit config hash that spells the name (result files hold only hex hashes)."""
+    return (name.encode().hex() + "0" * 16)[:16]
+
+
 def make_result(name, accuracy, ci95, ref=None, ref_ci=None, *, config_hash=None, commit="c" * 40, dirty=False,
                 created="2026-01-02T03:04:05+00:00", ways=5, shots=1, gpu=None, curve=True, dataset="omniglot"):
     steps = [10, 20, 30]
     return {
         "schema_version": SCHEMA_VERSION, "kind": RESULT_KIND, "name": name, "task": f"tasks/{name}.yaml",
         "suite": "tasks/suites/x.yaml", "config": {"dataset": dataset, "name": name},
-        "config_hash": config_hash or (name[:8] + "0" * 8)[:16], "overrides": [], "seed": 0, "eval_seed": 1234,
+        "config_hash": config_hash or fake_hash(name), "overrides": [], "seed": 0, "eval_seed": 1234,
         "dataset": dataset, "learner": "protonet", "split": "test", "ways": ways, "shots": shots, "queries": 15,
         "episodes": 1000, "accuracy": accuracy, "ci95": ci95,
         "reference": {"accuracy": ref, "ci95": ref_ci, "source": "Snell et al. 2017" if ref is not None else ""},
@@ -97,12 +102,12 @@ def test_report_tables_and_plots_from_fixture_json(tmp_path, docs, capsys):
         "| 4 | omni_20w1s | omniglot | 20-way 1-shot | 94.35 ± 0.17 | 1000 | 96.00 | -1.65 | no | 30 | 2 min "
         "| 1.5 GiB RSS | `cccccccc` | CPU: AMD EPYC, 2 cores, 2 threads; torch 2.13.0+cpu |",
     ]
-    assert "3. `metalearn bench tasks/omni_5w1s.yaml` (seed 0, config `omni_5w100000000`, 2026-01-02). " \
+    assert f"3. `metalearn bench tasks/omni_5w1s.yaml` (seed 0, config `{fake_hash('omni_5w1s')}`, 2026-01-02). " \
            "Published: Snell et al. 2017." in text
     # plots: the bars and one curve per result that has a curve, all linked from results.md
     pngs = sorted(p.name for p in (docs / "img").glob("*.png"))
-    assert pngs == ["bench-accuracy.png", "bench-curve-mini_5w5s-mini_5w500000000.png",
-                    "bench-curve-omni_20w1s-omni_20w00000000.png", "bench-curve-omni_5w1s-omni_5w100000000.png"]
+    assert pngs == ["bench-accuracy.png"] + sorted(f"bench-curve-{n}-{fake_hash(n)}.png"
+                                                   for n in ("mini_5w5s", "omni_20w1s", "omni_5w1s"))
     for p in (docs / "img").glob("*.png"):
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000
         assert f"](img/{p.name})" in text
@@ -168,6 +173,26 @@ def test_schema_versions_and_bad_files_give_clear_errors(tmp_path, docs, capsys)
     assert "skipped" in out.err and "torn.json" in out.err and "1 row from 1 result file" in out.out
     assert main(["report", "--results", str(tmp_path / "nope"), "--docs", str(docs)]) == 2
     assert "--results" in capsys.readouterr().err
+
+
+def test_names_and_hashes_that_would_leave_the_docs_folder_are_refused(tmp_path, docs, capsys):
+    res = tmp_path / "results"
+    before = (docs / "results.md").read_text()
+    bad = {"name": ["x/../../../../escaped", "../up", ".hidden", "a b", "", "n" * 201],
+           "config_hash": ["../../../escaped", "ABCDEF0123456789", "0123", "0123456789abcdef/.."]}
+    for key, values in bad.items():
+        for value in values:
+            res.mkdir(exist_ok=True)
+            (res / "00-result.json").write_text(json.dumps({**make_result("omni_5w1s", 98.70, 0.18, 98.8), key: value}))
+            assert main(["report", "--results", str(res), "--docs", str(docs)]) == 2
+            err = capsys.readouterr().err
+            assert f"{key}: expected" in err and repr(value) in err and "Traceback" not in err
+            assert (docs / "results.md").read_text() == before and not (docs / "img").exists()
+            assert not list(tmp_path.rglob("*escaped*"))
+    # what bench writes is accepted
+    (res / "00-result.json").write_text(json.dumps(make_result("protonet_omniglot_5w1s-v2.1", 98.70, 0.18, 98.8,
+                                                               config_hash="0123456789abcdef")))
+    assert main(["report", "--results", str(res), "--docs", str(docs), "--no-plots"]) == 0
 
 
 def test_missing_matplotlib_names_the_extra(tmp_path, docs, monkeypatch, capsys):

@@ -6,7 +6,8 @@ Sources, looked for under ``<root>/cifar10/`` (``root`` = ``$METALEARN_DATA`` by
   ``test/<class>/NNNN.jpg`` (1000 per class), 32x32 RGB, **a JPEG (quality ~75) re-encoding** of CIFAR-10
   (about 30.5 dB PSNR against the originals). Read in place with :mod:`tarfile` (nothing is extracted).
 * ``cifar-10-python.tar.gz`` — the original release (``cifar-10-batches-py/data_batch_1..5``, ``test_batch``),
-  lossless, in the original order. Also read in place.
+  lossless, in the original order. Also read in place; its pickled batches are read with
+  :mod:`metalearn.data.safe_pickle` (plain data only: a crafted archive cannot run code).
 
 Image order (deterministic, the same on every machine):
 
@@ -49,6 +50,7 @@ import torch
 from PIL import Image
 
 from metalearn.data import cache as _cache
+from metalearn.data import safe_pickle
 from metalearn.data.paths import cache_dir as _cache_dir
 from metalearn.data.paths import data_root
 
@@ -179,8 +181,10 @@ def _decode_python_split(archive: Path, split: str) -> tuple[np.ndarray, np.ndar
                 base = m.name.rsplit("/", 1)[-1]
                 if m.isfile() and base in want:
                     f = tf.extractfile(m)
-                    # the official release is a pickle of plain numpy/list data (trusted, user-provided file)
-                    found[base] = pickle.load(f, encoding="bytes")  # noqa: S301
+                    # plain dict/bytes/list/numpy data; read without running pickled code
+                    found[base] = safe_pickle.load(f, encoding="bytes", where=f"{archive}:{m.name}")
+    except safe_pickle.UnsafePickleError:
+        raise
     except (*_ERRORS, pickle.UnpicklingError) as e:
         raise ValueError(f"{archive}: cannot read archive, truncated or corrupted? ({type(e).__name__}: {e})"
                          ) from e

@@ -9,8 +9,12 @@ Files under ``<root>/miniimagenet/``:
     extracted to disk);
   - ``"folder"``: an already extracted ``images/<filename>`` folder;
   - ``"hf"``: a Hugging Face Arrow dataset (see :data:`HF_SCHEMA`), ``hf_name`` or ``<root>/miniimagenet_hf``;
-    :func:`export_miniimagenet_hf` writes one from the csv + archives (JPEG bytes copied as they are).
-* ``"auto"``: ``hf_name`` if given, else the split's archives, else ``images/``, else ``<root>/miniimagenet_hf``.
+    :func:`export_miniimagenet_hf` writes one from the csv + archives (JPEG bytes copied as they are);
+  - ``"l2l"``: learn2learn's pickled cache ``mini-imagenet-cache-{train,validation,test}.pkl`` (no csv needed):
+    a dict with ``image_data`` (uint8 (N, 84, 84, 3)) and ``class_dict`` ({WordNet id: [row indices]}), read
+    with :mod:`metalearn.data.safe_pickle` (plain data only: a crafted file cannot run code).
+* ``"auto"``: ``hf_name`` if given, else the split's archives, else ``images/``, else the learn2learn pickle,
+  else ``<root>/miniimagenet_hf``.
 
 Each split is decoded once (PIL -> RGB uint8, resized to 84x84 with bilinear if it is not already) and cached as
 a uint8 (M, 3, 84, 84) ``.npy`` (train: 38400 images, ~813 MB), memory-mapped on later loads. Classes are sorted
@@ -36,12 +40,15 @@ from metalearn.data.paths import data_root as _data_root
 from metalearn.data.storage import ClassImages
 
 SPLITS = ("train", "val", "test")
-SOURCES = ("auto", "tar", "folder", "hf")
+SOURCES = ("auto", "tar", "folder", "hf", "l2l")
 ARCHIVES = {"train": ("images_train_1.tar.gz", "images_train_2.tar.gz"), "val": ("images_val.tar.gz",),
             "test": ("images_test.tar.gz",)}
 IMAGE_SIZE = 84
 _LOADER_VERSION = 1
 _HF_SPLIT_KEYS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+#: learn2learn's pickle of each split (under ``<root>/miniimagenet/``)
+L2L_FILES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
+             "test": "mini-imagenet-cache-test.pkl"}
 
 #: Columns accepted from a Hugging Face dataset: a DatasetDict with keys "train", "val" (or "validation"),
 #: "test", or one Dataset with an extra string column ``split`` holding those names.
@@ -216,6 +223,55 @@ def _hf_split(hf_name, split: str) -> _Split:
     return _Split("hf", label, key, opener)
 
 
+def _read_l2l(path: Path) -> tuple[np.ndarray, list[str], list[int]]:
+    """learn2learn's ``mini-imagenet-cache-<split>.pkl`` -> (images (M, 3, 84, 84) uint8 grouped by class, sorted
+    WordNet ids, counts); rows of a class keep the order of its ``class_dict`` list."""
+    from metalearn.data import safe_pickle
+    try:
+        with open(path, "rb") as f:
+            data = safe_pickle.load(f, where=str(path))
+    except OSError as e:
+        raise ValueError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not isinstance(data, dict) or "image_data" not in data or "class_dict" not in data:
+        raise ValueError(f"{path}: expected learn2learn's miniImageNet cache, a dict with 'image_data' and "
+                         f"'class_dict'; got {type(data).__name__}"
+                         + (f" with keys {sorted(map(str, data))}" if isinstance(data, dict) else ""))
+    images, classes = data["image_data"], data["class_dict"]
+    if (not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4
+            or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3)):
+        got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
+        raise ValueError(f"{path}: image_data: expected a uint8 array (N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3), got {got}")
+    if not isinstance(classes, dict) or not classes:
+        raise ValueError(f"{path}: class_dict: expected a non-empty dict {{WordNet id: [row indices]}}")
+    names = sorted(str(k) for k in classes)
+    by_name = {str(k): v for k, v in classes.items()}
+    rows, counts = [], []
+    for wnid in names:
+        idx = by_name[wnid]
+        if (not isinstance(idx, (list, tuple, np.ndarray)) or len(idx) == 0
+                or any(isinstance(i, bool) or not isinstance(i, (int, np.integer)) for i in idx)):
+            raise ValueError(f"{path}: class_dict[{wnid!r}]: expected a non-empty list of row indices")
+        rows.extend(int(i) for i in idx)
+        counts.append(len(idx))
+    bad = [i for i in rows if not 0 <= i < images.shape[0]]
+    if bad:
+        raise ValueError(f"{path}: class_dict lists row {bad[0]}, but image_data has {images.shape[0]} images")
+    if len(set(rows)) != len(rows):
+        raise ValueError(f"{path}: class_dict lists a row under two classes (or twice)")
+    out = np.ascontiguousarray(images[np.asarray(rows, dtype=np.int64)].transpose(0, 3, 1, 2))
+    return out, names, counts
+
+
+def _l2l_split(folder: Path, split: str) -> _Split:
+    path = folder / L2L_FILES[split]
+
+    def opener():  # the pickle holds decoded pixels, not image files: load_miniimagenet reads it with _read_l2l
+        raise ValueError(f"{path}: the learn2learn pickle holds decoded pixels, not the JPEG files this needs; "
+                         "use the csv files with the archives or the images/ folder")
+
+    return _Split("l2l", str(path), _cache.file_checksums([path]), opener)
+
+
 def _resolve(root, split: str, source: str, hf_name) -> _Split:
     if source not in SOURCES:
         raise ValueError(f"source: expected one of {SOURCES}, got {source!r}")
@@ -240,12 +296,19 @@ def _resolve(root, split: str, source: str, hf_name) -> _Split:
         if missing:
             raise FileNotFoundError(f"miniImageNet (source='folder', split={split!r}): missing {missing}")
         return _folder_split(folder, split)
+    l2l = folder / L2L_FILES[split]
+    if source == "l2l" or (source == "auto" and l2l.is_file()):
+        if not l2l.is_file():
+            raise FileNotFoundError(f"miniImageNet (source='l2l', split={split!r}): missing {str(l2l)!r} "
+                                    "(learn2learn's mini-imagenet-cache-<split>.pkl)")
+        return _l2l_split(folder, split)
     hf_dir = folder.parent / "miniimagenet_hf"
     if hf_dir.is_dir():
         return _hf_split(hf_dir, split)
     raise FileNotFoundError(
         f"miniImageNet split {split!r} not found; looked for {csv_path} with the archives "
-        + ", ".join(map(str, archives)) + f" or the folder {folder / 'images'}; and an Arrow dataset folder {hf_dir}")
+        + ", ".join(map(str, archives)) + f" or the folder {folder / 'images'}; the learn2learn file {l2l}; and an "
+        f"Arrow dataset folder {hf_dir}")
 
 
 def _decode_split(src: _Split, split: str) -> tuple[np.ndarray, list, list]:
@@ -275,7 +338,7 @@ def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train
     Args:
         root: data root holding ``miniimagenet/`` (default $METALEARN_DATA). Not needed for a Hub ``hf_name``.
         split: "train" (64 classes), "val" (16) or "test" (20); 600 images per class in the standard files.
-        source: "auto", "tar", "folder" or "hf" (see the module docstring).
+        source: "auto", "tar", "folder", "hf" or "l2l" (see the module docstring).
         cache_dir: where the decoded cache lives (default $METALEARN_CACHE or ~/.cache/metalearn).
         hf_name: a ``save_to_disk`` folder or a Hub id for the "hf" source.
 
@@ -291,7 +354,10 @@ def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train
     entry = _cache_dir(cache_dir) / f"miniimagenet_{tag}_{split}"
 
     def build() -> tuple[np.ndarray, dict]:
-        images, names, counts = _decode_split(src, split)
+        if src.kind == "l2l":
+            images, names, counts = _read_l2l(Path(src.label))
+        else:
+            images, names, counts = _decode_split(src, split)
         return images, {"names": names, "counts": counts, "split": split}
 
     images, meta = _cache.load_or_build(entry, key, build)

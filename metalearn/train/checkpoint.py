@@ -6,6 +6,7 @@ directory, which is renamed over the target only once it is complete and flushed
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises several types for a damaged file
-        raise ValueError(f"checkpoint {str(path)!r} is truncated or corrupted ({type(e).__name__}: {e})") from None
+    except Exception as e:  # torch raises several types for a damaged file; their text is not quoted
+        # (weights_only refuses code and any object a metalearn checkpoint never holds: UnpicklingError)
+        why = "not tensors and plain data" if isinstance(e, pickle.UnpicklingError) else type(e).__name__
+        raise ValueError(f"checkpoint {str(path)!r} is not a metalearn checkpoint or is corrupted (truncated or "
+                         f"corrupted, or {why}); it was not loaded") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"checkpoint {str(path)!r} is not a metalearn checkpoint of format {FORMAT}")
     return state
