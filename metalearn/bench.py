@@ -36,7 +36,7 @@ from pathlib import Path
 
 import yaml
 
-from metalearn.config import ConfigError, TaskConfig, load_config, load_yaml
+from metalearn.config import ConfigError, TaskConfig, YAMLLoader, load_config, load_yaml
 
 SCHEMA_VERSION = 1
 RESULT_KIND = "metalearn-bench-result"
@@ -56,7 +56,7 @@ class SuiteEntry:
 
 def _yaml_with_nodes(path: Path) -> tuple[object, yaml.Node | None]:
     """Parse ``path``; return (data, node tree) so entries can be reported with their line numbers."""
-    loader = yaml.SafeLoader(path.read_text())
+    loader = YAMLLoader(path.read_text())   # reads 1e-3 as a float, like every config file
     try:
         node = loader.get_single_node()
         data = loader.construct_document(node) if node is not None else None

@@ -2,12 +2,18 @@
 
 A task file (``tasks/*.yaml``) has the sections below; every key is optional except ``dataset``.  Unknown
 keys and wrong types are errors that name the key.  ``--set train.steps=100`` overrides one value.
+
+Numbers are read as a user types them: besides YAML 1.1's forms (``0.001``, ``.5``, ``1_000``), a float in
+exponent notation without a dot (``1e-3``, ``3E-4``, ``1e3``) is a float, as in YAML 1.2 and Python.  Floats must
+be finite; ranges are checked by :func:`validate`.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
@@ -17,6 +23,32 @@ import yaml
 
 class ConfigError(ValueError):
     """A configuration problem: names the key (and file/line where known)."""
+
+
+# exponent floats without a dot (1e-3, 3E-4, 1_0e3): YAML 1.1 (PyYAML) would read them as strings
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9][0-9_]*)[eE][-+]?[0-9]+$")
+
+
+class YAMLLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` / ``3E-4`` as floats (every config file and ``--set``)."""
+
+
+class YAMLDumper(yaml.SafeDumper):
+    """``yaml.SafeDumper`` that quotes strings :class:`YAMLLoader` would read as floats (``'1e5'``)."""
+
+
+for _cls in (YAMLLoader, YAMLDumper):
+    _cls.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+0123456789."))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text with :class:`YAMLLoader`."""
+    return yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def yaml_dump(data: Any) -> str:
+    """Dump plain data with :class:`YAMLDumper` (what :func:`yaml_load` reads back unchanged)."""
+    return yaml.dump(data, Dumper=YAMLDumper, sort_keys=False)
 
 
 @dataclass(frozen=True)
@@ -178,7 +210,13 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
+                raise ConfigError(f"{key}: expected a finite number, got {value}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -229,6 +267,13 @@ def validate(cfg: TaskConfig) -> None:
             raise ConfigError(f"{key}: expected >= 1, got {v}")
     if cfg.train.lr <= 0:
         raise ConfigError(f"train.lr: expected > 0, got {cfg.train.lr}")
+    if cfg.train.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay: expected >= 0, got {cfg.train.weight_decay}")
+    if cfg.train.lr_gamma <= 0:
+        raise ConfigError(f"train.lr_gamma: expected > 0 (the lr is multiplied by it every train.lr_step steps), "
+                          f"got {cfg.train.lr_gamma}")
+    if cfg.data.image_size < 1:
+        raise ConfigError(f"data.image_size: expected >= 1, got {cfg.data.image_size}")
     if cfg.train.val_every < 0 or cfg.train.val_episodes < 1:
         raise ConfigError("train.val_every: expected >= 0 and train.val_episodes >= 1")
     if cfg.eval.split not in ("train", "val", "test"):
@@ -270,9 +315,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.steps=100")
     key, raw = item.split("=", 1)
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e})") from None
+        value = yaml_load(raw)
+    except yaml.YAMLError:
+        # not a YAML value ('[1', 'a: b: c'): keep the text; the key's type check then says what it expects
+        value = raw
     return key.strip().split("."), value
 
 
@@ -295,7 +341,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -328,4 +374,4 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskCon
 
 
 def dump_config(cfg: TaskConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml_dump(cfg.to_dict())

@@ -69,3 +69,51 @@ def test_config_differences_treats_a_missing_section_as_its_defaults():
     changed = config_from_dict({"dataset": "omniglot", "matchnet": {"fce": True}}).to_dict()
     assert config_differences(old, changed) == ["matchnet.fce"]
     assert config_differences({**old, "model": {**old["model"], "gone": 1}}, new) == ["model.gone"]
+
+
+# ----------------------------------------------------------------------------- numbers as users type them
+@pytest.mark.parametrize("text,value", [("1e-3", 1e-3), ("3E-4", 3e-4), (".5", 0.5), ("1_000", 1000.0),
+                                        ("1e3", 1000.0), ("-2.5E+2", -250.0), ("1.5e3", 1500.0), ("2", 2.0)])
+def test_every_number_form_is_a_float(tmp_path, text, value):
+    cfg = load_config("tasks/protonet_digits_5w5s.yaml", [f"train.lr_gamma={text.lstrip('-')}"])
+    assert cfg.train.lr_gamma == abs(value) and isinstance(cfg.train.lr_gamma, float)
+    path = tmp_path / "t.yaml"
+    path.write_text(f"dataset: digits\ntrain:\n  lr: {text.lstrip('-')}\n  steps: 1_000\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == abs(value) and cfg.train.steps == 1000
+
+
+def test_strings_that_look_like_exponent_floats_survive_the_resolved_config(tmp_path):
+    from metalearn.config import dump_config
+    cfg = load_config("tasks/protonet_digits_5w5s.yaml", ["name='1e5'", "data.root='3E-4'"])
+    assert cfg.name == "1e5" and cfg.data.root == "3E-4"
+    path = tmp_path / "config.yaml"
+    path.write_text(dump_config(cfg))
+    assert config_from_dict(load_yaml(path)) == cfg
+
+
+@pytest.mark.parametrize("override,key,expected", [
+    ("train.lr=.nan", "train.lr", "finite"), ("train.lr=.inf", "train.lr", "finite"),
+    ("train.lr=-.inf", "train.lr", "finite"), ("train.lr=0", "train.lr", "> 0"),
+    ("train.weight_decay=-1", "train.weight_decay", ">= 0"), ("train.lr_gamma=0", "train.lr_gamma", "> 0"),
+    ("maml.inner_lr=.nan", "maml.inner_lr", "finite"), ("matchnet.scale=.inf", "matchnet.scale", "finite"),
+    ("siamese.rotation=.nan", "siamese.rotation", "finite"), ("train.lr=1e400", "train.lr", "finite"),
+    ("train.lr=[1", "train.lr", "expected float"), ("train.steps=1e3", "train.steps", "expected int"),
+    ("train.ways=a: b: c", "train.ways", "expected int"),
+])
+def test_bad_numbers_are_refused_at_load_naming_the_key(override, key, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config("tasks/protonet_digits_5w5s.yaml", [override])
+    msg = str(err.value)
+    assert f"{key}: " in msg and expected in msg and "\n" not in msg
+
+
+def test_ttt_config_numbers_and_ranges():
+    from metalearn.ttt.config import load_ttt_config
+    cfg = load_ttt_config("tasks/ttt_cifar10_gn.yaml", ["train.lr=1e-2", "ttt.lr=3E-4", "train.weight_decay=5e-4"])
+    assert (cfg.train.lr, cfg.ttt.lr, cfg.train.weight_decay) == (1e-2, 3e-4, 5e-4)
+    for override, key in (("train.lr=.nan", "train.lr"), ("train.weight_decay=-1", "train.weight_decay"),
+                          ("train.momentum=1.5", "train.momentum"), ("tent.lr=.inf", "tent.lr"),
+                          ("train.gamma=0", "train.gamma")):
+        with pytest.raises(ConfigError, match=rf"{key}: expected"):
+            load_ttt_config("tasks/ttt_cifar10_gn.yaml", [override])

@@ -10,9 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from metalearn.config import ConfigError, _build, apply_overrides, load_yaml
+from metalearn.config import ConfigError, _build, apply_overrides, load_yaml, yaml_dump
 from metalearn.ttt.train import JointTrainConfig
 
 METHODS = ("source", "ttt", "ttt_online", "norm_adapt", "tent")
@@ -107,9 +105,13 @@ def validate(cfg: TTTTaskConfig) -> None:
                    ("ttt.copies", a.copies), ("ttt.chunk_size", a.chunk_size), ("tent.batch_size", cfg.tent.batch_size),
                    ("tent.steps", cfg.tent.steps), ("eval.images", e.images), ("eval.batch_size", e.batch_size)):
         positive(key, v)
-    for key, v in (("train.lr", t.lr), ("ttt.lr", a.lr), ("tent.lr", cfg.tent.lr)):
+    for key, v in (("train.lr", t.lr), ("ttt.lr", a.lr), ("tent.lr", cfg.tent.lr), ("train.gamma", t.gamma)):
         if not v > 0:
             raise ConfigError(f"{key}: expected > 0, got {v}")
+    if t.weight_decay < 0:
+        raise ConfigError(f"train.weight_decay: expected >= 0, got {t.weight_decay}")
+    if not 0 <= t.momentum < 1:
+        raise ConfigError(f"train.momentum: expected a value in [0, 1), got {t.momentum}")
     if t.max_steps < 0 or e.ttt_images < 0:
         raise ConfigError("train.max_steps / eval.ttt_images: expected >= 0")
     if list(t.milestones) != sorted(t.milestones):
@@ -142,7 +144,7 @@ def load_ttt_config(path: str | Path, overrides: list[str] | None = None) -> TTT
 
 
 def dump_ttt_config(cfg: TTTTaskConfig) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml_dump(cfg.to_dict())
 
 
 def methods_for(cfg: TTTTaskConfig, has_rotation_head: bool, has_bn: bool) -> list[str]:
