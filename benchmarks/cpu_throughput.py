@@ -1,0 +1,359 @@
+"""CPU throughput of every workload against the machine's own ceilings, levers off vs the default policy.
+
+One run measures, each in a fresh subprocess (the allocator and OpenMP settings are per process), interleaved
+A/B/A/B so that a noisy machine hits both sides alike:
+
+* ceilings: fp32 and bf16 ``torch.mm`` (2048²) and a oneDNN 3×3 conv (64→64 channels, 28×28, batch 256,
+  channels-last) in GFLOP/s;
+* workloads, as the trainer and evaluator run them: ProtoNet Omniglot 60-way 1-shot 5-query training step;
+  ProtoNet evaluation of 5-way 1-shot 15-query episodes (10 per forward); Matching Networks training steps
+  (Omniglot 20-way 1-shot, miniImageNet 5-way 5-shot 84 px); Siamese training step (30 classes × 5 images);
+  second-order MAML 5-way 1-shot 15-query, 8 tasks (loop and vmap, with the meta-gradient's error against a
+  float64 reference); TTT's ResNet-26 (GroupNorm) joint training step, batch 32 × 4 rotations; one 20-step
+  unroll of the LSTM optimizer on the MNIST MLP (M = 4 optimisees).
+
+Policies: ``off`` -- glibc's default allocator, OpenMP's default wait policy, fp32, NCHW conv weights, the
+evaluation with autograd's no_grad and unfolded BatchNorm, Conv4 blocks with the ReLU before the pool (how the
+project ran before the engine); ``default`` -- what ``metalearn train``/``eval`` do now (metalearn.engine:
+tuned allocator, OMP_WAIT_POLICY=PASSIVE, ``precision: auto`` -> bf16 on the encoder where the CPU has native
+bf16, channels-last weights, folded BatchNorm under inference_mode). FLOPs of one step are counted with
+``torch.utils.flop_counter`` (forward + backward). Synthetic uint8 images of the real shapes: speed does not
+depend on pixel values.
+
+    python benchmarks/cpu_throughput.py --threads 1 2 --out results/speed        # ~10 min on 2 cores
+    python benchmarks/cpu_throughput.py --threads 1 --repeats 1 --quick --out /tmp/speed   # a smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+WORKLOADS = ["ceiling_mm", "ceiling_conv", "protonet_train", "protonet_eval", "matchnet_train_omniglot",
+             "matchnet_train_mini", "siamese_train", "maml2_loop", "maml2_vmap", "ttt_joint", "lstm_mnist"]
+POLICIES = ["off", "default"]
+
+
+# ------------------------------------------------------------------------------------------- the worker
+
+def _worker(spec: dict) -> dict:
+    """Runs in a fresh process: set the policy, build the workload, time it. Returns a JSON-able dict."""
+    policy, threads, workload, quick = spec["policy"], spec["threads"], spec["workload"], spec["quick"]
+    if policy == "off":
+        os.environ["METALEARN_OMP"] = "default"
+        os.environ["METALEARN_MALLOC"] = "default"
+    import metalearn  # noqa: F401  (sets the OpenMP default before torch loads, unless turned off above)
+    import torch
+
+    from metalearn.engine import tune_allocator
+    tuned = tune_allocator()
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    fn, flops, extra = _build(workload, policy, quick)
+    reps = 3 if quick else spec["reps"]
+    warm = 1 if quick else 3
+    for _ in range(warm):
+        fn()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    med = statistics.median(times)
+    return {"workload": workload, "policy": policy, "threads": threads, "ms": med * 1000,
+            "samples_ms": [t * 1000 for t in times], "gflop": flops / 1e9 if flops else None,
+            "gflops": (flops / med / 1e9) if flops else None, "allocator_tuned": tuned,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **extra}
+
+
+def _count_flops(fn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def _images(n_classes: int, per_class: int, c: int, size: int, rotations=(0,)):
+    import torch
+
+    from metalearn.data.storage import ClassImages
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.randint(0, 256, (n_classes * per_class, c, size, size), dtype=torch.uint8, generator=g)
+    return ClassImages(imgs, torch.arange(n_classes) * per_class, torch.full((n_classes,), per_class),
+                       tuple(f"c{i}" for i in range(n_classes)), tuple(rotations))
+
+
+def _old_conv4_order(module) -> None:
+    """Conv4 blocks as the project had them before the engine: conv, BN, ReLU, pool."""
+    from torch import nn
+    for seq in [m for m in module.modules() if isinstance(m, nn.Sequential)]:
+        mods = list(seq._modules.values())
+        if len(mods) == 4 and isinstance(mods[2], nn.MaxPool2d) and isinstance(mods[3], nn.ReLU):
+            keys = list(seq._modules)
+            seq._modules[keys[2]], seq._modules[keys[3]] = mods[3], mods[2]
+
+
+def _prepare(learner, policy: str):
+    from metalearn.engine import channels_last, resolve_precision
+    if policy == "off":
+        _old_conv4_order(learner)
+        learner.precision = "fp32"
+    else:
+        channels_last(learner)
+        learner.precision = resolve_precision("auto", "cpu", learner.bf16_safe)
+    return learner
+
+
+def _train_step(learner, sampler):
+    import torch
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    learner.train()
+
+    def step():
+        ep = sampler.sample()
+        opt.zero_grad(set_to_none=True)
+        learner.backward(ep)
+        opt.step()
+    return step
+
+
+def _build(workload: str, policy: str, quick: bool):
+    import torch
+    import torch.nn.functional as F
+
+    from metalearn.episodes import EpisodeSampler
+    extra: dict = {}
+    if workload == "ceiling_mm":
+        dt = torch.float32 if policy == "off" else torch.bfloat16
+        a, b = torch.randn(2048, 2048).to(dt), torch.randn(2048, 2048).to(dt)
+        extra["dtype"] = str(dt).replace("torch.", "")
+        return (lambda: [torch.mm(a, b) for _ in range(4)]), 4 * 2 * 2048 ** 3, extra
+    if workload == "ceiling_conv":
+        dt = torch.float32 if policy == "off" else torch.bfloat16
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dt).to(memory_format=torch.channels_last)
+        x = torch.randn(256, 64, 28, 28).to(dt).contiguous(memory_format=torch.channels_last)
+        extra["dtype"] = str(dt).replace("torch.", "")
+        with torch.no_grad():
+            fn = lambda: [conv(x) for _ in range(4)]   # noqa: E731
+            flops = 4 * 2 * 256 * 28 * 28 * 64 * 64 * 9
+        return (lambda: torch.no_grad()(fn)()), flops, extra
+    if workload == "protonet_train":
+        from metalearn.learners.protonet import ProtoNet
+        from metalearn.nn import Conv4
+        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy)
+        step = _train_step(learner, EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 60, 1, 5, seed=0))
+        return step, _count_flops(step), extra
+    if workload == "protonet_eval":
+        from metalearn.learners.protonet import ProtoNet
+        from metalearn.nn import Conv4
+        from metalearn.train.evaluator import evaluate
+        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy)
+        sampler = EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 5, 1, 15, batch_size=10, seed=0)
+        episodes = 20 if quick else 100
+        fold = policy != "off"
+        fn = lambda: evaluate(learner, sampler, episodes, fold_bn=fold)   # noqa: E731
+        learner.eval()
+        ep = sampler.sample()
+        with torch.no_grad():
+            flops = _count_flops(lambda: learner.predict(ep)) * episodes // sampler.batch_size
+        extra["episodes_per_call"] = episodes
+        return fn, flops, extra
+    if workload in ("matchnet_train_omniglot", "matchnet_train_mini"):
+        from metalearn.learners.matchnet import MatchingNet
+        from metalearn.nn import Conv4
+        if workload == "matchnet_train_omniglot":
+            data, shape = _images(400, 20, 1, 28, (0, 90, 180, 270)), (20, 1, 5)
+        else:
+            data, shape = _images(64, 40 if quick else 100, 3, 84), (5, 5, 15)
+        c = data.image_shape[0]
+        learner = _prepare(MatchingNet(Conv4(c), scale=10.0, check_support=False), policy)
+        step = _train_step(learner, EpisodeSampler(data, *shape, seed=0))
+        return step, _count_flops(step), extra
+    if workload == "siamese_train":
+        from metalearn.learners.siamese import Siamese
+        from metalearn.nn import Conv4
+        learner = _prepare(Siamese(Conv4(1), 64, fill=1.0, check_support=False), policy)
+        step = _train_step(learner, EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 30, 1, 4, seed=0))
+        return step, _count_flops(step), extra
+    if workload in ("maml2_loop", "maml2_vmap"):
+        from metalearn.learners.maml import MAML
+        from metalearn.nn import MamlConv4
+        vm = workload == "maml2_vmap"
+
+        def make(dtype):
+            torch.manual_seed(0)
+            net = MamlConv4(1, 5, pool="stride").to(dtype)
+            return MAML(net, 5, inner_lr=0.4, vmap=vm, check_finite=False)
+        learner = make(torch.float32)
+        if policy != "off":
+            from metalearn.engine import channels_last
+            channels_last(learner)
+        sampler = EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 5, 1, 15, batch_size=8, seed=0)
+        step = _train_step(learner, sampler)
+        # meta-gradient of one fixed meta-batch against the float64 loop
+        ep = EpisodeSampler(_images(400, 20, 1, 28), 5, 1, 15, batch_size=8, seed=5).sample()
+        ref = make(torch.float64)
+        ref.vmap = False
+        ep64 = type(ep)(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
+        ref.loss(ep64)[0].backward()
+        learner.zero_grad()
+        learner.loss(ep)[0].backward()
+        g = torch.cat([p.grad.flatten().double() for p in learner.parameters()])
+        r = torch.cat([p.grad.flatten() for p in ref.parameters()])
+        extra["meta_grad_rel_err_vs_fp64"] = float((g - r).abs().max() / r.abs().max())
+        return step, _count_flops(step), extra
+    if workload == "ttt_joint":
+        from metalearn.engine import channels_last
+        from metalearn.nn.resnet_cifar import ResNetCIFAR
+        from metalearn.ttt.train import joint_loss
+        model = ResNetCIFAR(26, norm="gn")
+        if policy != "off":
+            channels_last(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+        if policy != "off":
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            joint_loss(model, x, y)[0].backward()
+            opt.step()
+        extra["precision"] = "fp32"   # the TTT pipeline has no bf16 policy
+        return step, _count_flops(step), extra
+    if workload == "lstm_mnist":
+        from metalearn.optim import LSTMOptimizer, MLPFamily
+        from metalearn.optim.meta import unroll
+        from metalearn.optim.optimisees import ProblemBatch, sample_problems
+        g = torch.Generator().manual_seed(0)
+        fam = MLPFamily(torch.randint(0, 256, (6000, 28, 28), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 10, (6000,), generator=g))
+        net = LSTMOptimizer()
+        batch = ProblemBatch(fam, sample_problems(fam, 4, g))
+
+        def step():
+            params = {k: v.clone().requires_grad_() for k, v in batch.params.items()}
+            loss0 = batch.losses(params, 0)
+            grads = dict(zip(params, torch.autograd.grad(loss0.sum(), list(params.values()))))
+            meta_loss, *_ = unroll(net, batch, params, net.init(params), grads, 0, 20)
+            meta_loss.backward()
+        extra["precision"] = "fp32"
+        return step, _count_flops(step), extra
+    raise ValueError(f"workload: unknown {workload!r}; expected one of {WORKLOADS}")
+
+
+# ------------------------------------------------------------------------------------------- the driver
+
+def _run_worker(spec: dict, timeout: float) -> dict:
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)       # each policy decides
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    if r.returncode != 0:
+        return {**spec, "error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """One row per (workload, threads): median ms and GFLOP/s per policy, the ratio, % of the bf16 ceiling."""
+    by: dict = {}
+    for r in records:
+        if "error" in r:
+            by.setdefault((r["workload"], r["threads"]), {}).setdefault(r["policy"], []).append(r)
+            continue
+        by.setdefault((r["workload"], r["threads"]), {}).setdefault(r["policy"], []).append(r)
+    ceil = {}
+    for (w, t), pols in by.items():
+        if w == "ceiling_conv":
+            ok = [x["gflops"] for x in pols.get("default", []) if "error" not in x]
+            if ok:
+                ceil[t] = statistics.median(ok)
+    rows = []
+    for (w, t), pols in sorted(by.items(), key=lambda kv: (WORKLOADS.index(kv[0][0]), kv[0][1])):
+        row = {"workload": w, "threads": t}
+        for p in POLICIES:
+            ok = [x for x in pols.get(p, []) if "error" not in x]
+            if ok:
+                row[f"{p}_ms"] = statistics.median(x["ms"] for x in ok)
+                gf = [x["gflops"] for x in ok if x.get("gflops")]
+                row[f"{p}_gflops"] = statistics.median(gf) if gf else None
+                for k in ("meta_grad_rel_err_vs_fp64", "dtype", "episodes_per_call"):
+                    if k in ok[0]:
+                        row[f"{p}_{k}"] = ok[0][k]
+            errs = [x["error"] for x in pols.get(p, []) if "error" in x]
+            if errs:
+                row[f"{p}_error"] = errs[0]
+        if row.get("off_ms") and row.get("default_ms"):
+            row["speedup"] = row["off_ms"] / row["default_ms"]
+        if t in ceil and row.get("default_gflops") and not w.startswith("ceiling"):
+            row["pct_of_bf16_conv_ceiling"] = 100 * row["default_gflops"] / ceil[t]
+        rows.append(row)
+    return rows
+
+
+def markdown(result: dict) -> str:
+    lines = ["| workload | threads | levers off, ms | default, ms | speed-up | GFLOP/s (default) | % of bf16 conv ceiling |",
+             "|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        def f(x, d=1):
+            return "–" if x is None else f"{x:.{d}f}"
+        lines.append(f"| {r['workload']} | {r['threads']} | {f(r.get('off_ms'))} | {f(r.get('default_ms'))} | "
+                     f"{f(r.get('speedup'), 2)}× | {f(r.get('default_gflops'), 0)} | "
+                     f"{f(r.get('pct_of_bf16_conv_ceiling'), 0)} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--workloads", nargs="+", default=WORKLOADS, choices=WORKLOADS)
+    p.add_argument("--repeats", type=int, default=2, help="interleaved off/default rounds per workload")
+    p.add_argument("--reps", type=int, default=7, help="timed calls per worker (median)")
+    p.add_argument("--quick", action="store_true", help="fewer calls and smaller data (a smoke run)")
+    p.add_argument("--timeout", type=float, default=600.0, help="seconds per worker")
+    p.add_argument("--out", default="results/speed")
+    args = p.parse_args(argv)
+    if args.worker:
+        print(json.dumps(_worker(json.loads(args.worker))))
+        return 0
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from metalearn.bench import git_state, machine_info
+    records = []
+    t0 = time.perf_counter()
+    for w in args.workloads:
+        for t in args.threads:
+            for _ in range(args.repeats):
+                for pol in POLICIES:
+                    rec = _run_worker({"workload": w, "policy": pol, "threads": t, "quick": args.quick,
+                                       "reps": args.reps}, args.timeout)
+                    records.append(rec)
+                    msg = rec.get("error") or f"{rec['ms']:.1f} ms" + (
+                        f", {rec['gflops']:.0f} GFLOP/s" if rec.get("gflops") else "")
+                    print(f"{w:24s} {t}T {pol:8s} {msg}", flush=True)
+    git = git_state()
+    result = {"kind": "metalearn-cpu-throughput", "schema": 1, "rows": summarize(records), "records": records,
+              "command": shlex.join(["python", "benchmarks/cpu_throughput.py", *(argv or sys.argv[1:])]),
+              "git": git, "machine": machine_info("cpu"), "wall_s": time.perf_counter() - t0,
+              "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"cpu_throughput-{(git.get('commit') or 'nocommit')[:8]}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, path)
+    print(markdown(result))
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
