@@ -1,6 +1,8 @@
 """Command line: ``metalearn {demo,train,eval,bench,report}``.
 
   metalearn demo                                   ProtoNet on scikit-learn digits, offline, ~1-2 min on CPU
+  metalearn data download omniglot|cifar10|cifar10c [--root DIR] [--url URL ...] [--timeout S]
+  metalearn data check [--root DIR]
   metalearn data cifar10c [--corruptions NAME ...] [--severities 1..5 ...] [--limit N] [--data-dir D] [--cache-dir C]
   metalearn train --config tasks/X.yaml [--set key=value ...] --out DIR [--resume] [--tensorboard]
   metalearn eval --checkpoint DIR [--ways N --shots K --queries Q --episodes E --split S] [--json]
@@ -222,6 +224,27 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_download(args: argparse.Namespace) -> int:
+    """metalearn data download NAME: the official files, pinned by sha256, resumable, placed atomically."""
+    from metalearn.data.download import DownloadError, download_dataset
+    try:
+        report = download_dataset(args.name, args.root, args.url, timeout=args.timeout, retries=args.retries,
+                                  force=args.force, keep_archive=args.keep_archive, progress=not args.quiet)
+    except DownloadError as err:
+        print(f"metalearn data download: error: {err}", file=sys.stderr)
+        return 1
+    print(report.message())
+    return 0
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    """metalearn data check: what is under the data root, what is missing, and do the checksums match."""
+    from metalearn.data.check import check_data
+    result = check_data(args.root, verify=not args.no_verify)
+    print(result.format())
+    return 0 if result.ok else 1
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     from metalearn.report import write_report
     summary = write_report(args.results, args.docs, plots=not args.no_plots, skip_invalid=args.skip_invalid)
@@ -295,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(fn=cmd_bench)
 
-    da = sub.add_parser("data", help="prepare data sets: cifar10c (generate CIFAR-10-C into the cache)")
+    da = sub.add_parser("data", help="data sets: download, check, cifar10c (generate CIFAR-10-C into the cache)")
     da_sub = da.add_subparsers(dest="dataset", required=True)
     dc = da_sub.add_parser("cifar10c", help="the 15 corruptions x severities of the CIFAR-10 test set")
     from metalearn.data.corruptions import CORRUPTIONS
@@ -311,6 +334,27 @@ def build_parser() -> argparse.ArgumentParser:
     dc.add_argument("--threads", type=int, default=0)
     dc.add_argument("--quiet", action="store_true", help="no progress bar")
     dc.set_defaults(fn=cmd_data)
+    from metalearn.data.download import DATASETS
+    dd = da_sub.add_parser("download", help="download the official files of a data set (sha256-pinned, resumable)",
+                           description="; ".join(f"{k}: {v.description}" for k, v in DATASETS.items()))
+    dd.add_argument("name", choices=sorted(DATASETS), help="the data set")
+    dd.add_argument("--root", "--data-dir", dest="root", default=None,
+                    help="data root to place the files under (default $METALEARN_DATA)")
+    dd.add_argument("--url", action="extend", nargs="+", default=[], metavar="URL",
+                    help="mirror(s) tried before the official URL: a folder URL ending in '/' (file names appended) "
+                         "or, for a one-file data set, the file's URL")
+    dd.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                    help="seconds without an answer or data before an attempt is abandoned (default 60)")
+    dd.add_argument("--retries", type=int, default=3, metavar="N",
+                    help="resumed attempts per URL after a dropped connection or timeout (default 3)")
+    dd.add_argument("--force", action="store_true", help="replace files already present")
+    dd.add_argument("--keep-archive", action="store_true", help="cifar10c: keep CIFAR-10-C.tar after extracting it")
+    dd.add_argument("--quiet", action="store_true", help="no progress bar")
+    dd.set_defaults(fn=cmd_data_download)
+    dk = da_sub.add_parser("check", help="list the data sets under the data root, what is missing, verify checksums")
+    dk.add_argument("--root", "--data-dir", dest="root", default=None, help="data root (default $METALEARN_DATA)")
+    dk.add_argument("--no-verify", action="store_true", help="report presence only (do not hash the files)")
+    dk.set_defaults(fn=cmd_data_check)
 
     r = sub.add_parser("report", help="generate the results tables and plots from the result JSON files")
     r.add_argument("--results", default="results", help="the result JSON files (default results/)")

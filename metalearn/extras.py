@@ -21,5 +21,5 @@ def require(module: str, extra: str, purpose: str, package: str | None = None) -
         package = package or module.split(".")[0]
         raise MissingExtraError(
             f"{purpose} needs the optional package {package!r}, which is not installed; install the "
-            f"[{extra}] extra: pip install 'metalearn[{extra}]' (or pip install -e '.[{extra}]' in a checkout)"
+            f"[{extra}] extra: pip install 'torch-metalearn[{extra}]' (or pip install -e '.[{extra}]' in a checkout)"
         ) from None

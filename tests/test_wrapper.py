@@ -116,7 +116,7 @@ def test_wrapper_bad_input():
 
 def test_meta_gradients_agree_with_higher():
     higher = pytest.importorskip("higher", reason="the peer cross-check needs the optional extra: "
-                                                  "pip install 'metalearn[peers]'")
+                                                  "pip install 'torch-metalearn[peers]'")
     torch.manual_seed(0)
     model = ConvBNLSTM().double()
     sx, sy, qx, qy = data(seed=3)

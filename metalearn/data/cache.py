@@ -227,7 +227,7 @@ def import_datasets():
     try:
         import datasets
     except ImportError as e:  # pragma: no cover - datasets is an optional extra
-        raise ImportError("the Hugging Face source needs the `datasets` package: pip install metalearn[hf]") from e
+        raise ImportError("the Hugging Face source needs the `datasets` package: pip install 'torch-metalearn[hf]'") from e
     return datasets
 
 

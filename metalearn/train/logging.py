@@ -34,7 +34,7 @@ class TensorBoardLogger:
         except ImportError:
             raise MissingExtraError(
                 "--tensorboard needs the optional package 'tensorboard', which is not installed; install the "
-                "[tb] extra: pip install 'metalearn[tb]' (or pip install -e '.[tb]' in a checkout)") from None
+                "[tb] extra: pip install 'torch-metalearn[tb]' (or pip install -e '.[tb]' in a checkout)") from None
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
     def __call__(self, record: dict) -> None:
