@@ -57,7 +57,7 @@ class DataConfig:
     cache_dir: str | None = None     # decoded-uint8 cache; None -> $METALEARN_CACHE or ~/.cache/metalearn
     image_size: int = 28             # Omniglot resize (105 -> image_size)
     rotations: tuple = (0, 90, 180, 270)   # Omniglot rotation classes
-    source: str = "auto"             # omniglot: auto | npz | zip | hf; miniimagenet: auto | tar | folder | hf | l2l
+    source: str = "auto"             # omniglot: auto|npz|zip|folder|hf; miniimagenet: auto|tar|folder|hf|l2l|h5
     device: str = "auto"             # where the split lives and episodes are sampled: auto | cpu | cuda
 
 

@@ -145,3 +145,79 @@ def load_cifar10c(name: str, severity: int, root: str | os.PathLike | None = Non
     _, labels = load_cifar10(root, "test", cache_dir, progress=progress)
     labels = labels[: images.shape[0]]
     return torch.from_numpy(images), labels
+
+
+# ----------------------------------------------------------------------------- the official release
+#: Corruptions of the official CIFAR-10-C release beyond the 15 of the benchmark (its "extra" set).
+OFFICIAL_EXTRA = ("gaussian_blur", "saturate", "spatter", "speckle_noise")
+#: Folders (under the data root) looked in for the official ``.npy`` files, in order: where
+#: ``metalearn data download cifar10c`` puts them, and the folder the release's tar unpacks to.
+OFFICIAL_FOLDERS = ("cifar10c", "CIFAR-10-C")
+
+
+def official_folder(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the official CIFAR-10-C files (``labels.npy`` + ``<corruption>.npy``): the first of
+    ``<root>/cifar10c/``, ``<root>/CIFAR-10-C/`` that has ``labels.npy``; ``root`` may also be that folder."""
+    from metalearn.data.paths import data_root
+    base = data_root(root)
+    for folder in (base, *(base / f for f in OFFICIAL_FOLDERS)):
+        if (folder / "labels.npy").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"official CIFAR-10-C not found: no labels.npy in {', '.join(str(base / f) for f in OFFICIAL_FOLDERS)}; "
+        "get it with `metalearn data download cifar10c` (2.9 GB), or use the locally generated corruptions "
+        "(load_cifar10c / `metalearn data cifar10c`)")
+
+
+def _load_official_npy(path: Path, ndim: int) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"official CIFAR-10-C file {str(path)!r} not found")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise ValueError(f"{path}: cannot read the .npy file, truncated or corrupted? ({type(e).__name__}: {e})"
+                         ) from e
+    if arr.dtype != np.uint8 or arr.ndim != ndim or arr.shape[0] % 5 or arr.shape[0] == 0:
+        want = "(50000, 32, 32, 3)" if ndim == 4 else "(50000,)"
+        raise ValueError(f"{path}: holds {arr.dtype} {tuple(arr.shape)}, expected uint8 {want} "
+                         "(5 severities x 10000 test images)")
+    if ndim == 4 and tuple(arr.shape[1:]) != (32, 32, 3):
+        raise ValueError(f"{path}: images are {tuple(arr.shape[1:])}, expected (32, 32, 3) (HWC)")
+    return arr
+
+
+def load_cifar10c_official(name: str, severity: int, root: str | os.PathLike | None = None,
+                           limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One corruption of the official CIFAR-10-C release (Hendrycks & Dietterich 2019) at ``severity``.
+
+    The release holds ``<corruption>.npy``, uint8 (50000, 32, 32, 3): severities 1..5 one after the other, each
+    the 10000 CIFAR-10 test images in their original order, and ``labels.npy`` (50000,) (the test labels five
+    times). Nothing is decoded or cached: the block is read from a memory map.
+
+    Args:
+        name: a corruption of :data:`CORRUPTIONS` or :data:`OFFICIAL_EXTRA`.
+        severity: 1..5.
+        root: the data root holding ``cifar10c/`` (or ``CIFAR-10-C/``), default $METALEARN_DATA; or that folder.
+        limit: only the first ``limit`` images (the first test images, as for the generated corruptions).
+
+    Returns:
+        ``(images uint8 (N, 3, 32, 32) RGB, labels int64 (N,))``, N = 10000 or ``limit``: the same layout as
+        :func:`load_cifar10c`, so TTT and Tent run on either.
+    """
+    if name not in CORRUPTIONS and name not in OFFICIAL_EXTRA:
+        raise ValueError(f"name: unknown corruption {name!r}; expected one of "
+                         f"{', '.join(CORRUPTIONS + OFFICIAL_EXTRA)}")
+    (severity,), limit = _check_severities((severity,)), _check_limit(limit)
+    folder = official_folder(root)
+    images = _load_official_npy(folder / f"{name}.npy", 4)
+    labels = _load_official_npy(folder / "labels.npy", 1)
+    if labels.shape[0] != images.shape[0]:
+        raise ValueError(f"{folder}: {name}.npy has {images.shape[0]} images but labels.npy {labels.shape[0]} labels")
+    per = images.shape[0] // 5   # 10000 in the release
+    n = per if limit is None else min(limit, per)
+    start = (severity - 1) * per
+    x = np.ascontiguousarray(images[start:start + n].transpose(0, 3, 1, 2))
+    y = np.asarray(labels[start:start + n], dtype=np.int64)
+    if y.size and (y.min() < 0 or y.max() > 9):
+        raise ValueError(f"{folder / 'labels.npy'}: labels outside 0..9")
+    return torch.from_numpy(x), torch.from_numpy(y)

@@ -12,9 +12,12 @@ Files under ``<root>/miniimagenet/``:
     :func:`export_miniimagenet_hf` writes one from the csv + archives (JPEG bytes copied as they are);
   - ``"l2l"``: learn2learn's pickled cache ``mini-imagenet-cache-{train,validation,test}.pkl`` (no csv needed):
     a dict with ``image_data`` (uint8 (N, 84, 84, 3)) and ``class_dict`` ({WordNet id: [row indices]}), read
-    with :mod:`metalearn.data.safe_pickle` (plain data only: a crafted file cannot run code).
+    with :mod:`metalearn.data.safe_pickle` (plain data only: a crafted file cannot run code);
+  - ``"h5"``: torchmeta's files ``{train,val,test}_data.hdf5`` (group ``datasets``: one uint8 (600, 84, 84, 3)
+    array per WordNet id) + ``{split}_labels.json`` (the list of WordNet ids); needs ``h5py`` (the ``[h5py]``
+    extra).
 * ``"auto"``: ``hf_name`` if given, else the split's archives, else ``images/``, else the learn2learn pickle,
-  else ``<root>/miniimagenet_hf``.
+  else torchmeta's HDF5 file, else ``<root>/miniimagenet_hf``.
 
 Each split is decoded once (PIL -> RGB uint8, resized to 84x84 with bilinear if it is not already) and cached as
 a uint8 (M, 3, 84, 84) ``.npy`` (train: 38400 images, ~813 MB), memory-mapped on later loads. Classes are sorted
@@ -40,7 +43,7 @@ from metalearn.data.paths import data_root as _data_root
 from metalearn.data.storage import ClassImages
 
 SPLITS = ("train", "val", "test")
-SOURCES = ("auto", "tar", "folder", "hf", "l2l")
+SOURCES = ("auto", "tar", "folder", "hf", "l2l", "h5")
 ARCHIVES = {"train": ("images_train_1.tar.gz", "images_train_2.tar.gz"), "val": ("images_val.tar.gz",),
             "test": ("images_test.tar.gz",)}
 IMAGE_SIZE = 84
@@ -49,6 +52,8 @@ _HF_SPLIT_KEYS = {"train": ("train",), "val": ("val", "validation"), "test": ("t
 #: learn2learn's pickle of each split (under ``<root>/miniimagenet/``)
 L2L_FILES = {"train": "mini-imagenet-cache-train.pkl", "val": "mini-imagenet-cache-validation.pkl",
              "test": "mini-imagenet-cache-test.pkl"}
+#: torchmeta's HDF5 file and JSON class list of each split (under ``<root>/miniimagenet/``)
+H5_FILES = {s: (f"{s}_data.hdf5", f"{s}_labels.json") for s in SPLITS}
 
 #: Columns accepted from a Hugging Face dataset: a DatasetDict with keys "train", "val" (or "validation"),
 #: "test", or one Dataset with an extra string column ``split`` holding those names.
@@ -272,6 +277,55 @@ def _l2l_split(folder: Path, split: str) -> _Split:
     return _Split("l2l", str(path), _cache.file_checksums([path]), opener)
 
 
+def _read_h5(data_path: Path, labels_path: Path) -> tuple[np.ndarray, list[str], list[int]]:
+    """torchmeta's ``<split>_data.hdf5`` + ``<split>_labels.json`` -> (images (M, 3, 84, 84) uint8 grouped by
+    class, sorted WordNet ids, counts); rows of a class keep their order in the file."""
+    import json
+
+    from metalearn.extras import require
+    h5py = require("h5py", "h5py", "reading torchmeta's miniImageNet HDF5 files")
+    try:
+        labels = json.loads(labels_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{labels_path}: cannot read the class list ({e})") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise ValueError(f"{labels_path}: expected a JSON list of class names (WordNet ids)")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"{labels_path}: a class is listed twice")
+    names = sorted(labels)
+    parts, counts = [], []
+    try:
+        with h5py.File(data_path, "r") as f:
+            if "datasets" not in f:
+                raise ValueError(f"{data_path}: no group 'datasets' (found {sorted(f.keys())}): not torchmeta's "
+                                 "miniImageNet file")
+            group = f["datasets"]
+            missing = [n for n in names if n not in group]
+            if missing:
+                raise ValueError(f"{data_path}: classes listed in {labels_path.name} are missing, e.g. {missing[:3]}")
+            for n in names:
+                arr = group[n][()]
+                if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3) \
+                        or arr.shape[0] == 0:
+                    raise ValueError(f"{data_path}: datasets/{n} holds {arr.dtype} {arr.shape}, expected uint8 "
+                                     f"(n, {IMAGE_SIZE}, {IMAGE_SIZE}, 3)")
+                parts.append(arr.transpose(0, 3, 1, 2))
+                counts.append(arr.shape[0])
+    except OSError as e:
+        raise ValueError(f"{data_path}: cannot read the HDF5 file, truncated or corrupted? ({e})") from None
+    return np.ascontiguousarray(np.concatenate(parts)), names, counts
+
+
+def _h5_split(folder: Path, split: str) -> _Split:
+    paths = [folder / f for f in H5_FILES[split]]
+
+    def opener():  # the file holds decoded pixels: load_miniimagenet reads it with _read_h5
+        raise ValueError(f"{paths[0]}: torchmeta's HDF5 file holds decoded pixels, not the JPEG files this needs; "
+                         "use the csv files with the archives or the images/ folder")
+
+    return _Split("h5", str(paths[0]), _cache.file_checksums(paths), opener)
+
+
 def _resolve(root, split: str, source: str, hf_name) -> _Split:
     if source not in SOURCES:
         raise ValueError(f"source: expected one of {SOURCES}, got {source!r}")
@@ -302,13 +356,20 @@ def _resolve(root, split: str, source: str, hf_name) -> _Split:
             raise FileNotFoundError(f"miniImageNet (source='l2l', split={split!r}): missing {str(l2l)!r} "
                                     "(learn2learn's mini-imagenet-cache-<split>.pkl)")
         return _l2l_split(folder, split)
+    h5 = [folder / f for f in H5_FILES[split]]
+    if source == "h5" or (source == "auto" and h5[0].is_file()):
+        missing = [str(p) for p in h5 if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(f"miniImageNet (source='h5', split={split!r}): missing {missing} (torchmeta's "
+                                    "<split>_data.hdf5 and <split>_labels.json)")
+        return _h5_split(folder, split)
     hf_dir = folder.parent / "miniimagenet_hf"
     if hf_dir.is_dir():
         return _hf_split(hf_dir, split)
     raise FileNotFoundError(
         f"miniImageNet split {split!r} not found; looked for {csv_path} with the archives "
-        + ", ".join(map(str, archives)) + f" or the folder {folder / 'images'}; the learn2learn file {l2l}; and an "
-        f"Arrow dataset folder {hf_dir}")
+        + ", ".join(map(str, archives)) + f" or the folder {folder / 'images'}; the learn2learn file {l2l}; "
+        f"torchmeta's {h5[0]}; and an Arrow dataset folder {hf_dir}")
 
 
 def _decode_split(src: _Split, split: str) -> tuple[np.ndarray, list, list]:
@@ -338,7 +399,7 @@ def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train
     Args:
         root: data root holding ``miniimagenet/`` (default $METALEARN_DATA). Not needed for a Hub ``hf_name``.
         split: "train" (64 classes), "val" (16) or "test" (20); 600 images per class in the standard files.
-        source: "auto", "tar", "folder", "hf" or "l2l" (see the module docstring).
+        source: "auto", "tar", "folder", "hf", "l2l" or "h5" (see the module docstring).
         cache_dir: where the decoded cache lives (default $METALEARN_CACHE or ~/.cache/metalearn).
         hf_name: a ``save_to_disk`` folder or a Hub id for the "hf" source.
 
@@ -356,6 +417,8 @@ def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train
     def build() -> tuple[np.ndarray, dict]:
         if src.kind == "l2l":
             images, names, counts = _read_l2l(Path(src.label))
+        elif src.kind == "h5":
+            images, names, counts = _read_h5(*(Path(src.label).parent / f for f in H5_FILES[split]))
         else:
             images, names, counts = _decode_split(src, split)
         return images, {"names": names, "counts": counts, "split": split}

@@ -7,10 +7,14 @@ Sources (all decode to the *same* uint8 tensors; paper = 255, ink = 0, as in the
   (``char_id,split,alphabet,character,row_in_split_npz``: which npz row is which character).
 * ``"zip"``: the original release, ``<root>/omniglot/images_background.zip`` + ``images_evaluation.zip``,
   holding ``images_background/<Alphabet>/characterNN/*.png`` (105x105; drawings sorted by file name).
+* ``"folder"``: the release extracted, ``images_background/<Alphabet>/characterNN/*.png`` and
+  ``images_evaluation/...``, in the first of the folders :data:`FOLDER_CANDIDATES` that has both: torchvision's
+  ``omniglot-py/`` (``<root>/omniglot/omniglot-py`` or ``<root>/omniglot-py``) or ``<root>/omniglot`` itself.
 * ``"hf"``: a Hugging Face ``datasets`` dataset (see :data:`HF_SCHEMA`): ``hf_name`` (a local
   ``save_to_disk`` folder, loaded with ``datasets.load_from_disk``, or a Hub id for ``datasets.load_dataset``),
   default ``<root>/omniglot_hf``. :func:`export_omniglot_hf` writes one from the npz form.
-* ``"auto"``: ``hf_name`` if given, else npz if present, else the zips, else ``<root>/omniglot_hf``.
+* ``"auto"``: ``hf_name`` if given, else npz if present, else the zips, else the extracted folders, else
+  ``<root>/omniglot_hf``.
 
 Every source is decoded once, resized 105 -> ``image_size`` with PIL ``Image.resize((s, s), Image.BILINEAR)``
 (``image_size=105`` keeps the originals) and cached as one uint8 array of all characters in split order
@@ -41,7 +45,9 @@ from metalearn.data.paths import data_root as _data_root
 from metalearn.data.storage import ClassImages
 
 SPLITS = ("train", "val", "test", "trainval", "all")
-SOURCES = ("auto", "npz", "zip", "hf")
+SOURCES = ("auto", "npz", "zip", "folder", "hf")
+#: Where the extracted release may sit under the data root (torchvision's layout first).
+FOLDER_CANDIDATES = ("omniglot/omniglot-py", "omniglot-py", "omniglot")
 VAL_ALPHABETS = ("Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)")
 N_BACKGROUND, N_EVALUATION, N_TRAINVAL, N_VAL = 964, 659, 1200, 172
 DRAWINGS = 20
@@ -266,6 +272,52 @@ def _zip_source(folder: Path) -> _Source:
     return _Source("zip", str(folder), _cache.file_checksums(_zip_files(folder)), lambda: _open_zips(folder))
 
 
+def _folder_root(root) -> Path | None:
+    """The first of :data:`FOLDER_CANDIDATES` holding both ``images_background/`` and ``images_evaluation/``."""
+    base = _data_root(root)
+    for cand in FOLDER_CANDIDATES:
+        folder = base / cand
+        if all((folder / f"images_{p}").is_dir() for p in _PARTS):
+            return folder
+    return None
+
+
+def _scan_folders(folder: Path) -> tuple[list, list]:
+    """(chars [(part, alphabet, character)], drawings [[png paths sorted by name]]) of an extracted release."""
+    chars, members = [], []
+    for part in _PARTS:
+        top = folder / f"images_{part}"
+        n0 = len(chars)
+        for alphabet in sorted(d for d in top.iterdir() if d.is_dir()):
+            for character in sorted(d for d in alphabet.iterdir() if d.is_dir()):
+                _char_number(character.name, f" in {alphabet}")
+                pngs = sorted(f for f in character.iterdir() if f.suffix.lower() == ".png" and f.is_file())
+                if len(pngs) != DRAWINGS:
+                    raise ValueError(f"{character}: {len(pngs)} drawings (.png files), expected {DRAWINGS}")
+                chars.append((part, alphabet.name, character.name))
+                members.append(pngs)
+        if len(chars) == n0:
+            raise ValueError(f"{top}: no <alphabet>/<character>/*.png drawings")
+    return chars, members
+
+
+def _folder_source(folder: Path) -> _Source:
+    chars, members = _scan_folders(folder)
+    # key: (relative path, size, mtime) of every drawing; hashing 32k PNGs on every load would be slow
+    stats = []
+    for pngs in members:
+        for f in pngs:
+            st = f.stat()
+            stats.append((str(f.relative_to(folder)), st.st_size, st.st_mtime_ns))
+
+    def opener() -> tuple:
+        def get(i: int) -> np.ndarray:
+            return np.stack([_decode_png(f.read_bytes(), str(f)) for f in members[i]])
+        return chars, get, (lambda: None)
+
+    return _Source("folder", str(folder), _cache.make_key(stats), opener)
+
+
 def _open_hf_omniglot(load: Callable[[], object], label: str) -> tuple:
     ds = _cache.hf_dataset_columns(load(), label, ["image", "alphabet", "character", "split"], split_from_keys=_PARTS)
     parts, alphabets, characters = list(ds["split"]), list(ds["alphabet"]), list(ds["character"])
@@ -314,12 +366,21 @@ def _resolve_source(root, source: str, hf_name) -> _Source:
         if _missing(zips):
             raise FileNotFoundError(f"Omniglot (source='zip'): missing {_missing(zips)}")
         return _zip_source(folder)
+    extracted = _folder_root(root)
+    if source == "folder" or (source == "auto" and extracted is not None):
+        if extracted is None:
+            raise FileNotFoundError("Omniglot (source='folder'): no folder with images_background/ and "
+                                    "images_evaluation/ among " + ", ".join(str(folder.parent / c)
+                                                                             for c in FOLDER_CANDIDATES))
+        return _folder_source(extracted)
     hf_dir = folder.parent / "omniglot_hf"
     if hf_dir.is_dir():
         return _hf_source(hf_dir, str(hf_dir))
     raise FileNotFoundError(
         "Omniglot not found; looked for the npz form " + ", ".join(map(str, npz)) + "; the original release "
-        + ", ".join(map(str, zips)) + "; and an Arrow dataset folder " + str(hf_dir))
+        + ", ".join(map(str, zips)) + "; the extracted folders images_background/ + images_evaluation/ in "
+        + ", ".join(str(folder.parent / c) for c in FOLDER_CANDIDATES) + "; and an Arrow dataset folder "
+        + str(hf_dir))
 
 
 def _decode_all(src: _Source, image_size: int) -> tuple[np.ndarray, list, list]:
@@ -362,7 +423,7 @@ def load_omniglot(root: str | os.PathLike | None = None, split: str = "train", i
         split: "train" (1028 characters), "val" (172), "test" (423), "trainval" (1200) or "all" (1623).
         image_size: side s of the square images (28 for the benchmarks; 105 keeps the originals).
         rotations: class-augmentation angles (each character becomes len(rotations) classes); None = (0,).
-        source: "auto", "npz", "zip" or "hf" (see the module docstring).
+        source: "auto", "npz", "zip", "folder" or "hf" (see the module docstring).
         cache_dir: where the decoded cache lives (default $METALEARN_CACHE or ~/.cache/metalearn).
         hf_name: a ``save_to_disk`` folder or a Hub id for the "hf" source.
 

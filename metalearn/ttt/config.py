@@ -52,6 +52,7 @@ class TTTEvalConfig:
     methods: str = "auto"            # auto (from the model) | comma-separated subset of METHODS
     batch_size: int = 128            # source / norm_adapt batch
     corruption_seed: int = 0
+    cifar10c: str = "generated"     # generated (metalearn.data.corruptions) | official (the released .npy files)
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ def validate(cfg: TTTTaskConfig) -> None:
         raise ConfigError(f"ttt.adapt: expected one of {sorted(ADAPT_FILTERS)}, got {a.adapt!r}")
     if not 1 <= e.severity <= 5:
         raise ConfigError(f"eval.severity: expected 1..5, got {e.severity}")
+    if e.cifar10c not in ("generated", "official"):
+        raise ConfigError(f"eval.cifar10c: expected 'generated' or 'official', got {e.cifar10c!r}")
     if e.methods != "auto":
         bad = [x for x in e.methods.split(",") if x.strip() not in METHODS]
         if bad:

@@ -123,14 +123,24 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
     n_ttt = cfg.eval.ttt_images or n
     sets: dict = {}
     for name in names:
-        x = x0 if name == "clean" else corrupt(x0, name, cfg.eval.severity, seed=cfg.eval.corruption_seed)
+        y_set = y
+        if name == "clean":
+            x = x0
+        elif cfg.eval.cifar10c == "official":   # the released CIFAR-10-C .npy files, their own labels
+            from metalearn.data.cifar10c import load_cifar10c_official
+            x, y_set = load_cifar10c_official(name, cfg.eval.severity, cfg.data.root, limit=n)
+            if x.shape[0] < n:
+                raise ConfigError(f"eval.images: {n} but the official {name} set has {x.shape[0]} images")
+            x, y_set = x.to(dev), y_set.to(dev)
+        else:
+            x = corrupt(x0, name, cfg.eval.severity, seed=cfg.eval.corruption_seed)
         sets[name] = {}
         for method in methods:
             m_n = min(n_ttt, n) if method == "ttt" else n
             t0 = time.perf_counter()
             logits = run_method(method, model, x[:m_n], cfg)
             pred = logits.argmax(-1)
-            err = float((pred != y[:m_n]).float().mean()) * 100
+            err = float((pred != y_set[:m_n]).float().mean()) * 100
             sets[name][method] = {"error": err, "n": m_n, "wall_s": time.perf_counter() - t0,
                                   "pred": pred.tolist()}
             if progress is not None:
@@ -141,4 +151,4 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
     return {"checkpoint": str(ck_path), "step": ck.get("step"), "labels": y.tolist(), "config": cfg.to_dict(),
             "methods": methods,
             "severity": cfg.eval.severity, "images": n, "ttt_images": n_ttt, "device": str(dev),
-            "corruption_seed": cfg.eval.corruption_seed, "sets": sets}
+            "corruption_seed": cfg.eval.corruption_seed, "cifar10c": cfg.eval.cifar10c, "sets": sets}
