@@ -1,6 +1,6 @@
 """Command line: ``metalearn {demo,train,eval,bench,report}``.
 
-  metalearn demo                                   ProtoNet on scikit-learn digits, offline, ~1-2 min on CPU
+  metalearn demo [--dataset omniglot|digits] [--smoke]   ProtoNet on the bundled Omniglot, offline, ~3 min on CPU
   metalearn data download omniglot|cifar10|cifar10c [--root DIR] [--url URL ...] [--timeout S]
   metalearn data check [--root DIR]
   metalearn data cifar10c [--corruptions NAME ...] [--severities 1..5 ...] [--limit N] [--data-dir D] [--cache-dir C]
@@ -14,16 +14,19 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from metalearn.config import ConfigError, TaskConfig, config_from_dict, dump_config, load_config, load_yaml
+from metalearn.config import (ConfigError, TaskConfig, config_from_dict, dump_config, is_ttt_task, load_config,
+                              load_yaml)
 
 if TYPE_CHECKING:
     from metalearn.train.trainer import TrainState
@@ -35,22 +38,32 @@ def _threads(n: int) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from metalearn.demo import format_results, run_demo
+    from metalearn.demo import DEMO_STEPS, format_results, run_demo
     _threads(args.threads)
+    steps = args.steps or (20 if args.smoke else DEMO_STEPS[args.dataset])
+    episodes = args.episodes or (20 if args.smoke else 600)
     out = args.out or str(Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"metalearn demo: Prototypical Network (Conv4) meta-trained on digits 0-4 for {args.steps} steps, "
-          f"meta-tested on digits 5-9 (run directory {out})", flush=True)
-    results = run_demo(out, steps=args.steps, episodes=args.episodes, seed=args.seed, progress=not args.quiet)
-    print(format_results(results, args.episodes))
+    what = ("the Omniglot background alphabets (bundled, 28x28)" if args.dataset == "omniglot"
+            else "scikit-learn digits 0-4")
+    print(f"metalearn demo: Prototypical Network (Conv4) meta-trained on {what} for {steps} steps "
+          f"(run directory {out})" + ("  [smoke mode: a few steps, not a result]" if args.smoke else ""),
+          flush=True)
+    results = run_demo(out, steps=steps, episodes=episodes, seed=args.seed, progress=not args.quiet,
+                       dataset=args.dataset)
+    print(format_results(results, episodes))
     return 0
 
 
-def _episode_sampler(cfg: TaskConfig, split: str, ways: int, shots: int, queries: int, batch: int, seed: int):
-    from metalearn.builders import load_split
+def _episode_sampler(cfg: TaskConfig, split: str, ways: int, shots: int, queries: int, batch: int, seed: int,
+                     keys: tuple[str, str, str] = ("ways", "shots", "queries")):
+    """A sampler of ``split``; ``keys`` name the settings ways/shots/queries came from (for messages)."""
+    from metalearn.builders import check_episode_fit, load_split
     from metalearn.episodes import EpisodeSampler
     data = load_split(cfg, split)
     if data is None:
         return None
+    check_episode_fit(data, f"the {split} split of {cfg.dataset}", (keys[0], ways), (keys[1], shots),
+                      (keys[2], queries))
     return EpisodeSampler(data, ways, shots, queries, batch_size=batch, seed=seed)
 
 
@@ -71,14 +84,17 @@ class TrainOutcome:
 
 
 def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-               tensorboard: bool = False) -> TrainOutcome:
+               tensorboard: bool = False, check_eval: bool = True) -> TrainOutcome:
     """Meta-train the task ``cfg`` into the run directory ``out`` (the work of ``metalearn train``).
 
     Writes ``out/config.yaml`` (resolved), ``metrics.jsonl``, ``last.pt``, ``best.pt`` (and ``out/tb/`` with
     ``tensorboard=True``). ``resume=True`` continues from ``out/last.pt`` and refuses a config that differs in a
     fixed key; without it an existing ``last.pt`` is an error. Ctrl-C returns with ``state.interrupted`` set.
+    Before training, the train split, the val split (with validation) and, with ``check_eval``, the ``eval.split``
+    are checked against the episodes they will give (a ConfigError names ``train.ways`` / ``eval.ways`` ...).
     """
-    from metalearn.builders import build_learner, check_compatible, config_differences, load_split, run_meta
+    from metalearn.builders import (build_learner, check_compatible, check_splits, config_differences, load_split,
+                                    run_meta)
     from metalearn.data.cache import atomic_write
     from metalearn.episodes import EpisodeSampler
     from metalearn.train.trainer import train
@@ -102,7 +118,11 @@ def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progre
         _threads(cfg.train.threads)
         torch.manual_seed(cfg.train.seed)
         t = cfg.train
-        sampler = _episode_sampler(cfg, "train", t.ways, t.shots, t.queries, t.batch_size, t.seed)
+        # every split the run draws episodes from, checked before any training (and before anything is written)
+        check_splits(cfg, [("train", "train")] + ([("val", "eval")] if t.val_every else [])
+                     + ([(cfg.eval.split, "eval")] if check_eval else []))
+        sampler = _episode_sampler(cfg, "train", t.ways, t.shots, t.queries, t.batch_size, t.seed,
+                                   ("train.ways", "train.shots", "train.queries"))
         image_shape = tuple(sampler.data.image_shape)
         learner = build_learner(cfg, image_shape).to(sampler.device)
         val_data = load_split(cfg, "val") if t.val_every else None
@@ -130,7 +150,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     out = Path(args.out)
-    outcome = train_task(cfg, out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard)
+    outcome = train_task(cfg, out, resume=args.resume, progress=not args.quiet, tensorboard=args.tensorboard,
+                         check_eval=not args.no_eval)
     print(outcome.message(), flush=True)
     if outcome.state.interrupted:
         print(f"interrupted: continue with  metalearn train --config {args.config} --out {out} --resume")
@@ -151,24 +172,31 @@ def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = 
     ``eval`` section of the run's ``config.yaml`` fills every argument left at None. Returns the
     ``metalearn eval --json`` object."""
     from metalearn.builders import build_learner, check_compatible
-    from metalearn.train.checkpoint import load_checkpoint
+    from metalearn.train.checkpoint import load_checkpoint, locate_checkpoint
     from metalearn.train.evaluator import evaluate
 
-    path = Path(path)
-    ck_path = path if path.is_file() else path / "best.pt"
+    ck_path = locate_checkpoint(path, "best.pt")
     run_dir = ck_path.parent
-    if not (run_dir / "config.yaml").is_file():
-        raise ConfigError(f"--checkpoint: {str(run_dir / 'config.yaml')!r} does not exist (not a run directory)")
-    cfg = config_from_dict(load_yaml(run_dir / "config.yaml"))
+    raw = load_yaml(run_dir / "config.yaml")
+    if is_ttt_task(raw):
+        raise ConfigError(f"--checkpoint: {str(run_dir)!r} is a test-time-training run (dataset "
+                          f"{raw.get('dataset')!r}); evaluate it with `metalearn ttt eval --checkpoint {path}`")
+    try:
+        cfg = config_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{run_dir / 'config.yaml'}: {err}") from None
     ck = load_checkpoint(ck_path)
     check_compatible(cfg, ck.get("meta", {}), str(ck_path))
     e = cfg.eval
+    given = (ways, shots, queries)
     ways = e.ways if ways is None else ways
     shots = e.shots if shots is None else shots
     queries = e.queries if queries is None else queries
     episodes = e.episodes if episodes is None else episodes
     split = e.split if split is None else split
-    sampler = _episode_sampler(cfg, split, ways, shots, queries, e.batch_size, e.seed)
+    keys = tuple(f"--{k}" if v is not None else f"eval.{k}"
+                 for k, v in (("ways", given[0]), ("shots", given[1]), ("queries", given[2])))
+    sampler = _episode_sampler(cfg, split, ways, shots, queries, e.batch_size, e.seed, keys)
     if sampler is None:
         raise ConfigError(f"split: dataset {cfg.dataset!r} has no {split!r} split (--split or eval.split)")
     image_shape = tuple(ck["meta"]["image_shape"])
@@ -274,9 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="metalearn", description="Meta-learning and test-time adaptation.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="ProtoNet on scikit-learn digits vs a 1-NN pixel baseline (offline)")
-    d.add_argument("--steps", type=_positive, default=600)
-    d.add_argument("--episodes", type=_positive, default=1000)
+    d = sub.add_parser("demo", help="ProtoNet on the bundled Omniglot vs a 1-NN pixel baseline (offline, ~3 min)")
+    d.add_argument("--dataset", choices=["omniglot", "digits"], default="omniglot",
+                   help="omniglot (bundled, the default) or scikit-learn's digits")
+    d.add_argument("--steps", type=_positive, default=None, help="meta-training steps (default 800; digits 600)")
+    d.add_argument("--episodes", type=_positive, default=None, help="test episodes per setting (default 600)")
+    d.add_argument("--smoke", action="store_true", help="a few steps and episodes: checks the install, not a result")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="run directory (default runs/demo-<time>)")
     d.add_argument("--threads", type=int, default=0)
@@ -376,15 +407,38 @@ def main(argv: list[str] | None = None) -> int:
 
     from metalearn.engine import tune_allocator
 
+    from metalearn.data.cache import progress_bars
+
     argv = sys.argv[1:] if argv is None else list(argv)
     tune_allocator()   # keep activations' memory on the heap (METALEARN_MALLOC=default turns it off)
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        return args.fn(args)
-    except (ConfigError, ValueError, FileNotFoundError, FileExistsError, MissingExtraError) as err:
+        # --quiet also silences the data-decoding bars of the loaders
+        with progress_bars(not getattr(args, "quiet", False)), _short_warnings():
+            return args.fn(args)
+    except (ConfigError, ValueError, FloatingPointError, OSError, MissingExtraError) as err:
+        # user errors (bad settings, files, data; a diverged run; a full disk): one message, exit 2
         print(f"metalearn {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+@contextlib.contextmanager
+def _short_warnings():
+    """metalearn's own notices (a damaged cache entry being rebuilt) as one line each, without a source line."""
+    from metalearn.data.cache import CacheRebuildWarning
+    old = warnings.formatwarning
+
+    def fmt(message, category, filename, lineno, line=None):
+        if issubclass(category, CacheRebuildWarning):
+            return f"metalearn: warning: {message}\n"
+        return old(message, category, filename, lineno, line)
+
+    warnings.formatwarning = fmt
+    try:
+        yield
+    finally:
+        warnings.formatwarning = old
 
 
 if __name__ == "__main__":

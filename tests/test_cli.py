@@ -12,9 +12,18 @@ TINY = ["--set", "train.steps=4", "--set", "train.ways=5", "--set", "train.shots
 
 
 def test_demo_smoke(tmp_path, capsys):
-    assert main(["demo", "--steps", "3", "--episodes", "20", "--quiet", "--out", str(tmp_path / "d")]) == 0
+    """The default demo: bundled Omniglot, 5-way and 20-way 1-shot against 1-NN on pixels."""
+    assert main(["demo", "--smoke", "--quiet", "--out", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
-    assert "5-way 1-shot" in out and "5-way 5-shot" in out and "1-NN on pixels" in out and "±" in out
+    assert "smoke mode" in out and "Omniglot" in out
+    assert "5-way 1-shot" in out and "20-way 1-shot" in out and "1-NN on pixels" in out and "±" in out
+
+
+def test_demo_digits_smoke(tmp_path, capsys):
+    assert main(["demo", "--dataset", "digits", "--steps", "3", "--episodes", "20", "--quiet",
+                 "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "5-way 1-shot" in out and "5-way 5-shot" in out and "1-NN on pixels" in out
 
 
 def test_train_then_eval_json_on_digits(tmp_path, capsys):
@@ -62,7 +71,7 @@ def test_cli_bad_inputs(tmp_path, capsys):
     assert "train.wayz" in capsys.readouterr().err
     assert main(["train", "--config", "tasks/protonet_digits_5w5s.yaml", "--out", str(tmp_path / "x"),
                  "--set", "train.ways=20"]) == 2
-    assert "ways=20 but the split has only 5 classes" in capsys.readouterr().err
+    assert "train.ways=20 but the train split of digits has only 5 classes" in capsys.readouterr().err
     assert not (tmp_path / "x" / "last.pt").exists()
     # not a run directory
     assert main(["eval", "--checkpoint", str(tmp_path)]) == 2
