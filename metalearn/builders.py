@@ -17,11 +17,9 @@ MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "tra
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"data.device: {name!r} requested but CUDA is not available")
-    return torch.device(name)
+    """``data.device`` -> torch.device (auto: CUDA when available); a clear error for anything else."""
+    from metalearn.checks import check_device
+    return check_device("data.device", name)
 
 
 def _omniglot(cfg: TaskConfig, split: str) -> ClassImages:
@@ -44,6 +42,37 @@ def _digits(cfg: TaskConfig, split: str) -> ClassImages | None:
 
 DATASETS: dict[str, Callable[[TaskConfig, str], ClassImages | None]] = {
     "omniglot": _omniglot, "miniimagenet": _miniimagenet, "digits": _digits}
+
+
+def check_episode_fit(data: ClassImages, where: str, ways: tuple[str, int], shots: tuple[str, int],
+                      queries: tuple[str, int]) -> None:
+    """ConfigError naming the setting when episodes of (ways, shots, queries) cannot be drawn from ``data``.
+
+    Each argument is ``(name, value)``, e.g. ``("eval.ways", 2000)``; ``where`` says which split it is
+    ("the test split of omniglot")."""
+    (wk, w), (sk, k), (qk, q) = ways, shots, queries
+    if w > data.num_classes:
+        raise ConfigError(f"{wk}={w} but {where} has only {data.num_classes} classes")
+    fewest = int(data.counts.min())
+    if k + q > fewest:
+        c = int(data.counts.argmin())
+        raise ConfigError(f"{sk} + {qk} = {k} + {q} = {k + q} images per class, but class {data.names[c]!r} of "
+                          f"{where} has only {fewest}")
+
+
+def check_splits(cfg: TaskConfig, splits: list[tuple[str, str]]) -> None:
+    """Check, before any training, that every split a run will draw episodes from fits the episodes asked of it:
+    ``splits`` pairs a split with the config section whose ways/shots/queries it serves (``[("train", "train"),
+    ("val", "eval"), ("test", "eval")]``). Splits the dataset does not have are left out."""
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"dataset: unknown {cfg.dataset!r}; expected one of {sorted(DATASETS)}")
+    for split, section in dict.fromkeys(splits):
+        data = DATASETS[cfg.dataset](cfg, split)   # the decoded split (cached), not moved to the device
+        if data is None:
+            continue
+        sec = getattr(cfg, section)
+        check_episode_fit(data, f"the {split} split of {cfg.dataset}", (f"{section}.ways", sec.ways),
+                          (f"{section}.shots", sec.shots), (f"{section}.queries", sec.queries))
 
 
 def load_split(cfg: TaskConfig, split: str) -> ClassImages | None:

@@ -305,8 +305,8 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"train.threads: expected >= 0 (0: one per core), got {cfg.train.threads}")
     if cfg.model.pool not in ("max", "stride"):
         raise ConfigError(f"model.pool: expected max or stride, got {cfg.model.pool!r}")
-    if cfg.data.device not in ("auto", "cpu", "cuda") and not cfg.data.device.startswith("cuda:"):
-        raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {cfg.data.device!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.data.device):
+        raise ConfigError(f"data.device: expected auto, cpu, cuda or cuda:N, got {cfg.data.device!r}")
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:

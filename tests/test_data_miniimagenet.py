@@ -199,13 +199,17 @@ def test_malformed_csv(tmp_path):
         read_split_csv(p)
 
 
-def test_truncated_cache_is_named(tiny):
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_damaged_cache_is_rebuilt_naming_the_file(tiny, damage):
+    from metalearn.data.cache import CacheRebuildWarning
     root, _, cache = tiny
-    load_miniimagenet(root, split="test", cache_dir=cache)
+    good = load_miniimagenet(root, split="test", cache_dir=cache)
     npy = cache / "miniimagenet_tar_test.npy"
-    npy.write_bytes(npy.read_bytes()[:-50])
-    with pytest.raises(ValueError, match="miniimagenet_tar_test.npy"):
-        load_miniimagenet(root, split="test", cache_dir=cache)
+    whole = npy.read_bytes()
+    npy.write_bytes(whole[:-50] if damage == "truncate" else whole[:-1] + bytes([whole[-1] ^ 1]))
+    with pytest.warns(CacheRebuildWarning, match="miniimagenet_tar_test.npy.*rebuilding it"):
+        again = load_miniimagenet(root, split="test", cache_dir=cache)
+    assert torch.equal(again.images, good.images) and npy.read_bytes() == whole
 
 
 # ----------------------------------------------------------------------------- real data (csv level only)

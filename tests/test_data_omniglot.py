@@ -231,13 +231,16 @@ def test_wrong_number_of_drawings_in_zip(tmp_path):
         load_omniglot(root, split="all", source="zip", cache_dir=tmp_path / "c")
 
 
-def test_truncated_cache_raises_with_file_name(tiny):
+def test_truncated_cache_is_rebuilt_naming_the_file(tiny):
+    from metalearn.data.cache import CacheRebuildWarning
     root, _, cache = tiny
-    load_omniglot(root, split="all", cache_dir=cache)
+    good = load_omniglot(root, split="all", cache_dir=cache)
     npy = cache / "omniglot_npz_28.npy"
-    npy.write_bytes(npy.read_bytes()[:-100])
-    with pytest.raises(ValueError, match="omniglot_npz_28.npy"):
-        load_omniglot(root, split="all", cache_dir=cache)
+    whole = npy.read_bytes()
+    npy.write_bytes(whole[:-100])
+    with pytest.warns(CacheRebuildWarning, match="omniglot_npz_28.npy.*rebuilding it from the source files"):
+        again = load_omniglot(root, split="all", cache_dir=cache)
+    assert torch.equal(again.images, good.images) and npy.read_bytes() == whole
 
 
 def test_interrupted_rebuild_keeps_previous_cache(tiny, monkeypatch):

@@ -15,24 +15,48 @@ Both files are written with :func:`atomic_write` (temp file in the same folder, 
 previous entry (or nothing) in place, never a half-written file under the final name.
 
 On load a missing entry or a key that differs (the sources or settings changed) returns ``None``: the caller
-rebuilds and overwrites. A damaged entry (size or checksum mismatch, unreadable json/npy) raises ``ValueError``
-naming the file, with the hint to delete it: silent rebuilds would hide disk problems.
+rebuilds and overwrites. A damaged entry (size or checksum mismatch, unreadable json/npy) raises
+:class:`CacheDamagedError` naming the file; :func:`load_or_build`, whose caller has the source files, then
+rebuilds it and says so (a :class:`CacheRebuildWarning`), so a damaged cache never needs deleting by hand.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
+import time
+import warnings
 from pathlib import Path
 from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 
+from metalearn.data.paths import CACHE_DIR_SETTINGS, SettingError
+
 FORMAT_VERSION = 1
 _CHUNK = 1 << 20
+
+
+class CacheDamagedError(ValueError):
+    """A cache entry whose files are truncated or corrupted; ``file`` is the damaged file, ``why`` the finding."""
+
+    def __init__(self, file: Path, why: str) -> None:
+        self.file, self.why = Path(file), why
+        super().__init__(f"cache file {str(file)!r} is damaged ({why}); delete it (and its .npy/.json twin) "
+                         "to rebuild the cache")
+
+
+class CacheRebuildWarning(UserWarning):
+    """A damaged cache entry is being rebuilt from its source files."""
+
+
+warnings.filterwarnings("always", category=CacheRebuildWarning)   # one line per rebuilt entry, every time
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -69,22 +93,107 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+class DiskFullError(OSError):
+    """The device filled up while writing ``filename``; ``str()`` is "no space left on device while writing
+    FILE". The file's previous content (or its absence) is kept: atomic writes never leave a partial file."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}", str(path))
+
+    def __str__(self) -> str:
+        return f"{self.strerror}; the previous {Path(self.filename).name} (if any) is unchanged. Free some space " \
+               "and run the command again"
+
+
+#: a temporary file of an interrupted write older than this is removed by the next write of its target even
+#: when it cannot be shown to belong to a dead process (written on another host, or by an older metalearn)
+STALE_TEMP_AGE_S = 3600.0
+_HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname())[:32] or "host"
+
+
+def _temp_prefix(path: Path) -> str:
+    """``.<name>.<pid>-<host>.``: a temporary of ``path`` names the process that writes it (then 8 random
+    characters of ``tempfile.mkstemp`` and ``.tmp``)."""
+    return f".{path.name}.{os.getpid()}-{_HOST}."
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` of this host may still be running (True when that cannot be told)."""
+    if pid == os.getpid():
+        return True
+    if os.name != "posix":  # no signal-0 probe: let the age rule decide
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: another user's live process
+        return True
+    try:  # a killed child that was not reaped yet is a zombie: dead for our purpose
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def stale_temporaries(path: str | os.PathLike, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
+    """The temporary files that interrupted :func:`atomic_write` calls of ``path`` left behind (a ``kill -9``
+    during a checkpoint save or a cache build): ``.<name>.<pid>-<host>.XXXXXXXX.tmp`` of a process of this host
+    that no longer runs, and any ``.<name>[.<pid>-<host>].XXXXXXXX.tmp`` not modified for ``max_age_s``
+    seconds. Nothing else matches: other files, temporaries of other targets, and those of live writers stay."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-([A-Za-z0-9_-]+)\.)?[a-z0-9_]{{8}}\.tmp")
+    try:
+        entries = list(os.scandir(path.parent))
+    except OSError:
+        return []
+    now, out = time.time(), []
+    for entry in entries:
+        m = pattern.fullmatch(entry.name)
+        if m is None:
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            age = now - entry.stat(follow_symlinks=False).st_mtime
+        except OSError:
+            continue
+        pid, host = m.group(1), m.group(2)
+        dead = pid is not None and host == _HOST and not _pid_alive(int(pid))
+        if dead or age > max_age_s:
+            out.append(Path(entry.path))
+    return out
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Delete :func:`stale_temporaries` of ``path``; returns what was removed."""
+    removed = []
+    for tmp in stale_temporaries(path):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Write ``path`` atomically: ``with atomic_write(p) as f: f.write(...)``.
 
     The data goes to a temp file in the same folder (so ``os.replace`` stays on one file system), which is
     flushed, fsynced and renamed over ``path`` only when the block finishes without an exception. On an
-    exception (or a crash) the temp file is removed and ``path`` keeps its previous content (or stays absent).
+    exception the temp file is removed and ``path`` keeps its previous content (or stays absent); the
+    temporaries a crash (``kill -9``) left are removed by the next write of ``path``
+    (:func:`remove_stale_temporaries`). A full disk raises :class:`DiskFullError` naming ``path``.
     ``mode`` is ``"wb"`` (default) or ``"w"`` (text, UTF-8).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    ok = False
+    ok, tmp = False, None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
@@ -94,8 +203,12 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         os.replace(tmp, path)
         ok = True
         _fsync_dir(path.parent)
+    except OSError as e:
+        if e.errno == errno.ENOSPC and not isinstance(e, DiskFullError):
+            raise DiskFullError(path) from None
+        raise
     finally:
-        if not ok:
+        if not ok and tmp is not None:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
 
@@ -130,20 +243,25 @@ def save_uint8_cache(path: str | os.PathLike, images: np.ndarray, meta: dict, *,
     if images.dtype != np.uint8:
         raise ValueError(f"images: expected a uint8 array, got {images.dtype}")
     npy, js = _paths(path)
-    with atomic_write(npy) as f:
-        w = _HashingWriter(f)
-        np.save(w, np.ascontiguousarray(images), allow_pickle=False)
-        w.flush()
-    record = {"format": FORMAT_VERSION, "key": key, "shape": list(images.shape), "dtype": "uint8",
-              "npy_bytes": w.n, "sha256": w.h.hexdigest(), "meta": meta}
-    with atomic_write(js, "w") as f:
-        json.dump(record, f)
+    try:
+        with atomic_write(npy) as f:
+            w = _HashingWriter(f)
+            np.save(w, np.ascontiguousarray(images), allow_pickle=False)
+            w.flush()
+        record = {"format": FORMAT_VERSION, "key": key, "shape": list(images.shape), "dtype": "uint8",
+                  "npy_bytes": w.n, "sha256": w.h.hexdigest(), "meta": meta}
+        with atomic_write(js, "w") as f:
+            json.dump(record, f)
+    except DiskFullError:
+        raise
+    except OSError as e:  # read-only or vanished cache directory
+        raise SettingError(f"cannot write the cache file {str(npy)!r} ({e.strerror or e}); the "
+                           f"cache directory must be writable: choose one with {CACHE_DIR_SETTINGS}") from None
     return npy
 
 
-def _damaged(file: Path, why: str) -> ValueError:
-    return ValueError(f"cache file {str(file)!r} is damaged ({why}); delete it (and its .npy/.json twin) "
-                      "to rebuild the cache")
+def _damaged(file: Path, why: str) -> CacheDamagedError:
+    return CacheDamagedError(file, why)
 
 
 def load_uint8_cache(path: str | os.PathLike, key: str | None = None,
@@ -186,6 +304,9 @@ def load_uint8_cache(path: str | os.PathLike, key: str | None = None,
     return arr, meta
 
 
+_PROGRESS = True   # False inside progress_bars(False)
+
+
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
@@ -193,7 +314,9 @@ class _NoBar:
 
 @contextlib.contextmanager
 def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
-    """A tqdm progress bar for long decodes (a no-op object if disabled or tqdm is not installed)."""
+    """A tqdm progress bar for long decodes (a no-op object if disabled, turned off by :func:`progress_bars`,
+    or tqdm is not installed)."""
+    enabled = enabled and _PROGRESS
     if enabled:
         try:
             from tqdm.auto import tqdm
@@ -204,6 +327,18 @@ def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
         return
     with tqdm(total=total, desc=desc, unit=unit, leave=False) as bar:
         yield bar
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[None]:
+    """Turn every data-decoding progress bar of :func:`progress` off (``enabled=False``, e.g. ``--quiet``) or
+    leave them as each call asks, inside the block."""
+    global _PROGRESS
+    old, _PROGRESS = _PROGRESS, bool(enabled)
+    try:
+        yield
+    finally:
+        _PROGRESS = old
 
 
 def cache_entry_files(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -306,8 +441,16 @@ def save_dataset_atomically(ds, out: str | os.PathLike) -> Path:
 
 def load_or_build(path: str | os.PathLike, key: str, build: Callable[[], tuple[np.ndarray, dict]]
                   ) -> tuple[np.ndarray, dict]:
-    """The cached ``(images, meta)`` under ``path`` if its key matches, else ``build()`` them and cache them."""
-    hit = load_uint8_cache(path, key)
+    """The cached ``(images, meta)`` under ``path`` if its key matches, else ``build()`` them and cache them.
+
+    A damaged entry is rebuilt (the caller has the sources: ``build`` reads them), with a
+    :class:`CacheRebuildWarning` naming the file."""
+    try:
+        hit = load_uint8_cache(path, key)
+    except CacheDamagedError as e:
+        warnings.warn(f"cache file {str(e.file)!r} is damaged ({e.why}); rebuilding it from the source files",
+                      CacheRebuildWarning, stacklevel=2)
+        hit = None
     if hit is not None:
         return hit
     images, meta = build()

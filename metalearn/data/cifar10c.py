@@ -20,12 +20,14 @@ CLI: ``metalearn data cifar10c [--corruptions fog snow] [--severities 5] [--limi
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
 
+from metalearn.checks import check_device
 from metalearn.data import cache as _cache
 from metalearn.data import corruptions as _corr
 from metalearn.data.cifar10 import load_cifar10, source_key
@@ -88,7 +90,7 @@ def _generate(clean: torch.Tensor, name: str, severity: int, seed: int, device, 
 def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.PathLike | None = None,
                    severities: Sequence[int] = SEVERITIES, corruptions: Sequence[str] = CORRUPTIONS,
                    seed: int = 0, limit: int | None = None, device: str | torch.device = "cpu",
-                   progress: bool = True) -> list[Path]:
+                   progress: bool = True, verify: bool = False) -> list[Path]:
     """Generate CIFAR-10-C (corruptions x severities of the CIFAR-10 test set) into the cache.
 
     Args:
@@ -98,10 +100,13 @@ def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.Pa
         seed: the generation seed. limit: only the first ``limit`` test images (smoke tests).
         device: where the corruptions run ("cpu", "cuda"); the output does not depend on it.
         progress: show a tqdm bar.
+        verify: check the sha256 of entries already built (else only their sizes).
 
-    Returns the ``.npy`` paths of all requested entries. Entries already built with the same key are skipped.
+    Returns the ``.npy`` paths of all requested entries. Entries already built with the same key are skipped; a
+    damaged one is rebuilt, with a :class:`~metalearn.data.cache.CacheRebuildWarning` naming it.
     """
     names, sev, limit = _check_names(corruptions), _check_severities(severities), _check_limit(limit)
+    device = check_device("device", device)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative integer, got {seed!r}")
     _, kind, _, clean_key = source_key(root, "test")
@@ -111,7 +116,13 @@ def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.Pa
         for s in sev:
             entry = _entry(cache, kind, seed, limit, name, s)
             paths.append(_cache.cache_entry_files(entry)[0])
-            if _cache.load_uint8_cache(entry, _key(clean_key, seed, limit, name, s), verify=False) is None:
+            try:
+                hit = _cache.load_uint8_cache(entry, _key(clean_key, seed, limit, name, s), verify=verify)
+            except _cache.CacheDamagedError as e:
+                warnings.warn(f"cache file {str(e.file)!r} is damaged ({e.why}); rebuilding it from the CIFAR-10 "
+                              "test set", _cache.CacheRebuildWarning, stacklevel=2)
+                hit = None
+            if hit is None:
                 todo.append((name, s, entry))
     if not todo:
         return paths
@@ -135,10 +146,11 @@ def load_cifar10c(name: str, severity: int, root: str | os.PathLike | None = Non
     N = 10000 (or ``limit``); built on demand (see :func:`build_cifar10c`), memory-mapped from the cache."""
     (name,), (severity,) = _check_names((name,)), _check_severities((severity,))
     limit = _check_limit(limit)
-    build_cifar10c(root, cache_dir, (severity,), (name,), seed=seed, limit=limit, device=device, progress=progress)
+    build_cifar10c(root, cache_dir, (severity,), (name,), seed=seed, limit=limit, device=device, progress=progress,
+                   verify=True)
     _, kind, _, clean_key = source_key(root, "test")
     entry = _entry(_cache_dir(cache_dir), kind, seed, limit, name, severity)
-    hit = _cache.load_uint8_cache(entry, _key(clean_key, seed, limit, name, severity))
+    hit = _cache.load_uint8_cache(entry, _key(clean_key, seed, limit, name, severity), verify=False)
     if hit is None:  # pragma: no cover - build_cifar10c just wrote it
         raise ValueError(f"cache entry {entry} could not be read back after building it")
     images, _ = hit

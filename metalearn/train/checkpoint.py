@@ -17,11 +17,62 @@ from metalearn.data.cache import atomic_write
 FORMAT = 1
 
 
+class _RecordingWriter:
+    """Passes writes to ``f`` and keeps the OSError one of them raised: torch.save reports a failed write as a
+    RuntimeError ("[enforce fail ...] unexpected pos ..."), which hides a full disk."""
+
+    def __init__(self, f) -> None:
+        self.f, self.error = f, None
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically."""
+    """``torch.save(obj)`` to ``path`` atomically (see :func:`metalearn.data.cache.atomic_write`: an interrupted
+    save keeps the previous file, a full disk raises :class:`~metalearn.data.cache.DiskFullError`)."""
     path = Path(path)
     with atomic_write(path, mode="wb") as f:
-        torch.save(obj, f)
+        w = _RecordingWriter(f)
+        try:
+            torch.save(obj, w)
+        except RuntimeError:
+            if w.error is not None:   # the real cause: an OSError of the file (ENOSPC -> DiskFullError)
+                raise w.error from None
+            raise
+    return path
+
+
+def locate_checkpoint(path: str | os.PathLike, default: str, flag: str = "--checkpoint") -> Path:
+    """The checkpoint file that ``path`` names: a run directory (its ``default`` file, e.g. ``best.pt``) or a
+    ``.pt`` file inside one. FileNotFoundError naming what is missing: the path itself (a typo), the run
+    directory's ``config.yaml`` (not a run directory) or its ``default`` checkpoint."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "config.yaml").is_file():
+            raise FileNotFoundError(f"{flag}: {str(path)!r} is not a run directory (it has no config.yaml)")
+        ck = path / default
+        if not ck.is_file():
+            held = sorted(p.name for p in path.glob("*.pt"))
+            raise FileNotFoundError(f"{flag}: run directory {str(path)!r} has no {default}"
+                                    + (f" (it holds {', '.join(held)}; name one of them)" if held else
+                                       " (has its training written a checkpoint yet?)"))
+        return ck
+    if not path.exists():
+        held = sorted(p.name for p in path.parent.glob("*.pt")) if (path.parent / "config.yaml").is_file() else []
+        raise FileNotFoundError(f"{flag}: {str(path)!r} does not exist"
+                                + (f" (the run directory {str(path.parent)!r} holds {', '.join(held)})" if held
+                                   else ""))
+    if not (path.parent / "config.yaml").is_file():
+        raise FileNotFoundError(f"{flag}: {str(path)!r} is not inside a run directory ({str(path.parent)!r} has no "
+                                "config.yaml)")
     return path
 
 

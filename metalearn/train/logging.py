@@ -9,10 +9,44 @@ The trainer always writes ``metrics.jsonl``; a hook receives each record after t
 """
 from __future__ import annotations
 
+import json
 import math
 import os
+from pathlib import Path
 
 from metalearn.extras import MissingExtraError
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The records of a ``metrics.jsonl`` (one JSON object per line), in order; a missing file is empty.
+
+    Tolerant of what a crash leaves: a last line cut off mid-write, blank lines, or anything that is not a JSON
+    object is skipped."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
+def truncate_metrics(path: str | os.PathLike, step: int) -> None:
+    """Keep the records of ``metrics.jsonl`` logged at or before ``step`` (what a run resumed from a checkpoint
+    of that step continues from); drops the interrupted tail and any cut-off line. Atomic."""
+    from metalearn.data.cache import atomic_write
+    path = Path(path)
+    if not path.exists():
+        return
+    keep = [rec for rec in read_metrics(path) if isinstance(rec.get("step", 0), (int, float))
+            and rec.get("step", 0) <= step]
+    with atomic_write(path, mode="w") as f:
+        f.write("".join(json.dumps(rec) + "\n" for rec in keep))
 
 
 def tag_for(key: str) -> str:

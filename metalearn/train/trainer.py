@@ -64,21 +64,16 @@ class _StopFlag:
             signal.signal(signal.SIGINT, self._old)
 
 
+def _kept(last_path: Path) -> str:
+    """What a stopped run leaves: the last finite checkpoint, or nothing."""
+    return ("no checkpoint was written after it (last.pt holds the last finite state)" if last_path.exists()
+            else "no checkpoint was written")
+
+
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric records logged after ``step`` (they belong to the interrupted tail of a run)."""
-    if not path.exists():
-        return
-    keep = []
-    for ln in path.read_text().splitlines():
-        try:
-            rec = json.loads(ln)
-        except json.JSONDecodeError:  # a line cut short by a crash
-            continue
-        if isinstance(rec, dict) and rec.get("step", 0) <= step:
-            keep.append(ln)
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(ln + "\n" for ln in keep))
-    os.replace(tmp, path)
+    from metalearn.train.logging import truncate_metrics
+    truncate_metrics(path, step)
 
 
 def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: str | os.PathLike,
@@ -154,16 +149,22 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
         nonlocal bad_step
         if bad_step is not None and int(bad_step) != 0:
             raise NonFiniteLossError(f"training loss of learner {type(learner).__name__} became "
-                                     f"{float(bad_loss)} at step {int(bad_step)}; no checkpoint was written "
-                                     f"after it (last.pt holds the last finite state). Lower train.lr or check "
-                                     f"the data")
+                                     f"{float(bad_loss)} at step {int(bad_step)}; {_kept(last_path)}. Lower "
+                                     f"train.lr or check the data")
         bad_step = None
 
     with _StopFlag() as flag:
         while state.step < cfg.steps and not flag.stop:
             ep = sampler.sample()
             opt.zero_grad(set_to_none=True)
-            loss, logits = learner.backward(ep)   # loss.backward(), or in chunks (Learner.backward)
+            try:
+                loss, logits = learner.backward(ep)   # loss.backward(), or in chunks (Learner.backward)
+            except FloatingPointError as e:   # a learner's own finiteness check (MAML's inner-loop losses)
+                if isinstance(e, NonFiniteLossError):
+                    raise
+                raise NonFiniteLossError(f"learner {type(learner).__name__} at training step {state.step + 1}: {e}; "
+                                         f"{_kept(last_path)}. Lower the learning rates or check the data"
+                                         ) from None
             opt.step()
             sched.step()
             state.step += 1

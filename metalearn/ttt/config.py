@@ -7,6 +7,7 @@ online TTT), ``tent``, ``eval`` (which test sets and methods), ``data``.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -127,9 +128,8 @@ def validate(cfg: TTTTaskConfig) -> None:
         bad = [x for x in e.methods.split(",") if x.strip() not in METHODS]
         if bad:
             raise ConfigError(f"eval.methods: unknown {bad}; expected 'auto' or a comma list of {list(METHODS)}")
-    d = cfg.data.device
-    if d not in ("auto", "cpu", "cuda") and not d.startswith("cuda:"):
-        raise ConfigError(f"data.device: expected auto, cpu or cuda[:N], got {d!r}")
+    if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.data.device):
+        raise ConfigError(f"data.device: expected auto, cpu, cuda or cuda:N, got {cfg.data.device!r}")
 
 
 def ttt_config_from_dict(data: dict) -> TTTTaskConfig:

@@ -19,11 +19,20 @@ from metalearn.ttt.train import JointTrainState, load_model, train_joint
 
 
 def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} was asked for but CUDA is not available")
-    return torch.device(device)
+    """``--device`` (or ``data.device``) -> torch.device (auto: CUDA when available); a clear error otherwise."""
+    from metalearn.checks import check_device
+    return check_device("--device / data.device", device)
+
+
+def _ttt_run_config(run_dir: Path, shown: str | Path) -> dict:
+    """The raw ``config.yaml`` of a TTT run directory; a few-shot run's is refused, naming its command."""
+    from metalearn.config import is_ttt_task
+    raw = load_yaml(run_dir / "config.yaml")
+    if not is_ttt_task(raw):
+        raise ConfigError(f"{str(run_dir)!r} is a few-shot run (learner {raw.get('learner', 'protonet')!r} on "
+                          f"dataset {raw.get('dataset')!r}), not a test-time-training run; evaluate it with "
+                          f"`metalearn eval --checkpoint {shown}` (or train a TTT model with `metalearn ttt train`)")
+    return raw
 
 
 def build_model(cfg: TTTTaskConfig) -> ResNetCIFAR:
@@ -41,7 +50,7 @@ def train_run(cfg: TTTTaskConfig, out: str | Path, *, resume: bool = False, devi
     if resume:
         if not resolved.is_file():
             raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
-        old = ttt_config_from_dict(load_yaml(resolved))
+        old = ttt_config_from_dict(_ttt_run_config(out, out))
         if (old.model, old.train.epochs, old.train.batch_size, old.train.lr, old.train.seed) != (
                 cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.seed):
             raise ConfigError(f"--resume: the run in {str(out)!r} was made with another model or recipe")
@@ -103,12 +112,10 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
     from metalearn.data.corruptions import corrupt
     from metalearn.ttt.tent import has_batchnorm
 
-    path = Path(checkpoint)
-    ck_path = path if path.is_file() else path / "last.pt"
-    if not (ck_path.parent / "config.yaml").is_file():
-        raise ConfigError(f"--checkpoint: {str(ck_path.parent / 'config.yaml')!r} does not exist "
-                          "(not a ttt run directory)")
-    cfg = ttt_config_from_dict(apply_overrides(load_yaml(ck_path.parent / "config.yaml"), overrides or []))
+    from metalearn.train.checkpoint import locate_checkpoint
+
+    ck_path = locate_checkpoint(checkpoint, "last.pt")
+    cfg = ttt_config_from_dict(apply_overrides(_ttt_run_config(ck_path.parent, checkpoint), overrides or []))
     dev = resolve_device(device or cfg.data.device)
     model, ck = load_model(ck_path, map_location=dev)
     methods = methods_for(cfg, model.has_rotation_head, has_batchnorm(model))

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from metalearn.nn.resnet_cifar import ResNetCIFAR
 from metalearn.train.checkpoint import FORMAT, atomic_save, load_checkpoint
+from metalearn.train.logging import truncate_metrics
 from metalearn.ttt.rotation import all_rotations, crop_flip, random_draws
 
 KIND = "ttt-resnet-cifar"
@@ -157,6 +158,19 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
     model.train()
     t0, last = time.perf_counter(), {}
     dtype = next(model.parameters()).dtype
+    # the first step whose loss was not finite, kept on the device (no host sync per step)
+    bad_step = bad_loss = None
+
+    def check_finite() -> None:
+        """Stop before anything is written if a loss since the last check was NaN or infinite."""
+        nonlocal bad_step
+        if bad_step is not None and int(bad_step) != 0:
+            from metalearn.train.trainer import NonFiniteLossError
+            raise NonFiniteLossError(f"joint training loss of {type(model).__name__} became {float(bad_loss)} at "
+                                     f"step {int(bad_step)}; no checkpoint was written after it (last.pt holds "
+                                     "the last finite state). Lower train.lr or check the data")
+        bad_step = None
+
     while step < total:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, spe)
@@ -166,10 +180,14 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
         loss.backward()
         opt.step()
         step += 1
+        lv = metrics["loss"]
+        if bad_step is None:
+            bad_step, bad_loss = torch.zeros((), dtype=torch.long, device=lv.device), torch.zeros_like(lv)
+        first = ~torch.isfinite(lv) & (bad_step == 0)
+        bad_step, bad_loss = torch.where(first, step, bad_step), torch.where(first, lv, bad_loss)
         if step % cfg.log_every == 0 or step == total:
+            check_finite()
             last = {k: float(v) for k, v in metrics.items()}   # one host sync per logged step
-            if not math.isfinite(last["loss"]):
-                raise FloatingPointError(f"joint loss is {last['loss']} at step {step} (check lr and the data)")
             last.update(step=step, epoch=step / spe, lr=opt.param_groups[0]["lr"], wall_s=time.perf_counter() - t0)
             if out is not None:
                 with open(out / "metrics.jsonl", "a") as f:
@@ -177,15 +195,13 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
             if progress is not None:
                 progress(last)
         if step % cfg.checkpoint_every == 0 or step == total:
+            check_finite()
             save(step)
     return JointTrainState(step, total, time.perf_counter() - t0, last, resumed)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+    truncate_metrics(path, step)   # the tolerant reader of the few-shot trainer (a cut-off last line is dropped)
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ResNetCIFAR, dict]:
