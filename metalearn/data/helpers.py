@@ -1,4 +1,6 @@
-"""torchmeta-style helpers: ``omniglot(...)`` / ``miniimagenet(...)`` and ``BatchMetaDataLoader``.
+"""torchmeta-style helpers: ``omniglot(...)`` / ``miniimagenet(...)``, ``BatchMetaDataLoader``, and the
+functions of ``torchmeta.utils.prototype`` (:func:`get_prototypes`, :func:`prototypical_loss`) and
+``torchmeta.utils.matching`` (:func:`matching_log_probas`, :func:`matching_loss`, ...).
 
 Code written for torchmeta ::
 
@@ -17,7 +19,16 @@ device; there are no worker processes). Differences from torchmeta, by design:
 * ``transform`` / ``target_transform`` / ``dataset_transform`` / ``class_augmentations`` are ignored with a
   warning: Omniglot is 28x28 with 0/90/180/270 rotation classes (change with ``image_size=`` / ``rotations=``),
   miniImageNet 84x84, pixels scaled to [0, 1] as ``ToTensor`` does;
-* ``download=True`` downloads nothing: the files must be under ``folder`` (see ``load_omniglot``).
+* ``download=True`` fetches Omniglot's official zips into ``folder/omniglot/`` when no Omniglot is found there
+  (:mod:`metalearn.data.download`, sha256-pinned); miniImageNet has no official download, so for it the files
+  must be under ``folder`` (see ``load_miniimagenet``).
+
+torchmeta's ProtoNet and Matching Networks example scripts run with their imports changed to this module::
+
+    from metalearn.data.helpers import omniglot, BatchMetaDataLoader, get_prototypes, prototypical_loss
+    from metalearn.data.helpers import matching_log_probas, matching_loss
+
+The loss helpers take torchmeta's batched shapes: embeddings (B, N*K, D), targets (B, N*K) int64 in [0, N).
 """
 from __future__ import annotations
 
@@ -27,6 +38,8 @@ import warnings
 from typing import Iterator
 
 import torch
+import torch.nn.functional as F
+from torch import Tensor
 
 from metalearn.data.miniimagenet import load_miniimagenet
 from metalearn.data.omniglot import load_omniglot
@@ -157,10 +170,15 @@ def _load(loader, folder, download: bool, **kw) -> ClassImages:
     try:
         return loader(folder, **kw)
     except FileNotFoundError as e:
-        if download:
-            raise FileNotFoundError(f"{e} (download=True: metalearn downloads nothing; place the files under "
-                                    "the folder)") from e
-        raise
+        if not download:
+            raise
+        if loader is not load_omniglot:
+            raise FileNotFoundError(f"{e} (download=True: miniImageNet has no official download, so metalearn "
+                                    "downloads nothing for it; place the files under the folder: see 'Getting the "
+                                    "data' in docs/data.md)") from e
+    from metalearn.data.download import download_dataset
+    download_dataset("omniglot", folder)          # the official zips, sha256-pinned, into folder/omniglot/
+    return loader(folder, **kw)
 
 
 def omniglot(folder: str | os.PathLike | None, shots: int, ways: int, shuffle: bool = True,
@@ -202,3 +220,134 @@ def miniimagenet(folder: str | os.PathLike | None, shots: int, ways: int, shuffl
     if device is not None:
         data = data.to(device)
     return MetaDataset(data, ways, shots, test_shots, split, shuffle, seed)
+
+
+# ----------------------------------------------------------------------------- torchmeta.utils.prototype / matching
+def _check_batched(name: str, x: Tensor, dims: int = 3) -> None:
+    if not isinstance(x, Tensor) or x.dim() != dims:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"{name}: expected a tensor of {dims} dimensions (batch, examples, ...), got {shape}")
+
+
+def _check_targets(name: str, targets: Tensor, like: Tensor, num_classes: int) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes: expected a positive integer, got {num_classes!r}")
+    if not isinstance(targets, Tensor) or targets.shape != like.shape[:2]:
+        shape = tuple(targets.shape) if isinstance(targets, Tensor) else type(targets).__name__
+        raise ValueError(f"{name}: expected shape {tuple(like.shape[:2])} (batch, examples), got {shape}")
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        raise ValueError(f"{name}: expected integer class indices, got {targets.dtype}")
+    if targets.numel() and not bool(((targets >= 0) & (targets < num_classes)).all()):
+        raise ValueError(f"{name}: class indices must be in [0, {num_classes}), got values in "
+                         f"[{int(targets.min())}, {int(targets.max())}]")
+
+
+def get_num_samples(targets: Tensor, num_classes: int, dtype: torch.dtype | None = None) -> Tensor:
+    """Examples per class.  targets (B, N) int in [0, num_classes)  ->  (B, num_classes) (``dtype``, default that
+    of ``targets``).  As ``torchmeta.utils.prototype.get_num_samples``."""
+    return F.one_hot(targets.long(), num_classes).sum(1).to(targets.dtype if dtype is None else dtype)
+
+
+def get_prototypes(embeddings: Tensor, targets: Tensor, num_classes: int) -> Tensor:
+    """Class means of the support embeddings, batched (Snell et al. 2017, eq. 1), as torchmeta's.
+
+    Args:
+        embeddings: (B, N, D) support embeddings.
+        targets: (B, N) int64 class indices in [0, num_classes).
+        num_classes: the number of classes per task (torchmeta's ``dataset.num_classes_per_task``).
+
+    Returns:
+        (B, num_classes, D) prototypes (a class with no support example gets the zero vector, as in torchmeta).
+
+    Examples:
+        >>> z = torch.tensor([[[0., 0.], [2., 0.], [0., 4.]]])          # (1, 3, 2)
+        >>> get_prototypes(z, torch.tensor([[0, 0, 1]]), 2)
+        tensor([[[1., 0.],
+                 [0., 4.]]])
+    """
+    _check_batched("embeddings", embeddings)
+    _check_targets("targets", targets, embeddings, num_classes)
+    onehot = F.one_hot(targets.long(), num_classes).to(embeddings.dtype)       # (B, N, C)
+    sums = onehot.transpose(1, 2) @ embeddings                                  # (B, C, D)
+    return sums / onehot.sum(1).clamp_min(1).unsqueeze(-1)
+
+
+def prototypical_loss(prototypes: Tensor, embeddings: Tensor, targets: Tensor, **kwargs) -> Tensor:
+    """Cross-entropy of the query points under softmax(-squared Euclidean distance to each prototype).
+
+    Args:
+        prototypes: (B, C, D) from :func:`get_prototypes`.
+        embeddings: (B, M, D) query embeddings.
+        targets: (B, M) int64 query classes in [0, C).
+        **kwargs: passed to ``torch.nn.functional.cross_entropy`` (``reduction=...``, ``label_smoothing=...``).
+
+    Returns:
+        the loss (a scalar with the default ``reduction="mean"`` over all B*M queries), as torchmeta's: the logits
+        ``-||prototype_c - embedding_m||^2`` have shape (B, C, M).
+    """
+    _check_batched("prototypes", prototypes)
+    _check_batched("embeddings", embeddings)
+    if prototypes.shape[0] != embeddings.shape[0] or prototypes.shape[-1] != embeddings.shape[-1]:
+        raise ValueError(f"prototypes {tuple(prototypes.shape)} and embeddings {tuple(embeddings.shape)}: expected "
+                         "the same batch size and embedding size")
+    _check_targets("targets", targets, embeddings, prototypes.shape[1])
+    sq = ((prototypes.unsqueeze(2) - embeddings.unsqueeze(1)) ** 2).sum(-1)     # (B, C, M)
+    return F.cross_entropy(-sq, targets, **kwargs)
+
+
+def pairwise_cosine_similarity(embeddings1: Tensor, embeddings2: Tensor, eps: float = 1e-8) -> Tensor:
+    """Cosine similarity of every pair.  (B, N, D), (B, M, D)  ->  (B, N, M):
+    ``x1 . x2 / max(||x1|| ||x2||, eps)``, as ``torchmeta.utils.matching.pairwise_cosine_similarity``."""
+    _check_batched("embeddings1", embeddings1)
+    _check_batched("embeddings2", embeddings2)
+    sq1 = (embeddings1 ** 2).sum(2, keepdim=True)                              # (B, N, 1)
+    sq2 = (embeddings2 ** 2).sum(2).unsqueeze(1)                               # (B, 1, M)
+    return (embeddings1 @ embeddings2.transpose(1, 2)) * torch.rsqrt(torch.clamp(sq1 * sq2, min=eps ** 2))
+
+
+def matching_log_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Tensor, num_classes: int,
+                        eps: float = 1e-8) -> Tensor:
+    """Log-probabilities of the Matching Networks classifier (Vinyals et al. 2016, eq. 1-2), as torchmeta's.
+
+    The attention of query m on support example n is the softmax over n of their cosine similarity; the
+    probability of class c is the attention summed over the support examples of class c.
+
+    Args:
+        embeddings: (B, N, D) support embeddings.
+        targets: (B, N) int64 support classes in [0, num_classes).
+        test_embeddings: (B, M, D) query embeddings.
+        num_classes: classes per task.
+        eps: floor of the norm product in the cosine similarity.
+
+    Returns:
+        (B, num_classes, M) log-probabilities (note the class axis is 1, as in torchmeta: ``argmax(dim=1)`` gives
+        the predictions); a class with no support example gets -inf.
+    """
+    _check_batched("embeddings", embeddings)
+    _check_batched("test_embeddings", test_embeddings)
+    _check_targets("targets", targets, embeddings, num_classes)
+    log_attention = torch.log_softmax(pairwise_cosine_similarity(embeddings, test_embeddings, eps), dim=1)  # (B,N,M)
+    onehot = F.one_hot(targets.long(), num_classes).to(log_attention.dtype)   # (B, N, C)
+    log_mask = torch.log(onehot).unsqueeze(-1)                                  # (B, N, C, 1): 0 or -inf
+    return torch.logsumexp(log_attention.unsqueeze(2) + log_mask, dim=1)       # (B, C, M)
+
+
+def matching_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Tensor, num_classes: int,
+                    eps: float = 1e-8) -> Tensor:
+    """``exp`` of :func:`matching_log_probas`: (B, num_classes, M) probabilities."""
+    return matching_log_probas(embeddings, targets, test_embeddings, num_classes, eps).exp()
+
+
+def matching_loss(train_embeddings: Tensor, train_targets: Tensor, test_embeddings: Tensor, test_targets: Tensor,
+                  num_classes: int, eps: float = 1e-8, **kwargs) -> Tensor:
+    """Negative log-likelihood of the query classes under :func:`matching_log_probas`, as torchmeta's.
+
+    Args:
+        train_embeddings, train_targets: (B, N, D) support embeddings and (B, N) classes.
+        test_embeddings, test_targets: (B, M, D) query embeddings and (B, M) classes.
+        num_classes: classes per task. eps: as in :func:`matching_log_probas`.
+        **kwargs: passed to ``torch.nn.functional.nll_loss``.
+    """
+    log_probas = matching_log_probas(train_embeddings, train_targets, test_embeddings, num_classes, eps)
+    _check_targets("test_targets", test_targets, test_embeddings, num_classes)
+    return F.nll_loss(log_probas, test_targets, **kwargs)
