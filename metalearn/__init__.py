@@ -53,6 +53,7 @@ from metalearn.types import Episode as Episode
 from metalearn.types import Params as Params
 from metalearn.wrapper import Adaptable as Adaptable
 from metalearn.wrapper import Adapted as Adapted
+from metalearn.zoo import pretrained as pretrained
 
 __version__ = "0.1.0"
 
@@ -63,4 +64,4 @@ __all__ = ["Adaptable", "Adapted", "ClassImages", "Conv4", "MAML", "MamlConv4", 
            "MatchingNet", "Siamese", "KochNet", "ResNetCIFAR",
            "ConfigError", "DataConfig", "EvalConfig", "MamlConfig", "MatchnetConfig", "ModelConfig",
            "SiameseConfig", "TaskConfig", "TrainConfig", "load_config",
-           "load_cifar10", "load_miniimagenet", "load_omniglot"]
+           "load_cifar10", "load_miniimagenet", "load_omniglot", "pretrained"]

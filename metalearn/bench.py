@@ -386,6 +386,16 @@ def _wall_file(run_dir: Path) -> Path:
     return run_dir / "bench_wall.json"
 
 
+def _read_wall(run_dir: Path) -> dict:
+    """The accumulated training wall time of a run (nothing written)."""
+    rec = {"train_wall_s": 0.0, "sessions": 0}
+    try:
+        rec.update(json.loads(_wall_file(run_dir).read_text()))
+    except (json.JSONDecodeError, OSError):
+        pass
+    return rec
+
+
 def _add_wall(run_dir: Path, seconds: float) -> dict:
     """Accumulate training wall time over the sessions of one run (Ctrl-C + resume)."""
     from metalearn.data.cache import atomic_write
@@ -469,6 +479,58 @@ def execute(plan: PlannedRun, *, progress: bool, tensorboard: bool, git: dict, c
     return result
 
 
+def execute_from(plan: PlannedRun, model_dir: Path, *, progress: bool, git: dict, command: str,
+                 suite: str) -> dict:
+    """Evaluate the model another run trained (``--model-from``) as this task's row; nothing is trained.
+
+    The run's config must equal this task's except for the keys that may change (``eval``, ``name``,
+    ``reference``, ...): one trained model serving several rows, as the papers report them. The result is this
+    task's own file and records ``model_from``: the run directory and the task whose validation picked the
+    checkpoint.
+    """
+    import torch
+
+    from metalearn.builders import config_differences, resolve_device
+    from metalearn.cli import TrainOutcome, evaluate_run
+    from metalearn.data.cache import atomic_write
+    from metalearn.train.checkpoint import load_checkpoint
+    from metalearn.train.trainer import TrainState
+
+    model_dir = Path(model_dir)
+    cfg_path = model_dir / "config.yaml"
+    if not cfg_path.is_file() or not (model_dir / "best.pt").is_file():
+        raise ConfigError(f"--model-from: {str(model_dir)!r} is not a finished run directory (needs config.yaml "
+                          f"and best.pt)")
+    run_cfg = load_yaml(cfg_path)
+    diff = config_differences(run_cfg, plan.cfg.to_dict())
+    if diff:
+        raise ConfigError(f"--model-from: {str(model_dir)!r} was trained with a different config than "
+                          f"{plan.name} ({', '.join(diff)} differ); only the eval section may differ")
+    last = load_checkpoint(model_dir / "last.pt") if (model_dir / "last.pt").is_file() else {}
+    best = load_checkpoint(model_dir / "best.pt")
+    state = TrainState(step=int(last.get("step", best.get("step", 0))),
+                       best_accuracy=float(last.get("best_accuracy", best.get("val_accuracy", float("nan")))),
+                       best_step=int(last.get("best_step", best.get("step", 0))))
+    wall = _read_wall(model_dir)
+    device = resolve_device(plan.cfg.data.device)
+    e = plan.cfg.eval
+    ev = evaluate_run(model_dir, e.ways, e.shots, e.queries, e.episodes, e.split, progress=progress)
+    peak = {"bytes": _max_rss_bytes(), "kind": "process_max_rss", "device": str(device)}
+    if device.type == "cuda":
+        peak = {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_max_memory_allocated",
+                "device": str(device)}
+    outcome = TrainOutcome(state, wall["train_wall_s"], True, False)
+    plan = PlannedRun(plan.entry, plan.cfg, plan.overrides, plan.name, plan.config_hash, model_dir,
+                      plan.result_path)
+    result = build_result(plan, ev, outcome, wall, peak, git, machine_info(str(device)), command, suite)
+    result["model_from"] = {"run_dir": str(model_dir), "task": run_cfg.get("name"),
+                            "validated_on": {k: run_cfg.get("eval", {}).get(k) for k in ("ways", "shots", "queries")}}
+    with atomic_write(plan.result_path, mode="w") as f:
+        json.dump(result, f, indent=1)
+        f.write("\n")
+    return result
+
+
 def _describe(i: int, n: int, plan: PlannedRun) -> str:
     head = f"[{i}/{n}] {plan.name} (config {plan.config_hash})"
     if plan.status == "done":
@@ -483,8 +545,12 @@ def _describe(i: int, n: int, plan: PlannedRun) -> str:
 
 def run_suite(suite: str, *, out_root: str | os.PathLike = "runs/bench", results: str | os.PathLike = "results",
               overrides: list[str] | None = None, dry_run: bool = False, progress: bool = True,
-              tensorboard: bool = False, command: str = "") -> int:
-    """``metalearn bench``: returns the exit code (0 done, 130 interrupted by Ctrl-C)."""
+              tensorboard: bool = False, command: str = "", model_from: str | os.PathLike | None = None) -> int:
+    """``metalearn bench``: returns the exit code (0 done, 130 interrupted by Ctrl-C).
+
+    model_from: a finished run directory whose model every task of the suite evaluates instead of training
+    its own (:func:`execute_from`).
+    """
     out_root, results_dir = Path(out_root), Path(results)
     entries = load_suite(suite)
     git = git_state()
@@ -513,7 +579,12 @@ def run_suite(suite: str, *, out_root: str | os.PathLike = "runs/bench", results
         if plan.status in ("done", "duplicate"):
             continue
         try:
-            res = execute(plan, progress=progress, tensorboard=tensorboard, git=git, command=command, suite=suite)
+            if model_from is not None:
+                res = execute_from(plan, Path(model_from), progress=progress, git=git, command=command,
+                                   suite=suite)
+            else:
+                res = execute(plan, progress=progress, tensorboard=tensorboard, git=git, command=command,
+                              suite=suite)
         except KeyboardInterrupt:
             res = None
         if res is None:

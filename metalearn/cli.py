@@ -218,6 +218,39 @@ def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = 
     return out
 
 
+def evaluate_pretrained(name: str, ways: int | None = None, shots: int | None = None, queries: int | None = None,
+                        episodes: int | None = None, split: str | None = None, progress: bool = False,
+                        data_root: str | None = None) -> dict:
+    """Evaluate a model-zoo model (:func:`metalearn.pretrained`) on its dataset's test episodes; arguments left at
+    None come from the row it reproduces. Returns the ``metalearn eval --json`` object."""
+    import dataclasses
+
+    from metalearn.train.evaluator import evaluate
+    from metalearn.zoo import manifest, pretrained
+    from metalearn.config import config_from_dict
+    learner = pretrained(name)          # refuses unknown names and altered weights
+    entry = manifest()[name]
+    cfg = config_from_dict(entry["config"])
+    if data_root is not None:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
+    r = entry["result"]
+    ways, shots = ways or r["ways"], shots or r["shots"]
+    queries, episodes, split = queries or r["queries"], episodes or r["episodes"], split or r["split"]
+    sampler = _episode_sampler(cfg, split, ways, shots, queries, cfg.eval.batch_size, r["seed"])
+    if sampler is None:
+        raise ConfigError(f"split: dataset {cfg.dataset!r} has no {split!r} split")
+    learner = learner.to(sampler.device)
+    t0 = time.perf_counter()
+    res = evaluate(learner, sampler, episodes, progress=progress, precision=cfg.train.precision).summary()
+    same = (ways, shots, queries, split) == (r["ways"], r["shots"], r["queries"], r["split"])
+    res.update({"split": split, "dataset": cfg.dataset, "learner": cfg.learner, "checkpoint": f"pretrained:{name}",
+                "step": entry.get("step"), "seed": r["seed"], "eval_wall_s": time.perf_counter() - t0,
+                "reference": r["published"] if same else None,
+                "recorded": {"accuracy": r["accuracy"], "ci95": r["ci95"]} if same and episodes == r["episodes"]
+                else None})
+    return res
+
+
 def _format_eval(res: dict) -> str:
     ref = f" (published {res['reference']})" if res.get("reference") is not None else ""
     return (f"{res['dataset']} {res['ways']}-way {res['shots']}-shot {res['split']}: "
@@ -226,6 +259,13 @@ def _format_eval(res: dict) -> str:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _threads(args.threads)
+    if (args.checkpoint is None) == (args.pretrained is None):
+        raise ConfigError("eval: expected exactly one of --checkpoint DIR or --pretrained NAME")
+    if args.pretrained is not None:
+        res = evaluate_pretrained(args.pretrained, args.ways, args.shots, args.queries, args.episodes, args.split,
+                                  progress=not args.json, data_root=args.data_root)
+        print(json.dumps(res) if args.json else _format_eval(res))
+        return 0
     res = evaluate_run(Path(args.checkpoint), args.ways, args.shots, args.queries, args.episodes, args.split,
                        progress=not args.json)
     print(json.dumps(res) if args.json else _format_eval(res))
@@ -238,6 +278,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from metalearn.bench import run_suite
     return run_suite(args.suite, out_root=args.out_root, results=args.results, overrides=args.set,
                      dry_run=args.dry_run, progress=not args.quiet, tensorboard=args.tensorboard,
+                     model_from=args.model_from,
                      command=shlex.join(["metalearn", *args.argv]))
 
 
@@ -326,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a checkpoint on test episodes")
-    e.add_argument("--checkpoint", required=True, help="run directory (uses best.pt) or a .pt file")
+    e.add_argument("--checkpoint", help="run directory (uses best.pt) or a .pt file")
+    e.add_argument("--pretrained", metavar="NAME", help="a model-zoo model (metalearn.pretrained() lists them)")
+    e.add_argument("--data-root", default=None, help="data root for --pretrained (default $METALEARN_DATA)")
     e.add_argument("--ways", type=_positive)
     e.add_argument("--shots", type=_positive)
     e.add_argument("--queries", type=_positive)
@@ -345,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value in every task (after the suite's own overrides)")
     b.add_argument("--dry-run", action="store_true", help="print what would run, skip or resume; run nothing")
+    b.add_argument("--model-from", metavar="RUN_DIR", default=None,
+                   help="evaluate the model of this finished run directory for every task instead of training "
+                        "(its config may differ only in eval: one model serving several rows)")
     b.add_argument("--tensorboard", action="store_true", help="also write TensorBoard logs (needs the [tb] extra)")
     b.add_argument("--quiet", action="store_true", help="no progress bars")
     b.set_defaults(fn=cmd_bench)

@@ -257,3 +257,26 @@ def test_glob_skips_test_time_training_tasks(tmp_path, monkeypatch):
     # every episodic task of the repository, none of the TTT ones
     names = [e.task.stem for e in bench.load_suite("tasks/*.yaml")]
     assert "protonet_omniglot_5w1s" in names and not [n for n in names if n.startswith("ttt_")]
+
+
+def test_model_from_evaluates_another_runs_model_as_this_tasks_row(tmp_path, commit, capsys):
+    """One trained model serving two rows: the second task's result file evaluates the first run's best.pt."""
+    assert main(bench_args(tmp_path, DIGITS)) == 0
+    src = json.loads(results(tmp_path)[0].read_text())
+    run = Path(src["run_dir"])
+    best_before = (run / "best.pt").read_bytes()
+    other = tmp_path / "protonet_digits_5w1s.yaml"
+    other.write_text(DIGITS.read_text().replace("name: protonet_digits_5w5s", "name: protonet_digits_5w1s"))
+    capsys.readouterr()
+    assert main(bench_args(tmp_path, other, "--set", "eval.shots=1", "--model-from", str(run))) == 0
+    new = [json.loads(p.read_text()) for p in results(tmp_path) if "5w1s" in p.name]
+    assert len(new) == 1
+    res = new[0]
+    assert res["name"] == "protonet_digits_5w1s" and res["shots"] == 1 and res["episodes"] == 10
+    assert res["model_from"]["run_dir"] == str(run) and res["model_from"]["validated_on"]["shots"] == 5
+    assert res["train"]["steps"] == src["train"]["steps"] == 4 and res["train"]["sessions"] == 1
+    assert (run / "best.pt").read_bytes() == best_before                  # the source run is untouched
+    # a run trained with another config is refused, naming the key
+    capsys.readouterr()
+    assert main(bench_args(tmp_path, other, "--set", "train.lr=0.01", "--model-from", str(run))) == 2
+    assert "train.lr" in capsys.readouterr().err
