@@ -17,14 +17,9 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from metalearn.checks import check_float, check_int
 from metalearn.data.storage import ClassImages
 from metalearn.types import Episode
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value!r}")
-    return value
 
 
 class EpisodeSampler:
@@ -48,10 +43,11 @@ class EpisodeSampler:
                  seed: int = 0, scale: float = 1.0 / 255.0) -> None:
         if not isinstance(data, ClassImages):
             raise TypeError(f"data: expected a ClassImages, got {type(data).__name__}")
-        self.ways = _check_int("ways", ways, 1)
-        self.shots = _check_int("shots", shots, 1)
-        self.queries = _check_int("queries", queries, 0)
-        self.batch_size = _check_int("batch_size", batch_size, 1)
+        ways, shots = check_int("ways", ways, 1), check_int("shots", shots, 1)
+        queries, batch_size = check_int("queries", queries, 0), check_int("batch_size", batch_size, 1)
+        seed = check_int("seed", seed, -(2 ** 63), 2 ** 64 - 1)   # what torch.Generator.manual_seed takes
+        scale = check_float("scale", scale, 0.0, strict=True)
+        self.ways, self.shots, self.queries, self.batch_size = ways, shots, queries, batch_size
         if ways > data.num_classes:
             raise ValueError(f"ways={ways} but the split has only {data.num_classes} classes")
         need = shots + queries
@@ -67,7 +63,7 @@ class EpisodeSampler:
         self._rot_k = torch.tensor([r // 90 for r in data.rotations], device=self.device)
         self._turns = sorted({r // 90 for r in data.rotations} - {0})   # host-side: no sync in gather
         self.generator = torch.Generator(device=self.device)
-        self.generator.manual_seed(int(seed))
+        self.generator.manual_seed(seed)
 
     # -- state for exact resume -------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -93,7 +89,7 @@ class EpisodeSampler:
     def gather(self, rows: Tensor, rot_k: Tensor) -> Tensor:
         """uint8 images for ``rows`` (B, N, S), each class rotated by its own ``rot_k`` -> (B, N, S, C, H, W)."""
         x = self.data.images[rows]
-        if self._nrot > 1:
+        if self._turns:   # any non-zero angle, also when it is the only one (rotations=(90,))
             out = x
             for k in self._turns:
                 mask = (rot_k == k)[..., None, None, None, None]

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import grad
 
+from metalearn.checks import ArgumentError, check_float, check_int
 from metalearn.types import Params
 
 
@@ -29,8 +30,7 @@ class UpdateRule(NamedTuple):
 
 def sgd(lr: float) -> UpdateRule:
     """Plain gradient descent, ``p - lr * g`` (MAML, Finn et al. 2017, eq. 1)."""
-    if not lr > 0:
-        raise ValueError(f"lr: expected > 0, got {lr}")
+    lr = check_float("lr", lr, 0.0, strict=True)
 
     def init(params: Params) -> Params:
         return {}
@@ -45,14 +45,18 @@ def meta_sgd(lr: float) -> UpdateRule:
     """Meta-SGD (Li et al. 2017): ``p - alpha * g`` with a learned ``alpha`` of ``p``'s shape, initialised to ``lr``.
 
     ``alpha`` is a meta-parameter (it may become negative: the paper learns direction and size).
+    ``update`` needs a step size in ``hyper`` for every parameter it updates (``init`` of the same parameters).
     """
-    if not lr > 0:
-        raise ValueError(f"lr: expected > 0, got {lr}")
+    lr = check_float("lr", lr, 0.0, strict=True)
 
     def init(params: Params) -> Params:
         return {n: torch.full_like(p.detach(), lr) for n, p in params.items()}
 
     def update(params: Params, grads: Params, hyper: Params) -> Params:
+        missing = [n for n in params if n not in hyper]
+        if missing:
+            raise ArgumentError(f"hyper: no learned step size for parameter(s) {missing}; meta_sgd needs one per "
+                                f"adapted parameter, as init(params) makes them (hyper has {sorted(hyper)})")
         return {n: p - hyper[n] * grads[n] for n, p in params.items()}
 
     return UpdateRule(init, update)
@@ -71,8 +75,9 @@ def adapt(loss_fn: Callable[..., Tensor], params: Params, steps: int, rule: Upda
     in-place buffer updates (BatchNorm running statistics) are allowed and land in that dict (pass copies to
     keep the module's own buffers unchanged).
     """
-    if steps < 0:
-        raise ValueError(f"steps: expected >= 0, got {steps}")
+    steps = check_int("steps", steps, 0)
+    if not isinstance(params, dict) or not all(isinstance(p, Tensor) for p in params.values()):
+        raise ArgumentError(f"params: expected a dict of tensors (name -> Tensor), got {type(params).__name__}")
     hyper = {} if hyper is None else hyper
 
     def with_aux(p: Params, *state: Params) -> tuple[Tensor, Tensor]:

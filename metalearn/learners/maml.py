@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
+from metalearn.checks import check_int
 from metalearn.functional import ParamFilter, call, check_trainable, check_vmap_safe, partition, select
 from metalearn.inner import UpdateRule, adapt, check_finite, meta_sgd, sgd
 from metalearn.learners.base import Learner
@@ -108,11 +109,9 @@ class MAML(Learner):
                  adapt: ParamFilter = "all", vmap: bool = True, chunk_size: int = 0, check_finite: bool = True,
                  loss_fn: LossFn = F.cross_entropy) -> None:
         super().__init__()
-        for key, v in (("ways", ways), ("inner_steps", inner_steps), ("eval_inner_steps", eval_inner_steps)):
-            if v < 1:
-                raise ValueError(f"{key}: expected >= 1, got {v}")
-        if chunk_size < 0:
-            raise ValueError(f"chunk_size: expected >= 0, got {chunk_size}")
+        ways, inner_steps = check_int("ways", ways, 1), check_int("inner_steps", inner_steps, 1)
+        eval_inner_steps = check_int("eval_inner_steps", eval_inner_steps, 1)
+        chunk_size = check_int("chunk_size", chunk_size, 0)
         self.model = model
         self.ways, self.inner_steps, self.eval_inner_steps = ways, inner_steps, eval_inner_steps
         self.first_order, self.vmap, self.chunk_size = first_order, vmap, chunk_size

@@ -202,11 +202,15 @@ class LSTMOptimizer(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "LSTMOptimizer":
-        """The optimizer written by :meth:`save` (or a ``best.pt`` / ``last.pt`` of :func:`meta_train`)."""
+        """The optimizer written by :meth:`save` (or a ``best.pt`` / ``last.pt`` of :func:`meta_train`), in the
+        dtype it was saved in."""
         state = load_checkpoint(path, map_location=map_location)
         if state.get("kind") != KIND:
             raise ValueError(f"checkpoint {str(path)!r} holds {state.get('kind')!r}, not an LSTM optimizer")
         net = cls.from_config(LSTMOptimizerConfig(**state["config"]))
+        dtype = next((t.dtype for t in state["state_dict"].values() if t.is_floating_point()), None)
+        if dtype is not None:
+            net.to(dtype)   # keep the saved precision (load_state_dict would cast into the float32 weights)
         net.load_state_dict(state["state_dict"])
         return net.to(map_location)
 
