@@ -465,8 +465,21 @@ def main(argv: list[str] | None = None) -> int:
             return args.fn(args)
     except (ConfigError, ValueError, FloatingPointError, OSError, MissingExtraError) as err:
         # user errors (bad settings, files, data; a diverged run; a full disk): one message, exit 2
-        print(f"metalearn {args.command}: error: {err}", file=sys.stderr)
+        print(f"metalearn {args.command}: error: {_error_text(err)}", file=sys.stderr)
         return 2
+
+
+def _error_text(err: BaseException) -> str:
+    """The message of a user error; an operating-system error of any write reads as plain words."""
+    import errno as _errno
+
+    from metalearn.data.cache import DiskFullError
+    if isinstance(err, OSError) and not isinstance(err, DiskFullError) and type(err).__str__ is OSError.__str__ \
+            and err.strerror:
+        if err.errno == _errno.ENOSPC:
+            return "no space left on device" + (f" while writing {err.filename}" if err.filename else "")
+        return err.strerror + (f": {err.filename}" if err.filename else "")
+    return str(err)
 
 
 @contextlib.contextmanager

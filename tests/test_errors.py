@@ -448,3 +448,18 @@ def test_no_loader_unpickles_with_the_pickle_module():
     root = Path(__file__).resolve().parents[1] / "metalearn"
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py") if re.search(r"\bpickle\.loads?\(", p.read_text())]
     assert hits == [], hits
+
+
+def test_raw_os_errors_read_as_one_plain_line(tmp_path, capsys, monkeypatch):
+    import metalearn.cli as cli
+
+    def full(args):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "metrics.jsonl"))
+    monkeypatch.setattr(cli, "cmd_report", full)
+    line = one_line_error(*run(capsys, "report", "--results", str(tmp_path))[::2])
+    assert line == f"metalearn report: error: no space left on device while writing {tmp_path / 'metrics.jsonl'}"
+
+    def denied(args):
+        raise PermissionError(errno.EACCES, "Permission denied", "/x")
+    monkeypatch.setattr(cli, "cmd_report", denied)
+    assert one_line_error(*run(capsys, "report")[::2]) == "metalearn report: error: Permission denied: /x"
