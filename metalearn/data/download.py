@@ -263,10 +263,13 @@ def download_file(urls: str | Sequence[str], dest: str | os.PathLike, sha256: st
     Args:
         urls: one URL or several (mirrors first, then the official one); each is tried in turn.
         dest: the final path; the bytes arrive in ``dest + ".part"`` and are renamed only once verified.
-        sha256: expected hex digest (required); ``size`` (bytes) and ``md5`` are checked too when given.
+        sha256: expected hex digest (required).
+        size: expected size in bytes (checked when given; also used for the progress bar).
+        md5: expected md5, as some sources publish it (checked when given).
         timeout: seconds without an answer or without data before an attempt is abandoned.
         retries: repeated attempts per URL after a transient failure (dropped connection, timeout, HTTP 5xx),
-            each resuming where the last stopped; ``backoff`` * attempt seconds apart.
+            each resuming where the last stopped.
+        backoff: seconds to wait before the k-th retry, times k.
         progress: tqdm bar over the bytes.
 
     Returns:
@@ -448,9 +451,12 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, urls: Seq
         urls: mirrors to try before the official URL. A URL ending in "/" is a folder: the file name is
             appended (so one mirror serves every file of a data set); otherwise it is the URL of the file (only
             for data sets of one file).
-        timeout, retries, backoff, progress: as in :func:`download_file`.
+        timeout: as in :func:`download_file`.
+        retries: as in :func:`download_file`.
         force: delete files already present (a checksum mismatch) and download again.
         keep_archive: CIFAR-10-C: keep ``CIFAR-10-C.tar`` after extracting the ``.npy`` files.
+        progress: as in :func:`download_file`.
+        backoff: as in :func:`download_file`.
 
     Returns:
         a :class:`DownloadReport`.

@@ -272,7 +272,7 @@ def get_prototypes(embeddings: Tensor, targets: Tensor, num_classes: int) -> Ten
     return sums / onehot.sum(1).clamp_min(1).unsqueeze(-1)
 
 
-def prototypical_loss(prototypes: Tensor, embeddings: Tensor, targets: Tensor, **kwargs) -> Tensor:
+def prototypical_loss(prototypes: Tensor, embeddings: Tensor, targets: Tensor, **kwargs: object) -> Tensor:
     """Cross-entropy of the query points under softmax(-squared Euclidean distance to each prototype).
 
     Args:
@@ -339,13 +339,16 @@ def matching_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Tensor
 
 
 def matching_loss(train_embeddings: Tensor, train_targets: Tensor, test_embeddings: Tensor, test_targets: Tensor,
-                  num_classes: int, eps: float = 1e-8, **kwargs) -> Tensor:
+                  num_classes: int, eps: float = 1e-8, **kwargs: object) -> Tensor:
     """Negative log-likelihood of the query classes under :func:`matching_log_probas`, as torchmeta's.
 
     Args:
-        train_embeddings, train_targets: (B, N, D) support embeddings and (B, N) classes.
-        test_embeddings, test_targets: (B, M, D) query embeddings and (B, M) classes.
-        num_classes: classes per task. eps: as in :func:`matching_log_probas`.
+        train_embeddings: (B, N, D) support embeddings.
+        train_targets: (B, N) support classes.
+        test_embeddings: (B, M, D) query embeddings.
+        test_targets: (B, M) query classes.
+        num_classes: classes per task.
+        eps: as in :func:`matching_log_probas`.
         **kwargs: passed to ``torch.nn.functional.nll_loss``.
     """
     log_probas = matching_log_probas(train_embeddings, train_targets, test_embeddings, num_classes, eps)
