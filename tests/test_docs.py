@@ -23,6 +23,7 @@ KEY_PAGES = [
     "reference/episodes/index.html",
     "reference/protonet/index.html",
     "results/index.html",
+    "errors/index.html",
 ]
 
 pytestmark = pytest.mark.skipif(
