@@ -1,0 +1,190 @@
+"""The CPU engine: allocator setting, precision policy, channels-last weights, folded BatchNorm for inference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from conformance import check_learner
+from metalearn.config import ConfigError, config_from_dict
+from metalearn.engine import (autocast, bf16_supported, channels_last, fold_batchnorm, omp_env_defaults,
+                              resolve_precision)
+from metalearn.learners.matchnet import MatchingNet
+from metalearn.learners.protonet import ProtoNet
+from metalearn.learners.siamese import Siamese
+from metalearn.nn import Conv4
+from metalearn.train.evaluator import evaluate
+from metalearn.types import Episode
+
+
+def episode(ways=5, shots=1, queries=3, batch=None, seed=0, size=28):
+    g = torch.Generator().manual_seed(seed)
+    lead = () if batch is None else (batch,)
+    sy = torch.arange(ways).repeat_interleave(shots).expand(*lead, -1).contiguous()
+    qy = torch.arange(ways).repeat_interleave(queries).expand(*lead, -1).contiguous()
+    return Episode(torch.rand(*lead, ways * shots, 1, size, size, generator=g), sy,
+                   torch.rand(*lead, ways * queries, 1, size, size, generator=g), qy, ways)
+
+
+def trained_conv4(steps=30, seed=0):
+    """A Conv4 ProtoNet with non-trivial BatchNorm statistics and weights (a few Adam steps)."""
+    torch.manual_seed(seed)
+    learner = ProtoNet(Conv4(1, hidden=16))
+    opt = torch.optim.Adam(learner.parameters(), lr=1e-2)
+    for i in range(steps):
+        opt.zero_grad()
+        learner.loss(episode(seed=i))[0].backward()
+        opt.step()
+    return learner.eval()
+
+
+def test_allocator_applied_once_and_can_be_disabled():
+    code = ("import metalearn.engine as e; a = e.tune_allocator(); b = e.tune_allocator(); "
+            "print(a, b, e.allocator_tuned())")
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                        env={**os.environ, "METALEARN_MALLOC": ""}).stdout.split()
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "METALEARN_MALLOC": "default"}).stdout.split()
+    if sys.platform.startswith("linux"):
+        assert on == ["True", "True", "True"]
+    assert off == ["False", "False", "False"]
+
+
+def test_omp_default_respects_the_user():
+    env = {}
+    assert omp_env_defaults(env) == {"OMP_WAIT_POLICY": "PASSIVE"} and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    env = {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert omp_env_defaults(env) == {} and env["OMP_WAIT_POLICY"] == "ACTIVE"
+    env = {"METALEARN_OMP": "default"}
+    assert omp_env_defaults(env) == {} and "OMP_WAIT_POLICY" not in env
+    # `import metalearn` sets it before torch loads, in a fresh process
+    out = subprocess.run([sys.executable, "-c", "import metalearn, os; print(os.environ.get('OMP_WAIT_POLICY'))"],
+                         capture_output=True, text=True, check=True,
+                         env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}).stdout.strip()
+    assert out == "PASSIVE"
+
+
+def test_channels_last_restrides_every_conv_including_one_channel():
+    net = Conv4(1, hidden=8)
+    first = net.encoder[0][0].weight
+    assert first.is_contiguous(memory_format=torch.channels_last)       # (8, 1, 3, 3): ambiguous ...
+    assert first.stride()[1] != 1                                         # ... but NCHW strides
+    channels_last(net)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.weight.stride()[1] == 1, m                           # real channels-last strides
+    y = net.encoder[0][0](torch.rand(2, 1, 28, 28))
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.stride()[1] == 1
+
+
+def test_channels_last_and_folded_batchnorm_give_identical_eval_logits():
+    learner = trained_conv4()
+    other = channels_last(trained_conv4())
+    l64 = trained_conv4().double()
+    ep = episode(batch=3, seed=99)
+    with torch.no_grad():
+        ref = learner.predict(ep)
+        cl = other.predict(ep)
+        folded = fold_batchnorm(learner)
+        assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+        assert any(isinstance(m, nn.BatchNorm2d) for m in learner.modules())     # the original is unchanged
+        fl = folded.predict(ep)
+    # fp32: other summation orders only (logits are squared distances, |a|^2 + |b|^2 - 2ab, which cancels)
+    scale = ref.abs().max()
+    assert (cl - ref).abs().max() <= 5e-5 * scale and (fl - ref).abs().max() <= 5e-5 * scale
+    assert torch.equal(cl.argmax(-1), ref.argmax(-1)) and torch.equal(fl.argmax(-1), ref.argmax(-1))
+    # float64: the fold is exact up to rounding
+    ep64 = Episode(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
+    with torch.no_grad():
+        assert torch.allclose(fold_batchnorm(l64).predict(ep64), l64.predict(ep64), atol=1e-10, rtol=1e-10)
+
+
+def test_fold_keeps_batch_statistics_norms():
+    from metalearn.nn import MamlConv4
+    net = MamlConv4(1, 5, hidden=8, norm="torch")             # BatchNorm without running stats: batch statistics
+    folded = fold_batchnorm(net)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in folded.modules()) == 4
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")
+def test_bf16_predictions_match_fp32_on_a_trained_model():
+    learner = trained_conv4(steps=60)
+    ep = episode(batch=20, seed=7, queries=5)
+    with torch.no_grad():
+        ref = learner.predict(ep)
+        learner.precision = "bf16"
+        low = learner.predict(ep)
+        learner.precision = "fp32"
+    assert low.dtype == torch.float32                                     # heads and distances stay fp32
+    agree = (low.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    assert agree >= 0.97, agree                                           # stated tolerance: >= 97% equal predictions
+    scale = ref.abs().max()
+    assert ((low - ref).abs().max() / scale).item() < 0.05
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")
+def test_evaluate_precision_and_fold_agree():
+    learner = trained_conv4()
+    from metalearn.data.storage import ClassImages
+    from metalearn.episodes import EpisodeSampler
+    g = torch.Generator().manual_seed(0)
+    data = ClassImages(torch.randint(0, 256, (40 * 6, 1, 28, 28), dtype=torch.uint8, generator=g),
+                       torch.arange(40) * 6, torch.full((40,), 6), tuple(str(i) for i in range(40)))
+    runs = {}
+    for prec, fold in (("fp32", False), ("fp32", True), ("bf16", True)):
+        s = EpisodeSampler(data, 5, 1, 5, batch_size=4, seed=3)
+        runs[prec, fold] = evaluate(learner, s, 40, precision=prec, fold_bn=fold)
+    assert runs["fp32", True].per_episode == runs["fp32", False].per_episode
+    diff = abs(runs["bf16", True].accuracy - runs["fp32", False].accuracy)
+    assert diff < 3.0
+    assert learner.precision == "fp32"          # evaluate restores the learner's own precision
+
+
+@pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")
+@pytest.mark.parametrize("make", [
+    lambda: ProtoNet(Conv4(1, hidden=8)),
+    lambda: MatchingNet(Conv4(1, hidden=8), embed_dim=8, fce=True, process_steps=2),
+    lambda: Siamese(Conv4(1, hidden=8), dim=8, fill=1.0)], ids=["protonet", "matchnet", "siamese"])
+def test_conformance_under_bf16(make):
+    def bf16():
+        learner = make()
+        learner.precision = "bf16"
+        return learner
+    check_learner(bf16, episode(ways=3, shots=2, queries=2, batch=2, size=16), atol=5e-2, rtol=5e-2)
+
+
+def test_precision_policy_resolution_and_config():
+    assert resolve_precision("fp32", "cpu") == "fp32"
+    assert resolve_precision("auto", "cpu", bf16_safe=False) == "fp32"
+    assert resolve_precision("auto", "cpu") == ("bf16" if bf16_supported("cpu") else "fp32")
+    with pytest.raises(ValueError, match="precision"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="precision"):
+        autocast("cpu", "auto")
+    with pytest.raises(ConfigError, match="train.precision"):
+        config_from_dict({"dataset": "omniglot", "train": {"precision": "half"}})
+    with pytest.raises(ConfigError, match="train.precision: bf16 is not offered for learner 'maml'"):
+        config_from_dict({"dataset": "omniglot", "learner": "maml", "model": {"backbone": "maml_conv4"},
+                          "train": {"precision": "bf16"}})
+    assert config_from_dict({"dataset": "omniglot"}).train.precision == "auto"
+
+
+def test_trainer_sets_the_policy_and_maml_stays_fp32(tmp_path):
+    from metalearn.config import TrainConfig
+    from metalearn.data.storage import ClassImages
+    from metalearn.episodes import EpisodeSampler
+    from metalearn.learners.maml import MAML
+    from metalearn.nn import MamlConv4
+    from metalearn.train.trainer import train
+    g = torch.Generator().manual_seed(0)
+    data = ClassImages(torch.randint(0, 256, (10 * 4, 1, 28, 28), dtype=torch.uint8, generator=g),
+                       torch.arange(10) * 4, torch.full((10,), 4), tuple(str(i) for i in range(10)))
+    cfg = TrainConfig(ways=3, shots=1, queries=1, steps=2, val_every=0, checkpoint_every=2, log_every=1)
+    pn = ProtoNet(Conv4(1, hidden=4))
+    train(pn, EpisodeSampler(data, 3, 1, 1, seed=0), cfg, tmp_path / "pn", progress=False)
+    assert pn.precision == ("bf16" if bf16_supported("cpu") else "fp32")
+    mm = MAML(MamlConv4(1, 3, hidden=4, pool="stride"), 3)
+    train(mm, EpisodeSampler(data, 3, 1, 1, batch_size=2, seed=0), cfg, tmp_path / "mm", progress=False)
+    assert mm.precision == "fp32"
