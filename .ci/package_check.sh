@@ -66,7 +66,7 @@ ML="$WORK/venv/bin/metalearn"
 "$ML" --help >/dev/null
 if "$ML" demo --help | grep -q -- "--smoke"; then
     say "metalearn demo --smoke"
-    timeout 600 "$ML" demo --smoke --out "$WORK/run/demo"
+    timeout 600 "$ML" demo --smoke --quiet --out "$WORK/run/demo"
 else
     say "this version's demo has no --smoke mode; checked metalearn --help and metalearn demo --help only"
 fi
