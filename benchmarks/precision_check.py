@@ -1,0 +1,73 @@
+"""bf16 keeps accuracy: the same training budget in fp32 and in bf16, for each Omniglot metric learner.
+
+For every task file given, train twice from the same seed -- ``train.precision=fp32`` and ``bf16`` -- for
+``--steps`` steps, then evaluate each run's best checkpoint on the task's 1000 test episodes (each run in its
+own precision). Reports both accuracies with their 95% CIs, whether each lies inside the other's CI, and the
+training time of each; one JSON in ``--out``.
+
+    python benchmarks/precision_check.py tasks/protonet_omniglot_5w1s.yaml tasks/matchnet_omniglot_5w1s.yaml \\
+        tasks/siamese_omniglot_5w1s.yaml --steps 1000 --threads 1 --out results/speed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("tasks", nargs="+")
+    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--runs", default="runs/precision_check", help="parent of the run directories")
+    p.add_argument("--out", default="results/speed")
+    args = p.parse_args(argv)
+    from metalearn.bench import git_state, machine_info
+    from metalearn.cli import evaluate_run, train_task
+    from metalearn.config import load_config
+    from metalearn.engine import tune_allocator
+    tune_allocator()
+    git = git_state()
+    rows = []
+    for task in args.tasks:
+        row = {"task": task}
+        for prec in ("fp32", "bf16"):
+            sets = [f"train.precision={prec}", f"train.steps={args.steps}", f"train.threads={args.threads}",
+                    f"train.lr_step={max(1, args.steps // 2)}", f"train.val_every={max(1, args.steps // 4)}",
+                    f"train.checkpoint_every={max(1, args.steps // 4)}"]
+            cfg = load_config(task, sets)
+            run = Path(args.runs) / f"{cfg.name}-{prec}-{cfg.hash()}"
+            t0 = time.perf_counter()
+            outcome = train_task(cfg, run, resume=(run / "last.pt").exists(), progress=False)
+            ev = evaluate_run(run)
+            row[prec] = {"accuracy": ev["accuracy"], "ci95": ev["ci95"], "episodes": ev["episodes"],
+                         "train_wall_s": outcome.wall_s, "wall_s": time.perf_counter() - t0,
+                         "best_step": outcome.state.best_step, "overrides": sets}
+            print(f"{cfg.name} {prec}: {ev['accuracy']:.2f} ± {ev['ci95']:.2f} (train {outcome.wall_s:.0f} s)",
+                  flush=True)
+        a, b = row["fp32"], row["bf16"]
+        row["bf16_inside_fp32_ci"] = abs(b["accuracy"] - a["accuracy"]) <= a["ci95"]
+        row["fp32_inside_bf16_ci"] = abs(b["accuracy"] - a["accuracy"]) <= b["ci95"]
+        row["cis_overlap"] = abs(b["accuracy"] - a["accuracy"]) <= a["ci95"] + b["ci95"]
+        row["train_speedup"] = a["train_wall_s"] / b["train_wall_s"]
+        rows.append(row)
+    res = {"kind": "metalearn-precision-check", "schema": 1, "steps": args.steps, "rows": rows,
+           "command": shlex.join(["python", "benchmarks/precision_check.py", *(argv or sys.argv[1:])]),
+           "git": git, "machine": machine_info("cpu"), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"precision_check-{(git.get('commit') or 'nocommit')[:8]}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, path)
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
