@@ -151,11 +151,21 @@ class DataCheck:
                     if f.state == "mismatch":
                         lines.append(" " * (width + 14) + f"{f.path}: sha256 {f.actual}, expected {f.expected} "
                                                           f"({f.source})")
+        groups: dict[str, list[FileCheck]] = {}
         for f in self.extra:
-            note = {"ok": "sha256 ok", "missing": "listed in SHA256SUMS but missing",
-                    "mismatch": f"sha256 {f.actual}, expected {f.expected} ({f.source})",
-                    "unverified": "present"}[f.state]
-            lines.append(f"{'other':<{width}}  {f.path}: {note}")
+            groups.setdefault(os.path.dirname(f.path), []).append(f)
+        for folder, files in groups.items():
+            fine = [f for f in files if f.state in ("ok", "unverified")]
+            if fine:
+                ok = sum(f.state == "ok" for f in fine)
+                lines.append(f"{'other':<{width}}  {len(fine)} more file(s) listed in {folder}/SHA256SUMS"
+                             + (", sha256 ok" if ok == len(fine) else f", {ok} sha256 ok"))
+            for f in files:
+                if f.state == "missing":
+                    lines.append(f"{'other':<{width}}  {f.path}: listed in SHA256SUMS but missing")
+                elif f.state == "mismatch":
+                    lines.append(f"{'other':<{width}}  {f.path}: sha256 {f.actual}, expected {f.expected} "
+                                 f"({f.source})")
         counts = {s: 0 for s in ("ok", "mismatch", "unverified")}
         for f in [f for fs in self.forms.values() for fc in fs for f in fc.files] + self.extra:
             if f.state in counts:
