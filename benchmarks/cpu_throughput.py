@@ -45,6 +45,7 @@ POLICIES = ["off", "default"]
 def _worker(spec: dict) -> dict:
     """Runs in a fresh process: set the policy, build the workload, time it. Returns a JSON-able dict."""
     policy, threads, workload, quick = spec["policy"], spec["threads"], spec["workload"], spec["quick"]
+    device = spec.get("device", "cpu")
     if policy == "off":
         os.environ["METALEARN_OMP"] = "default"
         os.environ["METALEARN_MALLOC"] = "default"
@@ -55,7 +56,14 @@ def _worker(spec: dict) -> dict:
     tuned = tune_allocator()
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    fn, flops, extra = _build(workload, policy, quick)
+    fn, flops, extra = _build(workload, policy, quick, device)
+    if device.startswith("cuda"):
+        inner = fn
+
+        def fn():
+            inner()
+            torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     reps = 3 if quick else spec["reps"]
     warm = 1 if quick else 3
     for _ in range(warm):
@@ -66,7 +74,9 @@ def _worker(spec: dict) -> dict:
         fn()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    return {"workload": workload, "policy": policy, "threads": threads, "ms": med * 1000,
+    if device.startswith("cuda"):
+        extra["max_memory_allocated"] = int(torch.cuda.max_memory_allocated())
+    return {"workload": workload, "policy": policy, "threads": threads, "device": device, "ms": med * 1000,
             "samples_ms": [t * 1000 for t in times], "gflop": flops / 1e9 if flops else None,
             "gflops": (flops / med / 1e9) if flops else None, "allocator_tuned": tuned,
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **extra}
@@ -99,14 +109,15 @@ def _old_conv4_order(module) -> None:
             seq._modules[keys[2]], seq._modules[keys[3]] = mods[3], mods[2]
 
 
-def _prepare(learner, policy: str):
+def _prepare(learner, policy: str, device: str = "cpu"):
     from metalearn.engine import channels_last, resolve_precision
+    learner = learner.to(device)
     if policy == "off":
         _old_conv4_order(learner)
         learner.precision = "fp32"
     else:
         channels_last(learner)
-        learner.precision = resolve_precision("auto", "cpu", learner.bf16_safe)
+        learner.precision = resolve_precision("auto", device, learner.bf16_safe)
     return learner
 
 
@@ -123,21 +134,24 @@ def _train_step(learner, sampler):
     return step
 
 
-def _build(workload: str, policy: str, quick: bool):
+def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
     import torch
-    import torch.nn.functional as F
 
-    from metalearn.episodes import EpisodeSampler
+    from metalearn.episodes import EpisodeSampler as _Sampler
+    dev = torch.device(device)
+
+    def EpisodeSampler(data, *a, **k):   # noqa: N802  (the data, and so the episodes, on the device)
+        return _Sampler(data.to(dev), *a, **k)
     extra: dict = {}
     if workload == "ceiling_mm":
         dt = torch.float32 if policy == "off" else torch.bfloat16
-        a, b = torch.randn(2048, 2048).to(dt), torch.randn(2048, 2048).to(dt)
+        a, b = torch.randn(2048, 2048).to(dev, dt), torch.randn(2048, 2048).to(dev, dt)
         extra["dtype"] = str(dt).replace("torch.", "")
         return (lambda: [torch.mm(a, b) for _ in range(4)]), 4 * 2 * 2048 ** 3, extra
     if workload == "ceiling_conv":
         dt = torch.float32 if policy == "off" else torch.bfloat16
-        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dt).to(memory_format=torch.channels_last)
-        x = torch.randn(256, 64, 28, 28).to(dt).contiguous(memory_format=torch.channels_last)
+        conv = torch.nn.Conv2d(64, 64, 3, padding=1).to(dev, dt).to(memory_format=torch.channels_last)
+        x = torch.randn(256, 64, 28, 28).to(dev, dt).contiguous(memory_format=torch.channels_last)
         extra["dtype"] = str(dt).replace("torch.", "")
         with torch.no_grad():
             fn = lambda: [conv(x) for _ in range(4)]   # noqa: E731
@@ -146,14 +160,14 @@ def _build(workload: str, policy: str, quick: bool):
     if workload == "protonet_train":
         from metalearn.learners.protonet import ProtoNet
         from metalearn.nn import Conv4
-        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy)
+        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy, device)
         step = _train_step(learner, EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 60, 1, 5, seed=0))
         return step, _count_flops(step), extra
     if workload == "protonet_eval":
         from metalearn.learners.protonet import ProtoNet
         from metalearn.nn import Conv4
         from metalearn.train.evaluator import evaluate
-        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy)
+        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy, device)
         sampler = EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 5, 1, 15, batch_size=10, seed=0)
         episodes = 20 if quick else 100
         fold = policy != "off"
@@ -172,13 +186,13 @@ def _build(workload: str, policy: str, quick: bool):
         else:
             data, shape = _images(64, 40 if quick else 100, 3, 84), (5, 5, 15)
         c = data.image_shape[0]
-        learner = _prepare(MatchingNet(Conv4(c), scale=10.0, check_support=False), policy)
+        learner = _prepare(MatchingNet(Conv4(c), scale=10.0, check_support=False), policy, device)
         step = _train_step(learner, EpisodeSampler(data, *shape, seed=0))
         return step, _count_flops(step), extra
     if workload == "siamese_train":
         from metalearn.learners.siamese import Siamese
         from metalearn.nn import Conv4
-        learner = _prepare(Siamese(Conv4(1), 64, fill=1.0, check_support=False), policy)
+        learner = _prepare(Siamese(Conv4(1), 64, fill=1.0, check_support=False), policy, device)
         step = _train_step(learner, EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 30, 1, 4, seed=0))
         return step, _count_flops(step), extra
     if workload in ("maml2_loop", "maml2_vmap"):
@@ -188,16 +202,18 @@ def _build(workload: str, policy: str, quick: bool):
 
         def make(dtype):
             torch.manual_seed(0)
-            net = MamlConv4(1, 5, pool="stride").to(dtype)
+            net = MamlConv4(1, 5, pool="stride").to(dev, dtype)
             return MAML(net, 5, inner_lr=0.4, vmap=vm, check_finite=False)
         learner = make(torch.float32)
         if policy != "off":
             from metalearn.engine import channels_last
             channels_last(learner)
-        sampler = EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 5, 1, 15, batch_size=8, seed=0)
-        step = _train_step(learner, sampler)
         # meta-gradient of one fixed meta-batch against the float64 loop
         ep = EpisodeSampler(_images(400, 20, 1, 28), 5, 1, 15, batch_size=8, seed=5).sample()
+        tasks = 32 if dev.type == "cuda" else 8
+        sampler = EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 5, 1, 15, batch_size=tasks, seed=0)
+        step = _train_step(learner, sampler)
+        extra["tasks"] = tasks
         ref = make(torch.float64)
         ref.vmap = False
         ep64 = type(ep)(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
@@ -212,11 +228,11 @@ def _build(workload: str, policy: str, quick: bool):
         from metalearn.engine import channels_last
         from metalearn.nn.resnet_cifar import ResNetCIFAR
         from metalearn.ttt.train import joint_loss
-        model = ResNetCIFAR(26, norm="gn")
+        model = ResNetCIFAR(26, norm="gn").to(dev)
         if policy != "off":
             channels_last(model)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        x, y = torch.rand(32, 3, 32, 32), torch.randint(0, 10, (32,))
+        x, y = torch.rand(32, 3, 32, 32, device=dev), torch.randint(0, 10, (32,), device=dev)
         if policy != "off":
             x = x.contiguous(memory_format=torch.channels_last)
 
@@ -231,9 +247,9 @@ def _build(workload: str, policy: str, quick: bool):
         from metalearn.optim.meta import unroll
         from metalearn.optim.optimisees import ProblemBatch, sample_problems
         g = torch.Generator().manual_seed(0)
-        fam = MLPFamily(torch.randint(0, 256, (6000, 28, 28), dtype=torch.uint8, generator=g),
-                        torch.randint(0, 10, (6000,), generator=g))
-        net = LSTMOptimizer()
+        fam = MLPFamily(torch.randint(0, 256, (6000, 28, 28), dtype=torch.uint8, generator=g).to(dev),
+                        torch.randint(0, 10, (6000,), generator=g).to(dev))
+        net = LSTMOptimizer().to(dev)
         batch = ProblemBatch(fam, sample_problems(fam, 4, g))
 
         def step():
@@ -320,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=7, help="timed calls per worker (median)")
     p.add_argument("--quick", action="store_true", help="fewer calls and smaller data (a smoke run)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per worker")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda for the same table on a GPU")
     p.add_argument("--out", default="results/speed")
     args = p.parse_args(argv)
     if args.worker:
@@ -334,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeats):
                 for pol in POLICIES:
                     rec = _run_worker({"workload": w, "policy": pol, "threads": t, "quick": args.quick,
-                                       "reps": args.reps}, args.timeout)
+                                       "reps": args.reps, "device": args.device}, args.timeout)
                     records.append(rec)
                     msg = rec.get("error") or f"{rec['ms']:.1f} ms" + (
                         f", {rec['gflops']:.0f} GFLOP/s" if rec.get("gflops") else "")
@@ -342,11 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     git = git_state()
     result = {"kind": "metalearn-cpu-throughput", "schema": 1, "rows": summarize(records), "records": records,
               "command": shlex.join(["python", "benchmarks/cpu_throughput.py", *(argv or sys.argv[1:])]),
-              "git": git, "machine": machine_info("cpu"), "wall_s": time.perf_counter() - t0,
+              "git": git, "machine": machine_info(args.device), "device": args.device, "wall_s": time.perf_counter() - t0,
               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "quick": args.quick}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"cpu_throughput-{(git.get('commit') or 'nocommit')[:8]}.json"
+    kind = "cpu" if args.device == "cpu" else "gpu"
+    path = out / f"{kind}_throughput-{(git.get('commit') or 'nocommit')[:8]}.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(result, indent=1))
     os.replace(tmp, path)
