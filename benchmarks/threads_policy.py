@@ -1,0 +1,90 @@
+"""Thread count and OpenMP wait policy, measured on a quiet machine and next to one busy neighbour.
+
+The ProtoNet Omniglot 60-way 1-shot training step with the default policy (benchmarks/cpu_throughput.py's
+``protonet_train`` worker, one fresh process per measurement) at 1 and 2 threads, with OMP_WAIT_POLICY
+ACTIVE (OpenMP's own default: idle threads spin) and PASSIVE (metalearn's default: they sleep), once on the
+quiet machine and once while another process keeps one core busy (a pure-Python spin loop). Interleaved,
+medians; one JSON in ``--out``.
+
+    python benchmarks/threads_policy.py --out results/speed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def _worker(threads: int, policy: str, reps: int, timeout: float) -> dict:
+    spec = {"workload": "protonet_train", "policy": "default", "threads": threads, "quick": False, "reps": reps}
+    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    r = subprocess.run([sys.executable, str(HERE / "cpu_throughput.py"), "--worker", json.dumps(spec)],
+                       capture_output=True, text=True, timeout=timeout, env=env)
+    if r.returncode != 0:
+        return {"error": (r.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--reps", type=int, default=7)
+    p.add_argument("--timeout", type=float, default=600)
+    p.add_argument("--out", default="results/speed")
+    args = p.parse_args(argv)
+    sys.path.insert(0, str(HERE.parent))
+    from metalearn.bench import git_state, machine_info
+    records = []
+    for neighbour in ("quiet", "busy"):
+        spin = None
+        if neighbour == "busy":
+            spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            time.sleep(1.0)
+        try:
+            for _ in range(args.repeats):
+                for threads in (1, 2):
+                    for policy in ("ACTIVE", "PASSIVE"):
+                        rec = _worker(threads, policy, args.reps, args.timeout)
+                        rec.update({"neighbour": neighbour, "threads": threads, "wait_policy": policy})
+                        records.append(rec)
+                        print(f"{neighbour:5s} {threads}T {policy:7s} "
+                              + (rec.get("error") or f"{rec['ms']:.1f} ms"), flush=True)
+        finally:
+            if spin is not None:
+                spin.kill()
+                spin.wait()
+    rows = []
+    for neighbour in ("quiet", "busy"):
+        for threads in (1, 2):
+            for policy in ("ACTIVE", "PASSIVE"):
+                ms = [r["ms"] for r in records if "ms" in r and (r["neighbour"], r["threads"], r["wait_policy"])
+                      == (neighbour, threads, policy)]
+                rows.append({"neighbour": neighbour, "threads": threads, "wait_policy": policy,
+                             "ms": statistics.median(ms) if ms else None})
+    git = git_state()
+    res = {"kind": "metalearn-threads-policy", "schema": 1, "workload": "protonet_train (60-way 1-shot 5-query)",
+           "rows": rows, "records": records,
+           "command": shlex.join(["python", "benchmarks/threads_policy.py", *(argv or sys.argv[1:])]),
+           "git": git, "machine": machine_info("cpu"), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"threads_policy-{(git.get('commit') or 'nocommit')[:8]}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    os.replace(tmp, path)
+    for r in rows:
+        print(r)
+    print(f"-> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
