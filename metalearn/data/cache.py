@@ -8,16 +8,16 @@ Cache format (``FORMAT_VERSION`` 1): a cache entry named ``<path>`` is two files
 * ``<path>.json`` — ``{"format": 1, "key": ..., "shape": [...], "dtype": "uint8", "npy_bytes": <file size>,
   "sha256": <sha256 of the .npy file>, "meta": {...}}``. ``meta`` is whatever the loader stores (class
   names, counts, ...). ``key`` identifies the inputs (checksums of the source files, image size, the loader's
-  own format version; see :func:`make_key`).
+  own format version; see [`make_key`][metalearn.data.cache.make_key]).
 
-Both files are written with :func:`atomic_write` (temp file in the same folder, fsync, ``os.replace``), the
+Both files are written with [`atomic_write`][metalearn.data.cache.atomic_write] (temp file in the same folder, fsync, ``os.replace``), the
 ``.npy`` first and the ``.json`` last, so the ``.json`` is the commit record: an interrupted build leaves the
 previous entry (or nothing) in place, never a half-written file under the final name.
 
 On load a missing entry or a key that differs (the sources or settings changed) returns ``None``: the caller
 rebuilds and overwrites. A damaged entry (size or checksum mismatch, unreadable json/npy) raises
-:class:`CacheDamagedError` naming the file; :func:`load_or_build`, whose caller has the source files, then
-rebuilds it and says so (a :class:`CacheRebuildWarning`), so a damaged cache never needs deleting by hand.
+[`CacheDamagedError`][metalearn.data.cache.CacheDamagedError] naming the file; [`load_or_build`][metalearn.data.cache.load_or_build], whose caller has the source files, then
+rebuilds it and says so (a [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning]), so a damaged cache never needs deleting by hand.
 """
 from __future__ import annotations
 
@@ -114,6 +114,8 @@ _HOST = re.sub(r"[^A-Za-z0-9_-]+", "_", socket.gethostname())[:32] or "host"
 def _temp_prefix(path: Path) -> str:
     """``.<name>.<pid>-<host>.``: a temporary of ``path`` names the process that writes it (then 8 random
     characters of ``tempfile.mkstemp`` and ``.tmp``)."""
+    if len(path.name) > 180:   # keep the temporary's name within the 255 bytes of common file systems
+        return f".{path.name}."
     return f".{path.name}.{os.getpid()}-{_HOST}."
 
 
@@ -137,7 +139,7 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale_temporaries(path: str | os.PathLike, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """The temporary files that interrupted :func:`atomic_write` calls of ``path`` left behind (a ``kill -9``
+    """The temporary files that interrupted [`atomic_write`][metalearn.data.cache.atomic_write] calls of ``path`` left behind (a ``kill -9``
     during a checkpoint save or a cache build): ``.<name>.<pid>-<host>.XXXXXXXX.tmp`` of a process of this host
     that no longer runs, and any ``.<name>[.<pid>-<host>].XXXXXXXX.tmp`` not modified for ``max_age_s``
     seconds. Nothing else matches: other files, temporaries of other targets, and those of live writers stay."""
@@ -166,7 +168,7 @@ def stale_temporaries(path: str | os.PathLike, max_age_s: float = STALE_TEMP_AGE
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
-    """Delete :func:`stale_temporaries` of ``path``; returns what was removed."""
+    """Delete [`stale_temporaries`][metalearn.data.cache.stale_temporaries] of ``path``; returns what was removed."""
     removed = []
     for tmp in stale_temporaries(path):
         with contextlib.suppress(OSError):
@@ -183,7 +185,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     flushed, fsynced and renamed over ``path`` only when the block finishes without an exception. On an
     exception the temp file is removed and ``path`` keeps its previous content (or stays absent); the
     temporaries a crash (``kill -9``) left are removed by the next write of ``path``
-    (:func:`remove_stale_temporaries`). A full disk raises :class:`DiskFullError` naming ``path``.
+    ([`remove_stale_temporaries`][metalearn.data.cache.remove_stale_temporaries]). A full disk raises [`DiskFullError`][metalearn.data.cache.DiskFullError] naming ``path``.
     ``mode`` is ``"wb"`` (default) or ``"w"`` (text, UTF-8).
     """
     if mode not in ("wb", "w"):
@@ -266,7 +268,7 @@ def _damaged(file: Path, why: str) -> CacheDamagedError:
 
 def load_uint8_cache(path: str | os.PathLike, key: str | None = None,
                      verify: bool = True) -> tuple[np.ndarray, dict] | None:
-    """Load a cache entry written by :func:`save_uint8_cache`.
+    """Load a cache entry written by [`save_uint8_cache`][metalearn.data.cache.save_uint8_cache].
 
     Returns ``(images, meta)`` with ``images`` a copy-on-write memory map (uint8, the saved shape), or ``None``
     when the entry is absent or its key differs from ``key`` (stale: rebuild). ``key=None`` skips the key check.
@@ -314,7 +316,7 @@ class _NoBar:
 
 @contextlib.contextmanager
 def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
-    """A tqdm progress bar for long decodes (a no-op object if disabled, turned off by :func:`progress_bars`,
+    """A tqdm progress bar for long decodes (a no-op object if disabled, turned off by [`progress_bars`][metalearn.data.cache.progress_bars],
     or tqdm is not installed)."""
     enabled = enabled and _PROGRESS
     if enabled:
@@ -331,7 +333,7 @@ def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
 
 @contextlib.contextmanager
 def progress_bars(enabled: bool) -> Iterator[None]:
-    """Turn every data-decoding progress bar of :func:`progress` off (``enabled=False``, e.g. ``--quiet``) or
+    """Turn every data-decoding progress bar of [`progress`][metalearn.data.cache.progress] off (``enabled=False``, e.g. ``--quiet``) or
     leave them as each call asks, inside the block."""
     global _PROGRESS
     old, _PROGRESS = _PROGRESS, bool(enabled)
@@ -347,7 +349,7 @@ def cache_entry_files(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def file_checksums(files: Sequence[str | os.PathLike]) -> dict:
-    """``{file name: sha256}`` for each file (for :func:`make_key`)."""
+    """``{file name: sha256}`` for each file (for [`make_key`][metalearn.data.cache.make_key])."""
     return {Path(f).name: sha256_file(f) for f in files}
 
 
@@ -444,7 +446,7 @@ def load_or_build(path: str | os.PathLike, key: str, build: Callable[[], tuple[n
     """The cached ``(images, meta)`` under ``path`` if its key matches, else ``build()`` them and cache them.
 
     A damaged entry is rebuilt (the caller has the sources: ``build`` reads them), with a
-    :class:`CacheRebuildWarning` naming the file."""
+    [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning] naming the file."""
     try:
         hit = load_uint8_cache(path, key)
     except CacheDamagedError as e:
