@@ -10,6 +10,7 @@
   metalearn report [--results results] [--docs docs]
   metalearn ttt train --config tasks/ttt_cifar10_gn.yaml --out DIR [--set key=value ...] [--resume] [--device D]
   metalearn ttt eval --checkpoint DIR [--set key=value ...] [--device D] [--json FILE]
+  metalearn distill --config tasks/distill/mnist_fixed_10.yaml --out DIR [--set key=value ...] [--resume] [--baselines]
 """
 from __future__ import annotations
 
@@ -329,6 +330,11 @@ def cmd_ttt(args: argparse.Namespace) -> int:
     return run_ttt_command(args)
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    from metalearn.distill.cli import run_distill_command
+    return run_distill_command(args)
+
+
 def _positive(text: str) -> int:
     try:
         value = int(text)
@@ -445,6 +451,11 @@ def build_parser() -> argparse.ArgumentParser:
     from metalearn.ttt.cli import add_ttt_arguments
     add_ttt_arguments(tt)
     tt.set_defaults(fn=cmd_ttt)
+
+    ds = sub.add_parser("distill", help="dataset distillation: learn a few synthetic training images (MNIST, LeNet)")
+    from metalearn.distill.cli import add_distill_arguments
+    add_distill_arguments(ds)
+    ds.set_defaults(fn=cmd_distill)
     return p
 
 

@@ -11,6 +11,13 @@ The network is split after stage 2::
     head = stage3 + norm + ReLU + pool + fc(classes)   (object recognition)
     rotation = copy of stage3 + norm + ReLU + pool + fc(4)   (self-supervised: which of 0/90/180/270 degrees)
 
+The self-supervised branch is one of [`SSL_HEADS`][metalearn.nn.resnet_cifar.SSL_HEADS] (``ssl_head``): ``rotation`` (above), ``contrastive``
+(a copy of stage 3 + norm + ReLU + pool + a 2-layer MLP projection to 128 dimensions, SimCLR's head) or
+``reconstruction`` (a pixel decoder on the trunk's output: norm, ReLU, 3x3 conv, norm, ReLU, 1x1 conv to
+``4 in_channels`` channels, pixel shuffle x2 -> an image of the input's size).  The branch's parameters are named
+after it (``rotation.*``, ``contrastive.*``, ``reconstruction.*``);
+[`register_ssl_head`][metalearn.nn.resnet_cifar.register_ssl_head] adds another.
+
 Parameter names follow the split (``trunk.*``, ``head.*``, ``rotation.*``), so a name prefix selects what an
 inner loop adapts (:func:`metalearn.functional.select`).  Inputs are float images in [0, 1]; the per-channel
 normalisation is part of the model (no buffer, so it never travels in a checkpoint or a vmap).
@@ -75,6 +82,60 @@ class PreActBlock(nn.Module):
         return (x if self.shortcut is None else self.shortcut(x)) + r
 
 
+class PixelDecoder(nn.Module):
+    """Trunk features (N, in_ch, H/2, W/2) -> an image (N, out_ch, H, W): norm, ReLU, 3x3 conv, norm, ReLU,
+    1x1 conv to ``out_ch * scale**2`` channels, pixel shuffle by ``scale`` (the decoder of the reconstruction
+    branch; no output activation: the loss compares it with pixels in [0, 1])."""
+
+    def __init__(self, in_ch: int, out_ch: int, norm: str, groups: int, scale: int = 2) -> None:
+        super().__init__()
+        self.norm1 = norm_layer(norm, in_ch, groups)
+        self.conv1 = nn.Conv2d(in_ch, in_ch, 3, 1, 1, bias=False)
+        self.norm2 = norm_layer(norm, in_ch, groups)
+        self.conv2 = nn.Conv2d(in_ch, out_ch * scale * scale, 1)
+        self.scale = scale
+        nn.init.normal_(self.conv1.weight, 0.0, math.sqrt(2.0 / (9 * in_ch)))
+
+    def forward(self, z: Tensor) -> Tensor:
+        r = self.conv1(F.relu(self.norm1(z)))
+        return F.pixel_shuffle(self.conv2(F.relu(self.norm2(r))), self.scale)
+
+
+def _rotation_branch(net: "ResNetCIFAR") -> nn.Module:
+    rot = copy.deepcopy(net.head)          # its own stage 3, initialised as a copy of the main head's (TTT code)
+    rot.fc = nn.Linear(rot.fc.in_features, 4)
+    return rot
+
+
+def _contrastive_branch(net: "ResNetCIFAR") -> nn.Module:
+    c3 = net.head.fc.in_features
+    branch = copy.deepcopy(net.head)
+    branch.fc = nn.Sequential(nn.Linear(c3, c3), nn.ReLU(), nn.Linear(c3, 128))   # SimCLR projection head
+    return branch
+
+
+def _reconstruction_branch(net: "ResNetCIFAR") -> nn.Module:
+    return PixelDecoder(32 * net.width, net.in_channels, net.norm, net.groups)
+
+
+#: Self-supervised branches by name: ``build(net) -> nn.Module`` mapping the trunk's output
+#: (N, 32 width, H/2, W/2) to what the task's loss takes (called after the rest of the network is built).
+SSL_HEADS: dict = {"rotation": _rotation_branch, "contrastive": _contrastive_branch,
+                   "reconstruction": _reconstruction_branch}
+_RESERVED = ("trunk", "head", "ssl", "main", "both")
+
+
+def register_ssl_head(name: str, build) -> None:
+    """Make ``ResNetCIFAR(ssl_head=name)`` build its self-supervised branch with ``build(net) -> nn.Module``
+    (the module takes the trunk's output; its parameters are named ``name.*``).  Register it before a
+    checkpoint of such a model is loaded."""
+    if not isinstance(name, str) or not name.isidentifier() or name in _RESERVED:
+        raise ValueError(f"name: expected an identifier other than {list(_RESERVED)}, got {name!r}")
+    if not callable(build):
+        raise TypeError(f"build: expected a callable net -> nn.Module, got {type(build).__name__}")
+    SSL_HEADS[name] = build
+
+
 def _stage(in_ch: int, out_ch: int, blocks: int, stride: int, norm: str, groups: int) -> nn.Sequential:
     return nn.Sequential(*[PreActBlock(in_ch if i == 0 else out_ch, out_ch, stride if i == 0 else 1, norm, groups)
                            for i in range(blocks)])
@@ -89,12 +150,17 @@ class ResNetCIFAR(nn.Module):
         norm: ``"gn"`` (GroupNorm, ``groups`` groups; the paper's main model) or ``"bn"`` (BatchNorm2d).
         groups: GroupNorm groups.
         width: channel multiplier.
-        rotation_head: add the 4-way rotation head (its own copy of stage 3, initialised as a copy of the
-            main head's, as in the TTT code); ``False`` is the object-recognition-only baseline.
+        rotation_head: add a self-supervised branch (by default the 4-way rotation head: its own copy of
+            stage 3, initialised as a copy of the main head's, as in the TTT code); ``False`` is the
+            object-recognition-only baseline.
         in_channels: image channels.
+        ssl_head: which self-supervised branch (a name of [`SSL_HEADS`][metalearn.nn.resnet_cifar.SSL_HEADS]; default ``"rotation"``);
+            needs ``rotation_head=True``.
 
     ``forward(x, head="main")``: x (N, C, H, W) float in [0, 1], H and W multiples of 4 ->
-    (N, classes) logits; ``head="rotation"`` -> (N, 4); ``head="both"`` -> (class logits, rotation logits).
+    (N, classes) logits; ``head="ssl"`` -> the self-supervised branch's output (rotation: (N, 4) logits;
+    contrastive: (N, 128) projections; reconstruction: (N, C, H, W) pixels); ``head="rotation"`` the same for
+    a rotation model; ``head="both"`` -> (class logits, self-supervised output).
 
     Example:
         >>> net = ResNetCIFAR(26, norm="gn")
@@ -103,7 +169,7 @@ class ResNetCIFAR(nn.Module):
     """
 
     def __init__(self, depth: int = 26, classes: int = 10, norm: str = "gn", groups: int = 8, width: int = 1,
-                 rotation_head: bool = True, in_channels: int = 3) -> None:
+                 rotation_head: bool = True, in_channels: int = 3, ssl_head: str | None = None) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f"depth: expected 6n+2 >= 8 (26 for ResNet-26), got {depth}")
@@ -111,6 +177,11 @@ class ResNetCIFAR(nn.Module):
             if v < 1:
                 raise ValueError(f"{key}: expected >= 1, got {v}")
         norm_layer(norm, 16 * width, groups)  # validates norm / groups early
+        if ssl_head is not None and ssl_head not in SSL_HEADS:
+            raise ValueError(f"ssl_head: expected one of {sorted(SSL_HEADS)}, got {ssl_head!r}")
+        if ssl_head is not None and not rotation_head:
+            raise ValueError(f"ssl_head: {ssl_head!r} needs rotation_head=True (False builds no self-supervised "
+                             "branch)")
         n = (depth - 2) // 6
         c1, c2, c3 = 16 * width, 32 * width, 64 * width
         self.depth, self.norm, self.groups, self.width = depth, norm, groups, width
@@ -133,15 +204,28 @@ class ResNetCIFAR(nn.Module):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        self.rotation: nn.Sequential | None = None
-        if rotation_head:
-            rot = copy.deepcopy(self.head)
-            rot.fc = nn.Linear(c3, 4)
-            self.rotation = rot
+        self.ssl_head: str | None = (ssl_head or "rotation") if rotation_head else None
+        self.rotation: nn.Module | None = None
+        if self.ssl_head is not None:
+            setattr(self, self.ssl_head, SSL_HEADS[self.ssl_head](self))   # registered as a submodule
 
     @property
     def has_rotation_head(self) -> bool:
-        return self.rotation is not None
+        """True for a model whose self-supervised branch is the rotation head."""
+        return self.ssl_head == "rotation"
+
+    @property
+    def has_ssl_head(self) -> bool:
+        """True for a model with a self-supervised branch (any of [`SSL_HEADS`][metalearn.nn.resnet_cifar.SSL_HEADS])."""
+        return self.ssl_head is not None
+
+    @property
+    def ssl_module(self) -> nn.Module:
+        """The self-supervised branch (``ValueError`` for an object-recognition-only model)."""
+        if self.ssl_head is None:
+            raise ValueError("head: 'ssl' needs a self-supervised branch, but the model was built with "
+                             "rotation_head=False (object-recognition only)")
+        return getattr(self, self.ssl_head)
 
     def check_input(self, x: Tensor, what: str = "x") -> None:
         """Raise ``ValueError`` naming ``what`` unless x is float (N, in_channels, H, W) with H, W multiples of 4."""
@@ -169,18 +253,25 @@ class ResNetCIFAR(nn.Module):
         z = self.features(x)
         if head == "main":
             return self.head(z)
-        if head in ("rotation", "both"):
-            if self.rotation is None:
+        if head in ("rotation", "both", "ssl"):
+            if self.ssl_head is None:
                 raise ValueError(f"head: {head!r} needs the rotation head, but the model was built with "
                                  "rotation_head=False (object-recognition only)")
-            r = self.rotation(z)
+            if head == "rotation" and self.ssl_head != "rotation":
+                raise ValueError(f"head: 'rotation' needs the rotation head, but this model's self-supervised "
+                                 f"branch is {self.ssl_head!r} (use head='ssl')")
+            r = self.ssl_module(z)
             return (self.head(z), r) if head == "both" else r
-        raise ValueError(f"head: expected 'main', 'rotation' or 'both', got {head!r}")
+        raise ValueError(f"head: expected 'main', 'ssl', 'rotation' or 'both', got {head!r}")
 
     def config(self) -> dict:
-        """The constructor arguments (stored in checkpoints, to rebuild the model)."""
-        return {"depth": self.depth, "classes": self.classes, "norm": self.norm, "groups": self.groups,
-                "width": self.width, "rotation_head": self.has_rotation_head, "in_channels": self.in_channels}
+        """The constructor arguments (stored in checkpoints, to rebuild the model; ``ssl_head`` only when it is
+        not the rotation head, so a rotation model's config is what it always was)."""
+        cfg = {"depth": self.depth, "classes": self.classes, "norm": self.norm, "groups": self.groups,
+               "width": self.width, "rotation_head": self.has_ssl_head, "in_channels": self.in_channels}
+        if self.ssl_head not in (None, "rotation"):
+            cfg["ssl_head"] = self.ssl_head
+        return cfg
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config().items())

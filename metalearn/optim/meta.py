@@ -25,6 +25,7 @@ from metalearn.data.cache import atomic_write
 from metalearn.optim.lstm import KIND, LSTMOptimizer, LSTMOptimizerConfig, LSTMState, LearnedOptimizer, \
     apply_updates
 from metalearn.optim.optimisees import OptimiseeFamily, Problem, ProblemBatch, sample_problems
+from metalearn.optim.searched import AddSign, PowerSign
 from metalearn.train.checkpoint import atomic_save, load_checkpoint
 
 
@@ -235,19 +236,27 @@ BASELINES: dict[str, Callable[[list, float], torch.optim.Optimizer]] = {
     "NAG": lambda ps, lr: torch.optim.SGD(ps, lr=lr, momentum=0.9, nesterov=True),
     "RMSprop": lambda ps, lr: torch.optim.RMSprop(ps, lr=lr),
     "Adam": lambda ps, lr: torch.optim.Adam(ps, lr=lr),
+    # Bello et al. 2017 (metalearn.optim.searched), constant sign decay; searched_baselines(T) adds ld/cd/rd
+    "PowerSign": lambda ps, lr: PowerSign(ps, lr=lr),
+    "AddSign": lambda ps, lr: AddSign(ps, lr=lr),
 }
 LR_GRID = tuple(float(f"{m}e{e}") for e in range(-4, 2) for m in (1, 3))   # 1e-4, 3e-4, ..., 10, 30
 
 
 def tune_lr(name: str, batch: ProblemBatch, steps: int, grid: Sequence[float] = LR_GRID,
-            log: Callable[[str], None] | None = print) -> tuple[float, dict]:
+            log: Callable[[str], None] | None = print,
+            baselines: dict[str, Callable[[list, float], torch.optim.Optimizer]] | None = None,
+            ) -> tuple[float, dict]:
     """Grid search of baseline ``name``'s learning rate: the lr with the lowest mean loss after ``steps``
-    steps on ``batch`` (tuning optimisees, not the test ones). Returns (best lr, {lr: mean final loss})."""
-    if name not in BASELINES:
-        raise ValueError(f"name: expected one of {sorted(BASELINES)}, got {name!r}")
+    steps on ``batch`` (tuning optimisees, not the test ones). Returns (best lr, {lr: mean final loss}).
+    ``baselines``: where ``name`` is looked up (default ``BASELINES``; e.g. ``{**BASELINES,
+    **searched_baselines(steps)}`` for the decayed PowerSign / AddSign variants)."""
+    table = BASELINES if baselines is None else baselines
+    if name not in table:
+        raise ValueError(f"name: expected one of {sorted(table)}, got {name!r}")
     scores = {}
     for lr in grid:
-        losses, _ = run_optimizer(lambda ps: BASELINES[name](ps, lr), batch, steps)
+        losses, _ = run_optimizer(lambda ps: table[name](ps, lr), batch, steps)
         final = float(losses[-1].mean())
         scores[lr] = final if math.isfinite(final) else math.inf
         if log:

@@ -13,8 +13,11 @@ parameter names: ``"trunk"`` (stem + stage 1 + stage 2, the paper's shared featu
   ``loss.backward()``), on a private copy of the model: the tests and the speed benchmark compare with it.
 * :func:`ttt_online` is TTT-Online on the functional core.
 
-Random draws (crop offsets, flips, rotation labels) come from a generator seeded by ``(seed, index of the image in
-the stream)``, so that the batched and the sequential code see the same pixels, whatever the chunking.
+The self-supervised task is a [`SelfSupervisedTask`][metalearn.ttt.ssl.SelfSupervisedTask] (``task=``; default: the
+task of the model's branch, rotation for a rotation model): the same code adapts on rotation, contrastive or
+masked-reconstruction losses.  Random draws (for rotation: crop offsets, flips, rotation labels) come from a
+generator seeded by ``(seed, index of the image in the stream)``, so that the batched and the sequential code see
+the same pixels, whatever the chunking.
 
 BatchNorm models: adaptation runs the norm layers in training mode (statistics of the ``copies`` images, as the
 paper's BN variant), and their running statistics move with momentum as in the original code; each image updates
@@ -29,13 +32,13 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
 from metalearn.functional import ParamFilter, call, check_trainable, partition, select
 from metalearn.inner import adapt, check_finite, sgd
-from metalearn.ttt.rotation import crop_flip, rotate
+from metalearn.ttt.ssl import SelfSupervisedTask, task_for
+from metalearn.ttt.ssl import rotation_inputs as rotation_inputs  # importable from here as before
 from metalearn.types import Params
 
 
@@ -76,48 +79,46 @@ def train_mode(model: nn.Module, training: bool) -> Iterator[nn.Module]:
             m.training = mode
 
 
+def image_generator(index: int, seed: int = 0) -> torch.Generator:
+    """The CPU generator of image ``index`` of the stream (seeded by ``(seed, index)``)."""
+    return torch.Generator().manual_seed((seed % 1_000_003) * 1_000_000_007 + index)
+
+
 def draws(index: int, steps: int, copies: int, seed: int = 0, pad: int = 4) -> tuple[Tensor, Tensor, Tensor]:
-    """The random draws of image ``index`` of the stream: crop offsets (steps, copies, 2) in [0, 2 pad], flips
-    (steps, copies) bool and rotation labels (steps, copies) in [0, 4), from a CPU generator seeded by
-    ``(seed, index)``."""
-    g = torch.Generator().manual_seed((seed % 1_000_003) * 1_000_000_007 + index)
-    off = torch.randint(0, 2 * pad + 1, (steps, copies, 2), generator=g)
-    flip = torch.randint(0, 2, (steps, copies), generator=g).bool()
-    rot = torch.randint(0, 4, (steps, copies), generator=g)
-    return off, flip, rot
+    """The rotation task's random draws of image ``index`` of the stream: crop offsets (steps, copies, 2) in
+    [0, 2 pad], flips (steps, copies) bool and rotation labels (steps, copies) in [0, 4), from a CPU generator
+    seeded by ``(seed, index)``."""
+    from metalearn.ttt.ssl import RotationTask
+    return RotationTask(pad=pad).draws(image_generator(index, seed), steps, copies, (0, 0, 0))
 
 
-def rotation_inputs(x: Tensor, off: Tensor, flip: Tensor, rot: Tensor) -> tuple[Tensor, Tensor]:
-    """Augmented, rotated copies of images and their labels.  x (B, C, H, W); off (B, K, 2), flip (B, K),
-    rot (B, K) -> (B, K, C, H, W) inputs and (B, K) labels."""
-    b, k = rot.shape
-    xs = x[:, None].expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
-    xs = crop_flip(xs, off.reshape(b * k, 2), flip.reshape(b * k))
-    labels = rot.reshape(b * k).to(x.device)
-    xs = rotate(xs, labels)
-    return xs.view(b, k, *x.shape[1:]), labels.view(b, k)
+def task_draws(task: SelfSupervisedTask, index: int, steps: int, copies: int, seed: int,
+               size: tuple[int, ...]) -> tuple[Tensor, ...]:
+    """``task``'s draws of image ``index`` of the stream (each (steps, copies, ...))."""
+    return task.draws(image_generator(index, seed), steps, copies, tuple(size))
 
 
 def _check(model: nn.Module, steps: int, lr: float, copies: int, adapt_filter: ParamFilter,
-           min_steps: int = 1) -> list[str]:
-    if not getattr(model, "has_rotation_head", False):
-        raise ValueError("model: TTT needs a model with a rotation head (ResNetCIFAR(rotation_head=True)); "
-                         "this one is object-recognition only")
+           min_steps: int = 1, task: SelfSupervisedTask | None = None,
+           size: tuple[int, ...] | None = None) -> tuple[list[str], SelfSupervisedTask]:
+    task = task_for(model, task)
     if steps < min_steps:
         raise ValueError(f"steps: expected >= {min_steps}, got {steps}")
     if not lr > 0:
         raise ValueError(f"lr: expected > 0, got {lr}")
     if copies < 1:
         raise ValueError(f"copies: expected >= 1, got {copies}")
+    task.check(copies, size)
     params = dict(model.named_parameters())
     names = select(params, adapt_filter)
     check_trainable(params, names, "adapt")
-    return names
+    return names, task
 
 
 @dataclass
 class TTTResult:
-    """``logits`` (N, classes) of the adapted predictions; ``losses`` (N, steps) rotation losses before each step;
+    """``logits`` (N, classes) of the adapted predictions; ``losses`` (N, steps) self-supervised (e.g. rotation)
+    losses before each step;
     ``params``: the adapted parameters (standard TTT: one per image, each (N, ...); online: the final carried
     ones), ``buffers`` likewise (BatchNorm running statistics; empty for GroupNorm)."""
     logits: Tensor
@@ -131,12 +132,13 @@ class TTTResult:
 
 
 def _one_step(model: nn.Module, slow: Params, rule, fast: Params, bufs: Params, xs: Tensor,
-              ys: Tensor) -> tuple[Params, Params, Tensor]:
-    """One SGD step of ``fast`` on the rotation loss of (xs, ys) for one image; buffers updated in a copy."""
+              ys: tuple, task: SelfSupervisedTask) -> tuple[Params, Params, Tensor]:
+    """One SGD step of ``fast`` on the task's loss of inputs xs (M, C, H, W) and targets ys for one image;
+    buffers updated in a copy."""
     bufs = {n: b.clone() for n, b in bufs.items()}
 
     def loss(p: Params, b: Params) -> Tensor:
-        return F.cross_entropy(call(model, {**slow, **p}, b, xs, head="rotation"), ys)
+        return task.loss(call(model, {**slow, **p}, b, xs, head="ssl"), ys)
 
     new, losses = adapt(loss, fast, 1, rule, first_order=True, buffers=bufs)
     return new, bufs, losses[0]
@@ -148,13 +150,14 @@ def _predict_one(model: nn.Module, slow: Params, fast: Params, bufs: Params, x: 
 
 def ttt(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, copies: int = 32,
         adapt: ParamFilter = "trunk", seed: int = 0, chunk_size: int = 64, first_index: int = 0,
-        vmap_images: bool = True, keep_params: bool = False) -> TTTResult:
+        vmap_images: bool = True, keep_params: bool = False, task: SelfSupervisedTask | None = None) -> TTTResult:
     """Standard TTT on every image of ``images`` (N, C, H, W), each image adapting its own copy of the weights.
 
     ``chunk_size`` images are adapted at once (vmapped; ``vmap_images=False`` loops over them with the same
     functional code).  ``first_index``: position of ``images[0]`` in the stream (seeds the draws, so a stream
     split into parts gives the same result as in one call).  ``keep_params``: return the adapted parameters
-    and buffers of every image (memory: N copies of the adapted parameters).  The model is not modified.
+    and buffers of every image (memory: N copies of the adapted parameters).  ``task``: the self-supervised
+    task (default: the one of the model's branch).  The model is not modified.
     Sun et al. 2020, Sec. 2 (standard version).
 
     Example:
@@ -162,34 +165,35 @@ def ttt(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, 
         >>> res.predictions.shape
         torch.Size([100])
     """
-    names = _check(model, steps, lr, copies, adapt)
     if chunk_size < 1:
         raise ValueError(f"chunk_size: expected >= 1, got {chunk_size}")
     x = as_float_images(images, model)
+    names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))
     params, buffers = dict(model.named_parameters()), dict(model.named_buffers())
     params = {n: p.detach() for n, p in params.items()}
     fast0, slow = partition(params, names)
     rule = sgd(lr)
     logits, losses, kept_p, kept_b = [], [], [], []
-    step = vmap(lambda f, b, xs, ys: _one_step(model, slow, rule, f, b, xs, ys)) if vmap_images else None
+    step = vmap(lambda f, b, xs, ys: _one_step(model, slow, rule, f, b, xs, ys, task)) if vmap_images else None
     pred = vmap(lambda f, b, xi: _predict_one(model, slow, f, b, xi)) if vmap_images else None
     with torch.no_grad():
         for start in range(0, x.shape[0], chunk_size):
             xc = x[start:start + chunk_size]
             bsz = xc.shape[0]
-            d = [draws(first_index + start + i, steps, copies, seed) for i in range(bsz)]
-            off, flip, rot = (torch.stack([t[j] for t in d]).to(x.device) for j in range(3))  # (B, steps, K, ...)
+            d = [task_draws(task, first_index + start + i, steps, copies, seed, x.shape[1:]) for i in range(bsz)]
+            dd = [torch.stack([t[j] for t in d]).to(x.device) for j in range(len(d[0]))]  # each (B, steps, K, ...)
             fast = {n: p.expand(bsz, *p.shape) for n, p in fast0.items()}
             bufs = {n: b.expand(bsz, *b.shape).clone() for n, b in buffers.items()}
             chunk_losses = []
             for s in range(steps):
-                xs, ys = rotation_inputs(xc, off[:, s], flip[:, s], rot[:, s])  # (B, K, C, H, W), (B, K)
+                xs, ys = task.make_inputs(xc, tuple(t[:, s] for t in dd))  # (B, M, C, H, W), targets (B, ...)
                 with train_mode(model, True):
                     if vmap_images:
                         fast, bufs, loss = step(fast, bufs, xs, ys)
                     else:
                         outs = [_one_step(model, slow, rule, {n: p[i] for n, p in fast.items()},
-                                          {n: b[i] for n, b in bufs.items()}, xs[i], ys[i]) for i in range(bsz)]
+                                          {n: b[i] for n, b in bufs.items()}, xs[i], tuple(t[i] for t in ys), task)
+                                for i in range(bsz)]
                         fast = {n: torch.stack([o[0][n] for o in outs]) for n in fast}
                         bufs = {n: torch.stack([o[1][n] for o in outs]) for n in bufs}
                         loss = torch.stack([o[2] for o in outs])
@@ -206,21 +210,21 @@ def ttt(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, 
                 kept_p.append(fast)
                 kept_b.append(bufs)
     losses_t = torch.cat(losses)
-    check_finite(losses_t, "TTT rotation loss", first_task=first_index)
+    check_finite(losses_t, f"TTT {task.name} loss", first_task=first_index)
     cat = (lambda parts: {n: torch.cat([p[n] for p in parts]) for n in parts[0]} if parts else {})
     return TTTResult(torch.cat(logits), losses_t, cat(kept_p), cat(kept_b))
 
 
 def ttt_loop(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, copies: int = 32,
              adapt: ParamFilter = "trunk", seed: int = 0, first_index: int = 0,
-             keep_params: bool = False) -> TTTResult:
+             keep_params: bool = False, task: SelfSupervisedTask | None = None) -> TTTResult:
     """Standard TTT as a per-image loop over a module, the way the original code runs it: reload the trained
     weights, ``torch.optim.SGD`` on the selected parameters, ``backward()``, ``step()``; predict in eval mode.
 
     Works on a private copy of ``model`` (the model is not modified).  The reference for :func:`ttt`.
     """
-    names = _check(model, steps, lr, copies, adapt)
     x = as_float_images(images, model)
+    names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))
     net = copy.deepcopy(model)
     state0 = copy.deepcopy(net.state_dict())
     chosen = set(names)
@@ -228,13 +232,13 @@ def ttt_loop(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1
     for i in range(x.shape[0]):
         net.load_state_dict(state0)
         opt = torch.optim.SGD([p for n, p in net.named_parameters() if n in chosen], lr=lr)
-        off, flip, rot = draws(first_index + i, steps, copies, seed)
+        d = task_draws(task, first_index + i, steps, copies, seed, x.shape[1:])
         net.train()
         img_losses = []
         for s in range(steps):
-            xs, ys = rotation_inputs(x[i:i + 1], off[None, s], flip[None, s], rot[None, s])
+            xs, ys = task.make_inputs(x[i:i + 1], tuple(t[None, s].to(x.device) for t in d))
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(net(xs[0], head="rotation"), ys[0])
+            loss = task.loss(net(xs[0], head="ssl"), tuple(t[0] for t in ys))
             loss.backward()
             opt.step()
             img_losses.append(loss.detach())
@@ -251,7 +255,8 @@ def ttt_loop(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1
 
 def ttt_online(model: nn.Module, images: Tensor, *, steps: int = 1, lr: float = 1e-3, copies: int = 32,
                adapt: ParamFilter = "trunk", seed: int = 0, first_index: int = 0,
-               params: Params | None = None, buffers: Params | None = None) -> TTTResult:
+               params: Params | None = None, buffers: Params | None = None,
+               task: SelfSupervisedTask | None = None) -> TTTResult:
     """TTT-Online: for each image in stream order, ``steps`` SGD steps on its rotation loss starting from the
     weights the previous image left, then predict it in eval mode.  Sun et al. 2020, Sec. 2 (online version).
 
@@ -259,8 +264,8 @@ def ttt_online(model: nn.Module, images: Tensor, *, steps: int = 1, lr: float = 
     and ``result.buffers``, to continue a stream); default the model's own.  Returns the final carried
     parameters and buffers; the model is not modified.
     """
-    names = _check(model, steps, lr, copies, adapt)
     x = as_float_images(images, model)
+    names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))
     all_params = {n: p.detach() for n, p in model.named_parameters()}
     fast, slow = partition(all_params, names)
     if params is not None:
@@ -272,17 +277,16 @@ def ttt_online(model: nn.Module, images: Tensor, *, steps: int = 1, lr: float = 
     logits, losses = [], []
     with torch.no_grad():
         for i in range(x.shape[0]):
-            off, flip, rot = draws(first_index + i, steps, copies, seed)
+            d = task_draws(task, first_index + i, steps, copies, seed, x.shape[1:])
             img_losses = []
             for s in range(steps):
-                xs, ys = rotation_inputs(x[i:i + 1], off[None, s].to(x.device), flip[None, s].to(x.device),
-                                         rot[None, s])
+                xs, ys = task.make_inputs(x[i:i + 1], tuple(t[None, s].to(x.device) for t in d))
                 with train_mode(model, True):
-                    fast, bufs, loss = _one_step(model, slow, rule, fast, bufs, xs[0], ys[0])
+                    fast, bufs, loss = _one_step(model, slow, rule, fast, bufs, xs[0], tuple(t[0] for t in ys), task)
                 img_losses.append(loss)
             with train_mode(model, False):
                 logits.append(_predict_one(model, slow, fast, bufs, x[i]))
             losses.append(torch.stack(img_losses))
     losses_t = torch.stack(losses)
-    check_finite(losses_t, "TTT-Online rotation loss", first_task=first_index)
+    check_finite(losses_t, f"TTT-Online {task.name} loss", first_task=first_index)
     return TTTResult(torch.stack(logits), losses_t, fast, bufs)

@@ -2,7 +2,8 @@
 :mod:`metalearn.config` (unknown keys and wrong types are errors naming the key; ``--set key=value`` overrides).
 
 Sections: ``model`` (the ResNet), ``train`` (:class:`metalearn.ttt.train.JointTrainConfig`), ``ttt`` (standard and
-online TTT), ``tent``, ``eval`` (which test sets and methods), ``data``.
+online TTT), ``ssl`` (the self-supervised task: rotation, contrastive or reconstruction), ``tent``, ``eval``
+(which test sets and methods), ``data``.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ class TTTModelConfig:
     norm: str = "gn"                 # gn (GroupNorm, 8 groups) | bn (BatchNorm2d)
     groups: int = 8
     width: int = 1
-    rotation_head: bool = True       # False: object-recognition-only baseline
+    rotation_head: bool = True       # a self-supervised branch (the one of ssl.task); False: object only
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,22 @@ class TTTAdaptConfig:
     adapt: str = "trunk"             # trunk (paper: stem+stage1+stage2) | trunk+rotation (released code) | all
     chunk_size: int = 64             # images adapted at once (vmap)
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class TTTSSLConfig:
+    """The self-supervised task (metalearn.ttt.ssl): its name and settings (each task reads its own)."""
+    task: str = "rotation"           # rotation | contrastive | reconstruction
+    weight: float = 1.0              # joint loss = CE(main) + weight * self-supervised loss
+    temperature: float = 0.5         # contrastive: NT-Xent temperature
+    crop_scale: float = 0.2          # contrastive: smallest crop area of a view
+    mask_ratio: float = 0.5          # reconstruction: share of the patches masked
+    patch: int = 4                   # reconstruction: patch side in pixels
+
+    def make(self):
+        """The [`SelfSupervisedTask`][metalearn.ttt.ssl.SelfSupervisedTask] these settings describe."""
+        from metalearn.ttt.ssl import make_task
+        return make_task(self.task, **dataclasses.asdict(self))
 
 
 @dataclass(frozen=True)
@@ -70,6 +87,7 @@ class TTTTaskConfig:
     model: TTTModelConfig = field(default_factory=TTTModelConfig)
     train: JointTrainConfig = field(default_factory=JointTrainConfig)
     ttt: TTTAdaptConfig = field(default_factory=TTTAdaptConfig)
+    ssl: TTTSSLConfig = field(default_factory=TTTSSLConfig)
     tent: TentConfig = field(default_factory=TentConfig)
     eval: TTTEvalConfig = field(default_factory=TTTEvalConfig)
     data: TTTDataConfig = field(default_factory=TTTDataConfig)
@@ -87,7 +105,15 @@ def _plain(obj):
     return obj
 
 
-ADAPT_FILTERS = {"trunk": "trunk", "trunk+rotation": ["trunk", "rotation"], "all": "all"}
+ADAPT_FILTERS = {"trunk": "trunk", "trunk+rotation": ["trunk", "rotation"], "trunk+ssl": "trunk+ssl", "all": "all"}
+
+
+def adapt_filter(cfg: TTTTaskConfig):
+    """The parameter filter of ``ttt.adapt`` (``trunk+ssl``: the trunk and the branch of ``ssl.task``)."""
+    if cfg.ttt.adapt == "trunk+ssl":
+        from metalearn.ttt.ssl import SSL_TASKS
+        return ["trunk", SSL_TASKS[cfg.ssl.task].head]
+    return ADAPT_FILTERS[cfg.ttt.adapt]
 
 
 def validate(cfg: TTTTaskConfig) -> None:
@@ -120,6 +146,7 @@ def validate(cfg: TTTTaskConfig) -> None:
         raise ConfigError(f"train.milestones: expected increasing epochs, got {list(t.milestones)}")
     if a.adapt not in ADAPT_FILTERS:
         raise ConfigError(f"ttt.adapt: expected one of {sorted(ADAPT_FILTERS)}, got {a.adapt!r}")
+    validate_ssl(cfg)
     if not 1 <= e.severity <= 5:
         raise ConfigError(f"eval.severity: expected 1..5, got {e.severity}")
     if e.cifar10c not in ("generated", "official"):
@@ -130,6 +157,29 @@ def validate(cfg: TTTTaskConfig) -> None:
             raise ConfigError(f"eval.methods: unknown {bad}; expected 'auto' or a comma list of {list(METHODS)}")
     if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", cfg.data.device):
         raise ConfigError(f"data.device: expected auto, cpu, cuda or cuda:N, got {cfg.data.device!r}")
+
+
+def validate_ssl(cfg: TTTTaskConfig) -> None:
+    """Range checks of the ``ssl`` section, and of the TTT settings the chosen task constrains."""
+    from metalearn.ttt.ssl import SSL_TASKS
+    s = cfg.ssl
+    if s.task not in SSL_TASKS:
+        raise ConfigError(f"ssl.task: expected one of {sorted(SSL_TASKS)}, got {s.task!r}")
+    for key, v in (("ssl.weight", s.weight), ("ssl.temperature", s.temperature)):
+        if not v > 0:
+            raise ConfigError(f"{key}: expected > 0, got {v}")
+    if not 0 < s.crop_scale <= 1:
+        raise ConfigError(f"ssl.crop_scale: expected a value in (0, 1], got {s.crop_scale}")
+    if not 0 < s.mask_ratio < 1:
+        raise ConfigError(f"ssl.mask_ratio: expected a value in (0, 1), got {s.mask_ratio}")
+    if s.patch < 1 or 32 % s.patch:
+        raise ConfigError(f"ssl.patch: expected a divisor of the image side 32 (1, 2, 4, 8, 16, 32), got {s.patch}")
+    if s.task == "contrastive" and cfg.ttt.copies % 2:
+        raise ConfigError(f"ttt.copies: the contrastive task makes pairs of views, so copies must be even, got "
+                          f"{cfg.ttt.copies}")
+    if cfg.ttt.adapt == "trunk+rotation" and s.task != "rotation":
+        raise ConfigError(f"ttt.adapt: 'trunk+rotation' adapts the rotation head, but ssl.task is {s.task!r}; "
+                          "use 'trunk+ssl' (the trunk and the task's branch)")
 
 
 def ttt_config_from_dict(data: dict) -> TTTTaskConfig:
@@ -151,8 +201,9 @@ def dump_ttt_config(cfg: TTTTaskConfig) -> str:
 
 
 def methods_for(cfg: TTTTaskConfig, has_rotation_head: bool, has_bn: bool) -> list[str]:
-    """The methods ``eval.methods`` names ('auto': source, TTT and TTT-Online with a rotation head; norm_adapt
-    and Tent with BatchNorm; Tent also on GroupNorm when asked explicitly)."""
+    """The methods ``eval.methods`` names ('auto': source, TTT and TTT-Online with a rotation head or another
+    self-supervised branch (``has_rotation_head``); norm_adapt and Tent with BatchNorm; Tent also on GroupNorm
+    when asked explicitly)."""
     if cfg.eval.methods != "auto":
         return [x.strip() for x in cfg.eval.methods.split(",")]
     out = ["source"]

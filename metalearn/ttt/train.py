@@ -1,7 +1,9 @@
 """Joint training of the Y-shaped ResNet (Test-Time Training, Sun et al. 2020), and the object-only baseline.
 
 Loss per batch: ``CE(main head, labels) + CE(rotation head, rotation labels)`` with every image of the batch at
-all four rotations (no rotation term for a model without a rotation head).  The trunk runs once on the 4 B
+all four rotations (no rotation term for a model without a rotation head); another self-supervised task
+([`metalearn.ttt.ssl`][metalearn.ttt.ssl]) replaces the second term by its own loss on the rows it adds to the
+trunk's batch.  The trunk runs once on the 4 B
 rotated images; the main head sees the unrotated quarter (identical to a separate pass for GroupNorm; for
 BatchNorm the trunk's batch statistics come from all four rotations).  SGD (lr 0.1, momentum 0.9, weight decay
 5e-4), batch 128, lr x0.1 at epochs 75 and 125 of 150; random crop (zero padding 4) and horizontal flip done on
@@ -28,7 +30,8 @@ from torch import Tensor
 from metalearn.nn.resnet_cifar import ResNetCIFAR
 from metalearn.train.checkpoint import FORMAT, atomic_save, load_checkpoint
 from metalearn.train.logging import truncate_metrics
-from metalearn.ttt.rotation import all_rotations, crop_flip, random_draws
+from metalearn.ttt.rotation import crop_flip, random_draws
+from metalearn.ttt.ssl import RotationTask, SelfSupervisedTask, task_for
 
 KIND = "ttt-resnet-cifar"
 
@@ -50,26 +53,37 @@ class JointTrainConfig:
     seed: int = 0
 
 
-def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor) -> tuple[Tensor, dict]:
-    """Joint loss on float images x (B, C, H, W) in [0, 1] with labels y (B,): ``CE(main) + CE(rotation)``
-    over all 4 rotations (just ``CE(main)`` without a rotation head).  Returns (loss, metrics tensors)."""
-    b = x.shape[0]
-    if model.has_rotation_head:
-        xr, yr = all_rotations(x)                         # (4B, C, H, W), first B unrotated
-        z = model.features(xr)
-        logits = model.head(z[:b])
-        rot_logits = model.rotation(z)
-        main, rot = F.cross_entropy(logits, y), F.cross_entropy(rot_logits, yr)
-        acc_rot = (rot_logits.argmax(-1) == yr).float().mean()
-        loss = main + rot
+def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTask | None = None,
+               generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+    """Joint loss on float images x (B, C, H, W) in [0, 1] with labels y (B,): ``CE(main) + weight * SSL``, the
+    self-supervised loss of ``task`` (default: the task of the model's branch; rotation: CE over all 4 rotations;
+    just ``CE(main)`` without a branch).  ``generator``: the task's random draws (contrastive views, masks).
+    Returns (loss, metrics tensors: loss, main, ssl, acc; rotation and rot_acc for a rotation model or none)."""
+    if model.has_ssl_head:
+        task = task_for(model, task)
+        jb = task.joint_batch(x, generator if generator is not None else torch.Generator().manual_seed(0))
+        z = model.features(jb.inputs)                     # rotation: (4B, ...), the first B unrotated
+        logits = model.head(z[jb.main])
+        out = model.ssl_module(z[jb.ssl])
+        main, ssl = F.cross_entropy(logits, y), task.loss(out, jb.targets)
+        loss = main + ssl if task.weight == 1 else main + task.weight * ssl
+        extra = {}
+        if task.name == "rotation":
+            extra = {"rotation": ssl.detach(), "rot_acc": (out.argmax(-1) == jb.targets[0]).float().mean()}
     else:
         logits = model(x)
         main = F.cross_entropy(logits, y)
-        rot = acc_rot = torch.zeros((), device=x.device)
+        ssl = torch.zeros((), device=x.device)
+        extra = {"rotation": ssl, "rot_acc": ssl}
         loss = main
     acc = (logits.argmax(-1) == y).float().mean()
-    return loss, {"loss": loss.detach(), "main": main.detach(), "rotation": rot.detach(), "acc": acc,
-                  "rot_acc": acc_rot}
+    return loss, {"loss": loss.detach(), "main": main.detach(), "ssl": ssl.detach(), "acc": acc, **extra}
+
+
+def ssl_generator(seed: int, step: int) -> torch.Generator:
+    """The generator of a training step's self-supervised draws (contrastive views, masks): seeded by
+    ``(seed, step)``, apart from the augmentation's, so a resumed run draws the same."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + step + 7_000_000_000_000)
 
 
 def lr_at(cfg: JointTrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -119,14 +133,20 @@ def check_training_data(images: Tensor, labels: Tensor, model: ResNetCIFAR) -> N
 
 def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTrainConfig,
                 out: str | Path | None = None, *, resume: bool = False, meta: dict | None = None,
-                progress: Callable[[dict], None] | None = None) -> JointTrainState:
+                progress: Callable[[dict], None] | None = None,
+                task: SelfSupervisedTask | None = None) -> JointTrainState:
     """Train ``model`` in place on uint8 ``images`` (N, C, H, W) and ``labels`` (N,) (both on the model's device).
 
     ``out``: run directory for ``last.pt`` (atomic, every ``checkpoint_every`` steps and at the end) and
     ``metrics.jsonl``; ``resume=True`` continues from ``out/last.pt`` (same model config required).  ``meta``
-    is stored in the checkpoint (e.g. the task config).  ``progress`` gets each logged metrics dict.
+    is stored in the checkpoint (e.g. the task config).  ``progress`` gets each logged metrics dict.  ``task``:
+    the self-supervised task (default: the one of the model's branch, rotation for a rotation model).
     """
     check_training_data(images, labels, model)
+    if model.has_ssl_head:
+        task = task_for(model, task)
+        task.check(None, tuple(images.shape[1:]))
+    default_task = task is None or task == RotationTask()     # rotation draws nothing: the plain call
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0:
         raise ValueError(f"cfg: batch_size and epochs must be >= 1 and max_steps >= 0, got {cfg}")
     spe = math.ceil(images.shape[0] / cfg.batch_size)
@@ -175,7 +195,10 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, spe)
         x, y = batch_at(images, labels, cfg, step, dtype)
-        loss, metrics = joint_loss(model, x, y)
+        if default_task:
+            loss, metrics = joint_loss(model, x, y)
+        else:
+            loss, metrics = joint_loss(model, x, y, task, ssl_generator(cfg.seed, step))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
