@@ -14,7 +14,7 @@ import torch
 
 from metalearn.config import ConfigError, load_yaml
 from metalearn.nn.resnet_cifar import ResNetCIFAR
-from metalearn.ttt.config import ADAPT_FILTERS, TTTTaskConfig, dump_ttt_config, methods_for, ttt_config_from_dict
+from metalearn.ttt.config import TTTTaskConfig, adapt_filter, dump_ttt_config, methods_for, ttt_config_from_dict
 from metalearn.ttt.train import JointTrainState, load_model, train_joint
 
 
@@ -37,7 +37,8 @@ def _ttt_run_config(run_dir: Path, shown: str | Path) -> dict:
 
 def build_model(cfg: TTTTaskConfig) -> ResNetCIFAR:
     m = cfg.model
-    return ResNetCIFAR(m.depth, 10, m.norm, m.groups, m.width, m.rotation_head)
+    return ResNetCIFAR(m.depth, 10, m.norm, m.groups, m.width, m.rotation_head,
+                       ssl_head=cfg.ssl.task if m.rotation_head else None)
 
 
 def train_run(cfg: TTTTaskConfig, out: str | Path, *, resume: bool = False, device: str | None = None,
@@ -65,7 +66,7 @@ def train_run(cfg: TTTTaskConfig, out: str | Path, *, resume: bool = False, devi
     with atomic_write(resolved, mode="w") as f:
         f.write(dump_ttt_config(cfg))
     return train_joint(model, images, labels, cfg.train, out, resume=resume, meta={"config": cfg.to_dict()},
-                       progress=progress)
+                       progress=progress, task=cfg.ssl.make() if model.has_ssl_head else None)
 
 
 def corruption_names(cfg: TTTTaskConfig) -> list[str]:
@@ -85,14 +86,16 @@ def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskCon
     from metalearn.ttt.adapt import ttt, ttt_online
     from metalearn.ttt.tent import norm_adapt, predict, tent
     a = cfg.ttt
-    filt = ADAPT_FILTERS[a.adapt]
+    filt = adapt_filter(cfg)
+    task = cfg.ssl.make() if method in ("ttt", "ttt_online") else None
     if method == "source":
         return predict(model, x, cfg.eval.batch_size)
     if method == "ttt":
         return ttt(model, x, steps=a.steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed,
-                   chunk_size=a.chunk_size).logits
+                   chunk_size=a.chunk_size, task=task).logits
     if method == "ttt_online":
-        return ttt_online(model, x, steps=a.online_steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed).logits
+        return ttt_online(model, x, steps=a.online_steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed,
+                          task=task).logits
     if method == "norm_adapt":
         return norm_adapt(model, x, cfg.eval.batch_size)
     if method == "tent":
@@ -118,9 +121,13 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
     cfg = ttt_config_from_dict(apply_overrides(_ttt_run_config(ck_path.parent, checkpoint), overrides or []))
     dev = resolve_device(device or cfg.data.device)
     model, ck = load_model(ck_path, map_location=dev)
-    methods = methods_for(cfg, model.has_rotation_head, has_batchnorm(model))
-    if ("ttt" in methods or "ttt_online" in methods) and not model.has_rotation_head:
-        raise ConfigError(f"eval.methods: {methods} include TTT but {ck_path} has no rotation head")
+    methods = methods_for(cfg, model.has_ssl_head, has_batchnorm(model))
+    if ("ttt" in methods or "ttt_online" in methods) and not model.has_ssl_head:
+        raise ConfigError(f"eval.methods: {methods} include TTT but {ck_path} has no rotation head (no "
+                          "self-supervised branch)")
+    if model.has_ssl_head and model.ssl_head != cfg.ssl.task:
+        raise ConfigError(f"ssl.task: {cfg.ssl.task!r}, but {ck_path} was trained with the {model.ssl_head!r} "
+                          f"branch; evaluate it with ssl.task={model.ssl_head}")
     names = corruption_names(cfg)
     x_all, y_all = load_cifar10(cfg.data.root, "test", cfg.data.cache_dir)
     n = cfg.eval.images
