@@ -4,7 +4,7 @@ Koch et al. augment every training pair with a random affine map T = (theta, rho
 rotation theta in [-10, 10] degrees, shear rho in [-0.3, 0.3], scale s in [0.8, 1.2], translation t in [-2, 2]
 pixels (on 105x105 images), each component switched on with probability 1/2 (off: its identity value).
 
-:func:`random_affine` draws those parameters for a batch of images with a ``torch.Generator`` (a handful of
+[`random_affine`][metalearn.augment.random_affine] draws those parameters for a batch of images with a ``torch.Generator`` (a handful of
 numbers per image) and warps all images at once with ``F.affine_grid`` + ``F.grid_sample`` where the images
 live; no Python loop over images, no host sync.  Bilinear sampling is a convex combination of input pixels
 (and of ``fill``), so distorted images stay inside the input's value range.
@@ -21,8 +21,17 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class AffineRanges:
-    """Ranges of Koch's distortions.  ``translate`` is in pixels at ``reference_size`` and scales with the image
-    (2 px at 105 px is 0.53 px at 28 px); ``p`` is the probability that each component is applied."""
+    """Ranges of Koch's distortions (the defaults are the paper's).
+
+    Attributes:
+        rotation: Degrees, uniform in [-rotation, rotation].
+        shear: Uniform in [-shear, shear], x and y independently.
+        scale: (low, high), uniform, x and y independently.
+        translate: Pixels at ``reference_size``, uniform in [-translate, translate]; scales with the image (2 px
+            at 105 px is 0.53 px at 28 px).
+        reference_size: The image side ``translate`` is given at.
+        p: Probability that each component is applied.
+    """
     rotation: float = 10.0                 # degrees, uniform in [-rotation, rotation]
     shear: float = 0.3                     # uniform in [-shear, shear], x and y independently
     scale: tuple = (0.8, 1.2)              # uniform, x and y independently
@@ -88,7 +97,7 @@ def random_affine(x: Tensor, ranges: AffineRanges = KOCH, *, generator: torch.Ge
     The parameters are drawn with ``generator`` (on its own device, default CPU: a few numbers per image) and
     moved to x's device; the warp runs where x lives.  x is not modified.
 
-    Example:
+    Examples:
         >>> g = torch.Generator().manual_seed(0)
         >>> y = random_affine(torch.rand(8, 1, 28, 28), generator=g, fill=1.0)   # Omniglot: white background
     """

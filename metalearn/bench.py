@@ -1,5 +1,5 @@
 """Benchmark runner: ``metalearn bench SUITE`` trains and evaluates a set of task files and writes one result
-JSON per run into a results directory; ``metalearn report`` (:mod:`metalearn.report`) turns those files into
+JSON per run into a results directory; ``metalearn report`` (`metalearn.report`) turns those files into
 the tables and plots of docs/results.md.
 
 A SUITE is one of
@@ -14,7 +14,7 @@ A SUITE is one of
 Overrides apply in the order suite ``set``, entry ``set``, command-line ``--set`` (the last one wins).
 
 Each run trains in ``OUT_ROOT/<name>-<config hash>-<commit>`` and its result goes to
-``RESULTS/<name>-<config hash>-<commit>.json`` (written atomically, schema :data:`SCHEMA_VERSION`). A run whose
+``RESULTS/<name>-<config hash>-<commit>.json`` (written atomically, schema `SCHEMA_VERSION`). A run whose
 result already exists for the same config hash *and* git commit is skipped. A run directory that holds a
 ``last.pt`` but no result (Ctrl-C, a crash) is continued with ``--resume`` semantics.
 """
@@ -415,7 +415,7 @@ def _add_wall(run_dir: Path, seconds: float) -> dict:
 
 def build_result(plan: PlannedRun, ev: dict, outcome, wall: dict, peak: dict, git: dict, machine: dict,
                  command: str, suite: str) -> dict:
-    """The result JSON of one finished run (schema :data:`SCHEMA_VERSION`; docs/bench.md lists the keys)."""
+    """The result JSON of one finished run (schema `SCHEMA_VERSION`; docs/bench.md lists the keys)."""
     cfg, state = plan.cfg, outcome.state
     best_val = state.best_accuracy if outcome.validated and math.isfinite(state.best_accuracy) else None
     return {
@@ -549,7 +549,7 @@ def run_suite(suite: str, *, out_root: str | os.PathLike = "runs/bench", results
     """``metalearn bench``: returns the exit code (0 done, 130 interrupted by Ctrl-C).
 
     model_from: a finished run directory whose model every task of the suite evaluates instead of training
-    its own (:func:`execute_from`).
+    its own (`execute_from`).
     """
     out_root, results_dir = Path(out_root), Path(results)
     entries = load_suite(suite)

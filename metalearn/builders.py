@@ -152,6 +152,21 @@ LEARNERS["siamese"] = _siamese
 
 
 def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
+    """The untrained learner a task config describes (learner, backbone and their sections), conv weights in
+    channels-last ([`channels_last`][metalearn.engine.channels_last]).
+
+    Args:
+        cfg: The task config (a run's ``config.yaml`` read with
+            [`config_from_dict`][metalearn.config.config_from_dict], or [`load_config`][metalearn.config.load_config]).
+        image_shape: (C, H, W) of the images; a checkpoint stores it as ``meta["image_shape"]``.
+
+    Returns:
+        The learner, on the CPU, in training mode; ``load_state_dict(checkpoint["model"])`` restores a run's
+        weights.
+
+    Raises:
+        ConfigError: An unknown learner or a backbone the learner cannot use.
+    """
     if cfg.learner not in LEARNERS:
         raise ConfigError(f"learner: unknown {cfg.learner!r}; expected one of {sorted(LEARNERS)}")
     from metalearn.engine import channels_last
@@ -170,7 +185,7 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def config_differences(a: dict, b: dict) -> list[str]:
-    """Keys whose values differ between two config dicts, ignoring :data:`MUTABLE_KEYS`."""
+    """Keys whose values differ between two config dicts, ignoring `MUTABLE_KEYS`."""
     fa, fb = _flatten(a), _flatten(b)
     # a key one side lacks (a config section added after that checkpoint was written) counts as its default
     defaults = _flatten(TaskConfig(dataset="").to_dict())

@@ -1,12 +1,14 @@
 """Argument checks at the public API boundary: one helper per kind of value, so every entry point words its
 messages the same way (the argument's name, what was expected, what came).
 
-Every helper raises :class:`ArgumentError`, which is both a ``ValueError`` and a ``TypeError`` (a wrong type and
-a value out of range are both "a bad argument"; callers may catch either)::
+Every helper raises [`ArgumentError`][metalearn.checks.ArgumentError], which is both a ``ValueError`` and a ``TypeError`` (a wrong type and
+a value out of range are both "a bad argument"; callers may catch either):
 
-    from metalearn.checks import check_int, check_float
-    steps = check_int("steps", steps, minimum=0)         # 1.5, "3", True -> ArgumentError naming 'steps'
-    lr = check_float("lr", lr, minimum=0, strict=True)   # "0.1", nan, inf, -1 -> ArgumentError naming 'lr'
+```python
+from metalearn.checks import check_int, check_float
+steps = check_int("steps", steps, minimum=0)         # 1.5, "3", True -> ArgumentError naming 'steps'
+lr = check_float("lr", lr, minimum=0, strict=True)   # "0.1", nan, inf, -1 -> ArgumentError naming 'lr'
+```
 """
 from __future__ import annotations
 

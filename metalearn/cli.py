@@ -70,8 +70,14 @@ def _episode_sampler(cfg: TaskConfig, split: str, ways: int, shots: int, queries
 
 @dataclass
 class TrainOutcome:
-    """What :func:`train_task` did: the trainer's final state, the wall time of training (data loading
-    excluded), whether validation ran, and whether the run was resumed from ``last.pt``."""
+    """What [`train_task`][metalearn.cli.train_task] did.
+
+    Attributes:
+        state: The trainer's final state (step, best validation accuracy and step, history, interrupted).
+        wall_s: Wall time of training in seconds (data loading excluded).
+        validated: Whether validation ran (and so picked ``best.pt``).
+        resumed: Whether the run continued from ``last.pt``.
+    """
     state: "TrainState"
     wall_s: float
     validated: bool
@@ -89,10 +95,24 @@ def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progre
     """Meta-train the task ``cfg`` into the run directory ``out`` (the work of ``metalearn train``).
 
     Writes ``out/config.yaml`` (resolved), ``metrics.jsonl``, ``last.pt``, ``best.pt`` (and ``out/tb/`` with
-    ``tensorboard=True``). ``resume=True`` continues from ``out/last.pt`` and refuses a config that differs in a
-    fixed key; without it an existing ``last.pt`` is an error. Ctrl-C returns with ``state.interrupted`` set.
-    Before training, the train split, the val split (with validation) and, with ``check_eval``, the ``eval.split``
-    are checked against the episodes they will give (a ConfigError names ``train.ways`` / ``eval.ways`` ...).
+    ``tensorboard=True``). Ctrl-C returns with ``state.interrupted`` set.
+
+    Args:
+        cfg: The task config ([`load_config`][metalearn.config.load_config]).
+        out: The run directory.
+        resume: Continue from ``out/last.pt``, refusing a config that differs in a fixed key; without it an
+            existing ``last.pt`` is an error.
+        progress: Show a progress bar.
+        tensorboard: Also log to TensorBoard in ``out/tb/`` (the ``[tb]`` extra).
+        check_eval: Also check the ``eval.split`` before training (the train split, and the val split when
+            validation is on, are always checked against the episodes they will give).
+
+    Returns:
+        What happened: the trainer's final state, the wall time, whether validation ran and whether it resumed.
+
+    Raises:
+        ConfigError: Episodes a split cannot give (naming ``train.ways`` / ``eval.ways`` ...), or a changed
+            config on resume.
     """
     from metalearn.builders import (build_learner, check_compatible, check_splits, config_differences, load_split,
                                     run_meta)
@@ -169,9 +189,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = None,
                  queries: int | None = None, episodes: int | None = None, split: str | None = None,
                  progress: bool = False) -> dict:
-    """Evaluate a run directory's ``best.pt`` (or a ``.pt`` file in a run directory) on test episodes; the
-    ``eval`` section of the run's ``config.yaml`` fills every argument left at None. Returns the
-    ``metalearn eval --json`` object."""
+    """Evaluate a run directory's ``best.pt`` (or a ``.pt`` file in a run directory) on test episodes, as
+    ``metalearn eval --checkpoint`` does.
+
+    Args:
+        path: A run directory or a ``.pt`` file in one.
+        ways: N of the test episodes; None (like every argument left at None) takes the ``eval`` section of the
+            run's ``config.yaml``.
+        shots: K of the test episodes.
+        queries: Q of the test episodes.
+        episodes: How many test episodes.
+        split: ``train``, ``val`` or ``test``.
+        progress: Show a progress bar.
+
+    Returns:
+        The ``metalearn eval --json`` object: ``accuracy``, ``ci95``, ``episodes``, ``ways``, ``shots``,
+        ``queries``, ``split``, ``dataset``, ``learner``, ``checkpoint``, ``step``, ``seed``, ``eval_wall_s``, and
+        ``reference`` (the published accuracy when the episodes are the task's own).
+
+    Raises:
+        FileNotFoundError: No such run directory or checkpoint.
+        ConfigError: A bad ``config.yaml``, a test-time-training run, or episodes the split cannot give.
+        ValueError: A checkpoint made with another config or model than ``config.yaml`` describes.
+    """
     from metalearn.builders import build_learner, check_compatible
     from metalearn.train.checkpoint import load_checkpoint, locate_checkpoint
     from metalearn.train.evaluator import evaluate
@@ -222,8 +262,9 @@ def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = 
 def evaluate_pretrained(name: str, ways: int | None = None, shots: int | None = None, queries: int | None = None,
                         episodes: int | None = None, split: str | None = None, progress: bool = False,
                         data_root: str | None = None) -> dict:
-    """Evaluate a model-zoo model (:func:`metalearn.pretrained`) on its dataset's test episodes; arguments left at
-    None come from the row it reproduces. Returns the ``metalearn eval --json`` object."""
+    """Evaluate a model-zoo model ([`metalearn.pretrained`][metalearn.zoo.pretrained]) on its dataset's test
+    episodes, as ``metalearn eval --pretrained NAME`` does; arguments left at None come from the row it
+    reproduces. Returns the ``metalearn eval --json`` object."""
     import dataclasses
 
     from metalearn.train.evaluator import evaluate

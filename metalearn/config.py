@@ -5,7 +5,7 @@ keys and wrong types are errors that name the key.  ``--set train.steps=100`` ov
 
 Numbers are read as a user types them: besides YAML 1.1's forms (``0.001``, ``.5``, ``1_000``), a float in
 exponent notation without a dot (``1e-3``, ``3E-4``, ``1e3``) is a float, as in YAML 1.2 and Python.  Floats must
-be finite; ranges are checked by :func:`validate`.
+be finite; ranges are checked by [`validate`][metalearn.config.validate].
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ class YAMLLoader(yaml.SafeLoader):
 
 
 class YAMLDumper(yaml.SafeDumper):
-    """``yaml.SafeDumper`` that quotes strings :class:`YAMLLoader` would read as floats (``'1e5'``)."""
+    """``yaml.SafeDumper`` that quotes strings [`YAMLLoader`][metalearn.config.YAMLLoader] would read as floats (``'1e5'``)."""
 
 
 for _cls in (YAMLLoader, YAMLDumper):
@@ -42,17 +42,29 @@ for _cls in (YAMLLoader, YAMLDumper):
 
 
 def yaml_load(text: str) -> Any:
-    """Parse YAML text with :class:`YAMLLoader`."""
+    """Parse YAML text with [`YAMLLoader`][metalearn.config.YAMLLoader]."""
     return yaml.load(text, Loader=YAMLLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def yaml_dump(data: Any) -> str:
-    """Dump plain data with :class:`YAMLDumper` (what :func:`yaml_load` reads back unchanged)."""
+    """Dump plain data with [`YAMLDumper`][metalearn.config.YAMLDumper] (what [`yaml_load`][metalearn.config.yaml_load] reads back unchanged)."""
     return yaml.dump(data, Dumper=YAMLDumper, sort_keys=False)
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """Where the images come from and where episodes are drawn (section ``data`` of a task file).
+
+    Attributes:
+        root: Data root holding ``omniglot/`` or ``miniimagenet/``; None reads ``$METALEARN_DATA``.
+        cache_dir: Folder of the decoded uint8 caches; None reads ``$METALEARN_CACHE``, else ``~/.cache/metalearn``.
+        image_size: Omniglot image side after resizing from 105 px (28 in the benchmarks).
+        rotations: Omniglot rotation classes: each character is one class per angle (degrees, multiples of 90).
+        source: The on-disk form to read. Omniglot: ``auto``, ``npz``, ``zip``, ``folder`` or ``hf``;
+            miniImageNet: ``auto``, ``tar``, ``folder``, ``hf``, ``l2l`` or ``h5``.
+        device: Where the split lives and episodes are sampled: ``auto`` (CUDA when available), ``cpu``, ``cuda``
+            or ``cuda:N``.
+    """
     root: str | None = None          # data root; None -> $METALEARN_DATA
     cache_dir: str | None = None     # decoded-uint8 cache; None -> $METALEARN_CACHE or ~/.cache/metalearn
     image_size: int = 28             # Omniglot resize (105 -> image_size)
@@ -63,6 +75,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The network (section ``model``).
+
+    Attributes:
+        backbone: ``conv4`` (the embedding of ProtoNet, Matching Networks and Siamese), ``maml_conv4`` (Conv4
+            with a linear head: the MAML family) or ``koch`` (Koch et al.'s convnet, Siamese only).
+        hidden: Channels of every conv block (32 for MAML on miniImageNet); for ``koch``, its first width.
+        pool: ``maml_conv4`` only: ``max`` (a 2x2 max-pool per block) or ``stride`` (stride-2 convs, as Finn et
+            al.'s Omniglot network).
+    """
     backbone: str = "conv4"          # conv4 (ProtoNet embedding) | maml_conv4 (Conv4 + linear head, MAML family)
     hidden: int = 64
     pool: str = "max"                # maml_conv4: max (2x2 max-pool per block) | stride (stride-2 convs, Finn's Omniglot)
@@ -70,8 +91,22 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class MamlConfig:
-    """Inner loop of the MAML family (learner: maml).  first_order -> FOMAML, learn_lr -> Meta-SGD,
-    adapt: head -> ANIL."""
+    """Inner loop of the MAML family (section ``maml``, used by ``learner: maml``).
+
+    ``first_order: true`` gives first-order MAML, ``learn_lr: true`` Meta-SGD, ``adapt: head`` ANIL.
+
+    Attributes:
+        inner_lr: Step size of the inner SGD steps (Meta-SGD: the initial value of every learned step size).
+        inner_steps: Inner steps per task while meta-training.
+        eval_inner_steps: Inner steps per task at validation and test time.
+        first_order: Treat the inner gradients as constants in the meta-gradient (first-order MAML).
+        learn_lr: Meta-SGD: a learned step size per parameter entry, initialised to ``inner_lr``.
+        adapt: Which parameters adapt: ``all`` (MAML) or ``head`` (ANIL: only the linear head).
+        vmap: Batch the tasks of a meta-batch with ``torch.func.vmap``; false runs them in a Python loop.
+        chunk_size: Tasks per vmap chunk (bounds the memory); 0 runs the whole meta-batch at once.
+        check_finite: Raise on a non-finite support loss, naming the task and the step (one host sync per
+            meta-batch).
+    """
     inner_lr: float = 0.4
     inner_steps: int = 1             # inner steps while meta-training
     eval_inner_steps: int = 3        # inner steps at validation / test time
@@ -85,8 +120,16 @@ class MamlConfig:
 
 @dataclass(frozen=True)
 class MatchnetConfig:
-    """Matching Networks (learner: matchnet).  fce: full context embeddings (bidirectional LSTM over the
-    support, attention LSTM over each query); off, f = g = the backbone."""
+    """Matching Networks (section ``matchnet``, used by ``learner: matchnet``; Vinyals et al. 2016).
+
+    Attributes:
+        fce: Full context embeddings: a bidirectional LSTM over the support set and an attention LSTM for each
+            query; off, both embeddings (f and g) are the backbone's.
+        process_steps: K, the attention LSTM's processing steps (``fce`` only).
+        lstm_hidden: Width of the LSTMs; 0 uses the embedding size (the paper), otherwise a linear projection to
+            this size comes first (``fce`` only).
+        scale: Multiplier of the cosine similarities before the softmax (1 in the paper).
+    """
     fce: bool = False
     process_steps: int = 5           # K, the attention LSTM's processing steps (fce only)
     lstm_hidden: int = 0             # 0: LSTMs at the embedding size (paper); else a linear projection first
@@ -95,6 +138,29 @@ class MatchnetConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Meta-training (section ``train``): the training episodes, the optimiser, validation and checkpoints.
+
+    Attributes:
+        ways: N, classes per training episode (ProtoNet trains with more ways than it is tested on).
+        shots: K, support images per class.
+        queries: Q, query images per class.
+        batch_size: Tasks per optimiser step (MAML's meta-batch).
+        steps: Optimiser steps in all (episodes when ``batch_size`` is 1).
+        lr: Adam's learning rate (for MAML, the meta learning rate).
+        lr_step: StepLR period: every ``lr_step`` steps the learning rate is multiplied by ``lr_gamma``.
+        lr_gamma: StepLR factor (> 0).
+        weight_decay: Adam's weight decay (>= 0).
+        val_every: Validate every this many steps and keep the best model as ``best.pt``; 0 disables
+            validation (the last model is kept).
+        val_episodes: Validation episodes, drawn from the ``val`` split with the ``eval`` section's ways, shots
+            and queries.
+        checkpoint_every: Write ``last.pt`` (everything needed to resume) every this many steps.
+        log_every: Append a line to ``metrics.jsonl`` every this many steps.
+        seed: Seed of the model initialisation and of the training episodes.
+        threads: torch CPU threads; 0 keeps torch's default (one per core).
+        precision: Encoder precision: ``auto`` (bf16 where the device runs it natively and the learner keeps
+            its accuracy; fp32 for the MAML family), ``bf16`` or ``fp32``.
+    """
     ways: int = 60
     shots: int = 1
     queries: int = 5
@@ -115,6 +181,19 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """Evaluation (section ``eval``): the test episodes of ``metalearn eval`` and the end of ``metalearn train``.
+
+    Validation during training uses the same ways, shots and queries.
+
+    Attributes:
+        ways: N, classes per test episode.
+        shots: K, support images per class.
+        queries: Q, query images per class.
+        episodes: Test episodes; the accuracy is their mean, with a 95% confidence interval.
+        batch_size: Test episodes per forward pass.
+        seed: Seed of the test episodes (the same seed draws the same episodes).
+        split: The split evaluated: ``train``, ``val`` or ``test``.
+    """
     ways: int = 5
     shots: int = 1
     queries: int = 15
@@ -126,8 +205,23 @@ class EvalConfig:
 
 @dataclass(frozen=True)
 class SiameseConfig:
-    """Siamese networks (learner: siamese; Koch et al. 2015).  The twin network is model.backbone: conv4 (28 px)
-    or koch (Koch's convnet, 105 px; model.hidden is its first width, 64 in the paper)."""
+    """Siamese networks (section ``siamese``, used by ``learner: siamese``; Koch et al. 2015).
+
+    The twin network is ``model.backbone``: ``conv4`` (28 px) or ``koch`` (Koch's convnet, 105 px;
+    ``model.hidden`` is its first width, 64 in the paper).
+
+    Attributes:
+        fc: Width of a Linear + sigmoid embedding layer after the backbone; 0: none for ``conv4``, 4096 for
+            ``koch``.
+        distort: Koch's random affine distortions of the training images.
+        distort_p: Probability of each component (rotation, shear, scale, translation) of a distortion.
+        rotation: Rotation range in degrees, uniform in [-rotation, rotation].
+        shear: Shear range, uniform in [-shear, shear].
+        scale_min: Smallest scale factor.
+        scale_max: Largest scale factor.
+        translate: Translation range in pixels at 105 px (scaled with the image size).
+        fill: Value outside a distorted image (Omniglot's background: 1.0); null repeats the border pixels.
+    """
     fc: int = 0                      # Linear + sigmoid embedding layer; 0: none for conv4, 4096 for koch
     distort: bool = True             # Koch's random affine distortions of the training images
     distort_p: float = 0.5           # probability of each component (rotation, shear, scale, translation)
@@ -153,6 +247,13 @@ class SiameseConfig:
 
 @dataclass(frozen=True)
 class Reference:
+    """The published number a task reproduces (section ``reference``); reports set ours beside it.
+
+    Attributes:
+        accuracy: Published accuracy, %; null when there is none.
+        ci95: Its published 95% confidence interval, %; null when not published.
+        source: Where it comes from (paper and table).
+    """
     accuracy: float | None = None    # published accuracy, %
     ci95: float | None = None
     source: str = ""
@@ -160,6 +261,24 @@ class Reference:
 
 @dataclass(frozen=True)
 class TaskConfig:
+    """One task file (``tasks/*.yaml``) resolved: the dataset, the learner and one dataclass per section.
+
+    Build it with [`load_config`][metalearn.config.load_config] (YAML and ``--set`` overrides, validated) or
+    directly: ``TaskConfig(dataset="omniglot", train=TrainConfig(steps=500))``.
+
+    Attributes:
+        dataset: ``omniglot``, ``miniimagenet`` or ``digits`` (the only required key).
+        name: Name of the task in result files and reports; empty: the task file's name.
+        learner: ``protonet``, ``matchnet``, ``siamese`` or ``maml``.
+        data: Where the images come from.
+        model: The network.
+        maml: The MAML family's inner loop.
+        matchnet: Matching Networks' options.
+        train: Meta-training.
+        eval: Evaluation.
+        siamese: Siamese networks' options.
+        reference: The published number this task reproduces.
+    """
     dataset: str
     name: str = ""
     learner: str = "protonet"
@@ -173,6 +292,7 @@ class TaskConfig:
     reference: Reference = field(default_factory=Reference)
 
     def to_dict(self) -> dict:
+        """The config as plain data (dicts, lists, numbers, strings), as written to ``config.yaml``."""
         return _plain(dataclasses.asdict(self))
 
     def hash(self) -> str:
@@ -249,6 +369,11 @@ def _build(cls: type, data: Any, prefix: str) -> Any:
 
 
 def config_from_dict(data: dict) -> TaskConfig:
+    """Build and validate a [`TaskConfig`][metalearn.config.TaskConfig] from plain data (a parsed task file).
+
+    Raises:
+        ConfigError: An unknown key, a wrong type or a value out of range; the message names the key.
+    """
     cfg = _build(TaskConfig, data, "")
     validate(cfg)
     return cfg
@@ -323,6 +448,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """A copy of ``data`` with each ``key=value`` of ``overrides`` set (see [`parse_override`][metalearn.config.parse_override])."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         path, value = parse_override(item)
@@ -362,6 +488,28 @@ def is_ttt_task(data: dict) -> bool:
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskConfig:
+    """Read a task file, apply ``--set``-style overrides and validate it.
+
+    Args:
+        path: A task file (``tasks/*.yaml``).
+        overrides: ``key=value`` strings, applied in order, e.g. ``["train.steps=500"]``; each value is parsed
+            as YAML.
+
+    Returns:
+        The resolved task config.
+
+    Raises:
+        ConfigError: A missing file, malformed YAML, an unknown key, a wrong type or a value out of range (the
+            message names the file and the key), or a test-time-training task file (``metalearn ttt`` reads
+            those).
+
+    Examples:
+        ```python
+        from metalearn import load_config
+        cfg = load_config("tasks/protonet_omniglot_5w1s.yaml", ["train.steps=500"])
+        cfg.train.ways, cfg.eval.ways        # (60, 5)
+        ```
+    """
     raw = load_yaml(path)
     if is_ttt_task(raw):
         raise ConfigError(f"{path}: dataset {raw['dataset']!r} is a test-time-training task; run it with "
@@ -374,4 +522,5 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskCon
 
 
 def dump_config(cfg: TaskConfig) -> str:
+    """The YAML text of ``cfg`` (what a run writes to ``config.yaml``; [`load_yaml`][metalearn.config.load_yaml] reads it back)."""
     return yaml_dump(cfg.to_dict())

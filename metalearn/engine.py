@@ -1,19 +1,20 @@
 """The CPU/GPU engine: allocator, threads, precision and layout policy, inference-time BatchNorm folding.
 
-Measured on a 2-core AVX-512-BF16 machine (benchmarks/cpu_throughput.py, docs/speed.md):
+Measured on a 2-core AVX-512-BF16 machine (``benchmarks/cpu_throughput.py``; the speed page of the docs
+describes the policy and its switches):
 
 * **allocator** -- glibc returns every large block to the kernel with ``munmap`` and trims the heap, so every
   training step page-faults its activations back in (a third to a half of the CPU time).
-  :func:`tune_allocator` tells it to keep large blocks on the heap and never trim (``mallopt``): 1.9-2x.
+  [`tune_allocator`][metalearn.engine.tune_allocator] tells it to keep large blocks on the heap and never trim (``mallopt``): 1.9-2x.
   The CLI applies it once at start-up; ``METALEARN_MALLOC=default`` turns it off.
-* **layout** -- conv weights in channels-last (:func:`channels_last`); a 1-channel input is already both
+* **layout** -- conv weights in channels-last ([`channels_last`][metalearn.engine.channels_last]); a 1-channel input is already both
   layouts, so converting only the input leaves every conv in NCHW with reorders around it: 1.2-1.4x.
 * **precision** -- bf16 autocast on the encoder only, with fp32 embeddings, distances, softmax, losses and
-  optimizer state (:func:`autocast` and :meth:`metalearn.Learner.encode`): 1.6-1.9x on AVX-512-BF16.
+  optimizer state ([`autocast`][metalearn.engine.autocast] and [`metalearn.Learner.encode`][metalearn.learners.base.Learner.encode]): 1.6-1.9x on AVX-512-BF16.
   Second-order MAML stays fp32: bf16 moves its meta-gradient by ~30%.
 * **threads** -- ``OMP_WAIT_POLICY=PASSIVE`` keeps two threads from spinning against a busy neighbour
   (plain 2 threads were 4-5x slower than 1 thread next to another busy process); it is set when
-  ``metalearn`` is imported before torch (see :func:`omp_env_defaults`).
+  ``metalearn`` is imported before torch (see [`omp_env_defaults`][metalearn.engine.omp_env_defaults]).
 
 The allocator is process-wide state, so it is a function a program calls once, not a side effect of import.
 """
@@ -59,10 +60,14 @@ def tune_allocator(enable: bool | None = None) -> bool:
     """Keep large blocks on glibc's heap and never trim it (``mallopt(M_MMAP_MAX, 0)``,
     ``mallopt(M_TRIM_THRESHOLD, -1)``); applied at most once per process.
 
-    enable: None reads ``METALEARN_MALLOC`` (``default`` / ``0`` / ``off`` leave glibc's defaults).
-    Returns True when the setting is in force. On a platform without glibc it does nothing and returns False.
     The cost is memory: the heap keeps its high-water mark (the activations of the largest step) until the
-    process exits.
+    process exits. The ``metalearn`` command calls it at start-up; call it once in your own training script.
+
+    Args:
+        enable: None reads ``METALEARN_MALLOC`` (``default`` / ``0`` / ``off`` leave glibc's defaults).
+
+    Returns:
+        True when the setting is in force. On a platform without glibc it does nothing and returns False.
     """
     if enable is None:
         enable = os.environ.get("METALEARN_MALLOC", "").lower() not in ("default", "0", "off")
@@ -84,7 +89,7 @@ def tune_allocator(enable: bool | None = None) -> bool:
 
 
 def allocator_tuned() -> bool:
-    """Whether :func:`tune_allocator` is in force in this process."""
+    """Whether [`tune_allocator`][metalearn.engine.tune_allocator] is in force in this process."""
     return bool(_allocator_state["applied"])
 
 
@@ -98,8 +103,8 @@ def set_threads(n: int) -> int:
 
 
 def bf16_supported(device: torch.device | str) -> bool:
-    """bf16 matmul/conv at full speed: CUDA with bf16, or a CPU oneDNN reports native bf16 for
-    (AVX-512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
+    """Whether ``device`` runs bf16 matmul/conv at full speed: CUDA with bf16, or a CPU oneDNN reports native
+    bf16 for (AVX-512-BF16 or AMX). Elsewhere bf16 is emulated and slower than fp32."""
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -112,9 +117,17 @@ def bf16_supported(device: torch.device | str) -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device | str, bf16_safe: bool = True) -> str:
-    """``auto`` -> ``bf16`` where the device runs bf16 natively and the learner keeps its accuracy with it
-    (``bf16_safe``: the metric learners; not second-order MAML), else ``fp32``. ``bf16`` / ``fp32`` are
-    returned as asked."""
+    """The precision a run uses: ``auto`` -> ``bf16`` where the device runs bf16 natively and the learner keeps
+    its accuracy with it, else ``fp32``; ``bf16`` / ``fp32`` are returned as asked.
+
+    Args:
+        precision: ``auto``, ``bf16`` or ``fp32`` (``train.precision``).
+        device: Where the learner runs.
+        bf16_safe: Whether the learner keeps its accuracy in bf16 (the metric learners; not second-order MAML).
+
+    Raises:
+        ValueError: Another precision.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision: expected one of {list(PRECISIONS)}, got {precision!r}")
     if precision != "auto":
@@ -127,6 +140,15 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
 
     Inside, convolutions and matmuls run in bf16 (their fp32 weights are cast per call; the weights, their
     gradients and the optimizer state stay fp32).
+
+    Examples:
+        ```python
+        from metalearn.engine import autocast, resolve_precision
+        precision = resolve_precision("auto", "cpu")
+        with autocast("cpu", precision):
+            z = encoder(x)
+        z = z.float()            # distances, softmax and losses in fp32
+        ```
     """
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -138,7 +160,14 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
 def channels_last(module: nn.Module) -> nn.Module:
     """Put every 4-d parameter and buffer (conv weights) in channels-last, in place; returns the module.
 
-    Values are unchanged (only the strides), so state dicts load either way.
+    Values are unchanged (only the strides), so state dicts load either way. Models the CLI builds are
+    converted already; call it on your own model before making its optimizer.
+
+    Examples:
+        ```python
+        from metalearn.engine import channels_last
+        learner = channels_last(ProtoNet(Conv4(in_channels=1)))
+        ```
     """
     for t in list(module.parameters()) + list(module.buffers()):
         if t.dim() == 4:
@@ -162,6 +191,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
     Exact in eval mode up to float rounding. The copy is in eval mode and has no gradients; ``module`` is
     unchanged. BatchNorms that use batch statistics at test time (no running stats, e.g. MAML's) are kept.
+    [`evaluate`][metalearn.train.evaluator.evaluate] does this by default (``fold_bn=True``).
     """
     folded = copy.deepcopy(module).eval()
     for seq in [m for m in folded.modules() if isinstance(m, nn.Sequential)]:
@@ -179,7 +209,7 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def precision_of(learner: nn.Module, precision: str) -> Iterator[None]:
-    """Temporarily set ``learner.precision`` (a :class:`metalearn.Learner`) to ``precision``."""
+    """Temporarily set ``learner.precision`` (a [`metalearn.Learner`][metalearn.learners.base.Learner]) to ``precision``."""
     old = getattr(learner, "precision", "fp32")
     learner.precision = precision
     try:

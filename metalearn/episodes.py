@@ -1,6 +1,6 @@
 """N-way K-shot Q-query episode sampler: seeded, vectorised, the gather done where the data lives.
 
-One call to :meth:`EpisodeSampler.sample` draws B tasks at once with a handful of tensor ops on the
+One call to [`EpisodeSampler.sample`][metalearn.episodes.EpisodeSampler.sample] draws B tasks at once with a handful of tensor ops on the
 storage's device (no Python loop over tasks, classes or images, no host sync):
 
 1. classes: the first N columns of a random permutation per task (``rand(B, n_classes).argsort``) ->
@@ -23,7 +23,7 @@ from metalearn.types import Episode
 
 
 class EpisodeSampler:
-    """Draws batches of episodes from a :class:`ClassImages` split.
+    """Draws batches of episodes from a [`ClassImages`][metalearn.data.storage.ClassImages] split.
 
     Args:
         data: the split; its device is where sampling happens (move it with ``data.to("cuda")`` first).
@@ -34,9 +34,16 @@ class EpisodeSampler:
         seed: seeds a ``torch.Generator`` on the data's device: same seed -> same episodes.
         scale: uint8 -> float multiplier (default 1/255).
 
-    Example:
-        >>> sampler = EpisodeSampler(split, ways=5, shots=1, queries=15, batch_size=4, seed=0)
-        >>> ep = sampler.sample()   # ep.support_x: (4, 5, C, H, W), ep.query_y: (4, 75)
+    Raises:
+        ArgumentError: A size or the seed out of range (the message names it).
+        ValueError: ``ways`` exceeds the split's classes, or ``shots + queries`` a class's images.
+
+    Examples:
+        >>> from metalearn.data.bundled import load_bundled
+        >>> sampler = EpisodeSampler(load_bundled("evaluation"), ways=5, shots=1, queries=15, batch_size=4, seed=0)
+        >>> ep = sampler.sample()
+        >>> tuple(ep.support_x.shape), tuple(ep.query_y.shape)
+        ((4, 5, 1, 28, 28), (4, 75))
     """
 
     def __init__(self, data: ClassImages, ways: int, shots: int, queries: int, batch_size: int = 1,
@@ -67,9 +74,12 @@ class EpisodeSampler:
 
     # -- state for exact resume -------------------------------------------------------------
     def state_dict(self) -> dict:
+        """The generator's state: [`load_state_dict`][metalearn.episodes.EpisodeSampler.load_state_dict] of it
+        continues the same stream of episodes (exact resume)."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue from a [`state_dict`][metalearn.episodes.EpisodeSampler.state_dict]."""
         self.generator.set_state(state["generator"])
 
     # -- sampling -----------------------------------------------------------------------------

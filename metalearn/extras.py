@@ -10,7 +10,7 @@ class MissingExtraError(ImportError):
 
 
 def require(module: str, extra: str, purpose: str, package: str | None = None) -> ModuleType:
-    """Import ``module`` or raise :class:`MissingExtraError` naming ``metalearn[extra]``.
+    """Import ``module`` or raise [`MissingExtraError`][metalearn.extras.MissingExtraError] naming ``metalearn[extra]``.
 
     >>> require("yaml", "dev", "reading task files").__name__
     'yaml'

@@ -1,14 +1,16 @@
 """The functional core: a model is a function of plain parameter dicts.
 
-Parameters and buffers are ``dict[str, Tensor]`` (:data:`metalearn.types.Params`); a model is called as
-``functional_call(model, (params, buffers), x)``.  Nothing here clones or patches a module: an inner loop makes
-*new* dicts, and the module's own tensors stay untouched.
+Parameters and buffers are ``dict[str, Tensor]`` ([`metalearn.types.Params`][metalearn.types.Params]); a model is
+called as ``functional_call(model, (params, buffers), x)``.  Nothing here clones or patches a module: an inner
+loop makes *new* dicts, and the module's own tensors stay untouched.
 
-Example:
-    >>> params, buffers = params_and_buffers(model)
-    >>> head = select(params, "head")                  # names of the parameters an ANIL inner loop adapts
-    >>> fast, slow = partition(params, head)
-    >>> logits = call(model, combine(fast, slow), buffers, x)
+Examples:
+    ```python
+    params, buffers = params_and_buffers(model)
+    head = select(params, "head")                  # names of the parameters an ANIL inner loop adapts
+    fast, slow = partition(params, head)
+    logits = call(model, combine(fast, slow), buffers, x)
+    ```
 """
 from __future__ import annotations
 
@@ -20,9 +22,9 @@ from torch.func import functional_call
 
 from metalearn.types import Params
 
-#: Which parameters an inner loop adapts: ``None`` or ``"all"`` (every parameter), a name prefix such as
-#: ``"head"`` (the parameters of that submodule), a sequence of prefixes, or ``fn(name, tensor) -> bool``.
 ParamFilter = Union[None, str, Sequence[str], Callable[[str, Tensor], bool]]
+"""Which parameters an inner loop adapts: ``None`` or ``"all"`` (every parameter), a name prefix such as
+``"head"`` (the parameters of that submodule), a sequence of prefixes, or ``fn(name, tensor) -> bool``."""
 
 
 def params_and_buffers(model: nn.Module) -> tuple[Params, Params]:
@@ -33,8 +35,16 @@ def params_and_buffers(model: nn.Module) -> tuple[Params, Params]:
 def call(model: nn.Module, params: Params, buffers: Params | None, *args, **kwargs):
     """``model(*args, **kwargs)`` with ``params`` and ``buffers`` in place of the module's own tensors.
 
-    ``params`` must name every parameter of the model exactly (``combine`` the adapted and the frozen ones
-    first); a missing or unknown name is a ``ValueError`` that names it.
+    Returns what ``model.forward(*args, **kwargs)`` returns.
+
+    Args:
+        model: The module whose ``forward`` runs.
+        params: Every parameter of the model by name, exactly ([`combine`][metalearn.functional.combine] the
+            adapted and the frozen ones first).
+        buffers: Buffers by name (None: the module's own).
+
+    Raises:
+        ValueError: ``params`` misses a parameter of the model or names one it does not have.
     """
     expected = {n for n, _ in model.named_parameters()}
     if params.keys() != expected:
@@ -50,7 +60,12 @@ def _prefix_match(name: str, prefix: str) -> bool:
 
 
 def select(params: Params, spec: ParamFilter = None) -> list[str]:
-    """Names in ``params`` (in order) chosen by ``spec`` (see :data:`ParamFilter`)."""
+    """Names in ``params`` (in order) chosen by ``spec`` (see [`ParamFilter`][metalearn.functional.ParamFilter]).
+
+    Examples:
+        >>> select({"body.w": w, "head.w": v, "head.b": b}, "head")
+        ['head.w', 'head.b']
+    """
     if spec is None or spec == "all":
         return list(params)
     if isinstance(spec, str):
@@ -102,9 +117,18 @@ def check_vmap_safe(model: nn.Module, second_order: bool = True) -> None:
     ``torch.func.vmap`` through ``F.batch_norm`` (``nn.BatchNorm*`` with batch statistics, ``nn.InstanceNorm*``)
     and ``F.layer_norm`` (``nn.LayerNorm``) gives wrong *second-order* gradients (forward and first order are
     right; measured in float64 against a loop over tasks by benchmarks/vmap_norm_check.py: 0.6% to 5% off), so
-    the vmapped meta-gradient of such a model is silently wrong.  A layer that updates running statistics in training mode
-    cannot write per-task statistics into one shared buffer either.  ``nn.GroupNorm`` and
-    :class:`metalearn.nn.BatchNorm2d` (primitive ops) are exact under vmap; or run the tasks in a loop.
+    the vmapped meta-gradient of such a model is silently wrong.  A layer that updates running statistics in
+    training mode cannot write per-task statistics into one shared buffer either.  ``nn.GroupNorm`` and
+    [`metalearn.nn.BatchNorm2d`][metalearn.nn.norm.BatchNorm2d] (primitive ops) are exact under vmap; or run the
+    tasks in a loop.
+
+    Args:
+        model: The module to check.
+        second_order: Whether the meta-gradient is second order; for first order only layers that update
+            running statistics are refused.
+
+    Raises:
+        ValueError: Naming the layer and the alternatives.
     """
     for name, m in model.named_modules():
         where = name or type(model).__name__

@@ -1,4 +1,5 @@
-"""Core value types shared by every layer: an :class:`Episode` and the ``Params`` alias."""
+"""Core value types shared by every layer: an [`Episode`][metalearn.types.Episode] and the
+[`Params`][metalearn.types.Params] alias."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,18 +9,30 @@ import torch
 from torch import Tensor
 
 Params = Dict[str, Tensor]
+"""Parameters or buffers of a model as a dict, name -> tensor (the names of ``model.named_parameters()``)."""
 
 
 @dataclass(frozen=True)
 class Episode:
     """A few-shot task (or a batch of tasks, with a leading dimension B).
 
-    support_x: ([B,] N*K, C, H, W) float   support_y: ([B,] N*K) int64 in [0, ways)
-    query_x:   ([B,] N*Q, C, H, W) float   query_y:   ([B,] N*Q) int64 in [0, ways)
-
     Any other input shape works too (a regression task: x (n, d), y (n, 1) float): set ``batch`` to say
     whether the first dimension indexes tasks. ``batch=None`` (the default) infers it from images: a 5-d
     ``support_x`` is a batch of tasks.
+
+    Attributes:
+        support_x: ([B,] N*K, C, H, W) float support images.
+        support_y: ([B,] N*K) int64 support labels in [0, ways).
+        query_x: ([B,] N*Q, C, H, W) float query images.
+        query_y: ([B,] N*Q) int64 query labels in [0, ways).
+        ways: N, classes per task.
+        batch: Whether the first dimension indexes tasks; None infers it (5-d ``support_x``: a batch).
+
+    Examples:
+        >>> ep = Episode(torch.zeros(5, 1, 28, 28), torch.arange(5), torch.zeros(10, 1, 28, 28),
+        ...              torch.arange(5).repeat(2), ways=5)
+        >>> ep.batched
+        False
     """
 
     support_x: Tensor
@@ -60,5 +73,6 @@ class Episode:
         return Episode(self.support_x[i], self.support_y[i], self.query_x[i], self.query_y[i], self.ways, batch)
 
     def to(self, device: torch.device | str) -> "Episode":
+        """The same episode with its four tensors on ``device``."""
         return Episode(self.support_x.to(device), self.support_y.to(device),
                        self.query_x.to(device), self.query_y.to(device), self.ways, self.batch)

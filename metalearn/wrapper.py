@@ -1,19 +1,22 @@
 """A MAML-style wrapper for any ``nn.Module``, a thin layer over the functional core.
 
 It does the job of learn2learn's ``MAML(model, lr).clone().adapt(loss)`` and higher's ``innerloop_ctx``, with no
-module cloning and no monkey-patching: :meth:`Adaptable.clone` returns a *view* that holds a parameter dict
-(initially the module's own parameters) and calls the module through ``torch.func.functional_call``;
-:meth:`Adapted.adapt` replaces that dict with a new one, one differentiable update step, using the same update
-rules as :mod:`metalearn.inner`.  The module itself is never changed, so the query loss's gradient reaches its
-parameters (and, for Meta-SGD, the learned step sizes).
+module cloning and no monkey-patching: [`Adaptable.clone`][metalearn.wrapper.Adaptable.clone] returns a
+*view* that holds a parameter dict (initially the module's own parameters) and calls the module through
+``torch.func.functional_call``; [`Adapted.adapt`][metalearn.wrapper.Adapted.adapt] replaces that dict with a new
+one, one differentiable update step, using the same update rules as [`metalearn.inner`][metalearn.inner].  The
+module itself is never changed, so the query loss's gradient reaches its parameters (and, for Meta-SGD, the
+learned step sizes).
 
-Example:
-    >>> maml = Adaptable(model, lr=0.4)                # model: any nn.Module (conv, norm layers, LSTM, ...)
-    >>> opt = torch.optim.Adam(maml.parameters(), 1e-3)
-    >>> task = maml.clone()
-    >>> task.adapt(F.cross_entropy(task(support_x), support_y))
-    >>> F.cross_entropy(task(query_x), query_y).backward()   # meta-gradient in model.parameters()
-    >>> opt.step(); opt.zero_grad()
+Examples:
+    ```python
+    maml = Adaptable(model, lr=0.4)                # model: any nn.Module (conv, norm layers, LSTM, ...)
+    opt = torch.optim.Adam(maml.parameters(), 1e-3)
+    task = maml.clone()
+    task.adapt(F.cross_entropy(task(support_x), support_y))
+    F.cross_entropy(task(query_x), query_y).backward()   # meta-gradient in model.parameters()
+    opt.step(); opt.zero_grad()
+    ```
 """
 from __future__ import annotations
 
@@ -32,7 +35,7 @@ class Adaptable(nn.Module):
         model: any ``nn.Module``.
         lr: inner step size (with ``learn_lr``, the initial value of the learned per-entry step sizes).
         first_order: inner gradients as constants (first-order MAML); per call overridable in ``adapt``.
-        adapt: which parameters adapt (:data:`metalearn.functional.ParamFilter`): ``"all"``, a submodule prefix
+        adapt: which parameters adapt ([`ParamFilter`][metalearn.functional.ParamFilter]): ``"all"``, a submodule prefix
             such as ``"head"`` (ANIL), a list of prefixes, or ``fn(name, tensor) -> bool``.
         learn_lr: Meta-SGD step sizes, registered as parameters of this wrapper.
         allow_unused: treat the gradient of an adapted parameter that the loss does not use as zero
@@ -57,6 +60,7 @@ class Adaptable(nn.Module):
         return self.module(*args, **kwargs)
 
     def hyper(self) -> Params:
+        """The learned Meta-SGD step sizes by parameter name (``{}`` without ``learn_lr``)."""
         return dict(zip(self.names, self.step_sizes)) if len(self.step_sizes) else {}
 
     def clone(self) -> "Adapted":
@@ -65,7 +69,9 @@ class Adaptable(nn.Module):
 
 
 class Adapted:
-    """The wrapped module at the parameters in :attr:`params`; :meth:`adapt` moves them one step."""
+    """The wrapped module at the parameters in ``params``; [`adapt`][metalearn.wrapper.Adapted.adapt] moves them
+    one step. Made by [`Adaptable.clone`][metalearn.wrapper.Adaptable.clone]; calling it runs the module with those
+    parameters."""
 
     def __init__(self, owner: Adaptable, params: Params) -> None:
         self.owner, self.params, self.steps = owner, params, 0
@@ -74,7 +80,20 @@ class Adapted:
         return call(self.owner.module, self.params, None, *args, **kwargs)
 
     def adapt(self, loss: Tensor, first_order: bool | None = None) -> "Adapted":
-        """One differentiable update on ``loss`` (a scalar computed with this view).  Returns ``self``."""
+        """One differentiable update on ``loss``.
+
+        Args:
+            loss: A scalar computed with this view (``task(x)``), not with the module.
+            first_order: Detach the inner gradient for this step; None uses the wrapper's setting.
+
+        Returns:
+            ``self``, so that steps chain: ``task.adapt(l1).adapt(l2)``.
+
+        Raises:
+            ValueError: ``loss`` is not a scalar or does not require grad (computed without this view, or
+                under ``torch.no_grad()``).
+            FloatingPointError: the loss is NaN or infinite (with ``check_finite``).
+        """
         owner = self.owner
         first_order = owner.first_order if first_order is None else first_order
         if not isinstance(loss, Tensor) or loss.numel() != 1:

@@ -4,12 +4,15 @@
 resolved task config, the commit and config hash of the run, the result it reproduces (ours and published),
 the weights file and its sha256, and the first test episodes' accuracies (for a quick re-check). Weights are
 the fp32 state dict of ``best.pt`` (Conv4: about 0.45 MB). Only models whose row reproduced the published
-number (the published mean inside our 95% CI, or below our mean) are added (:func:`add_model`).
+number (the published mean inside our 95% CI, or below our mean) are added ([`add_model`][metalearn.zoo.add_model]).
 
-    >>> import metalearn
-    >>> metalearn.pretrained()                        # what exists, with each model's measured accuracy
-    >>> learner = metalearn.pretrained("protonet_omniglot_5w1s")   # a Learner in eval mode
-    >>> logits = learner.predict(episode)
+Examples:
+    ```python
+    import metalearn
+    metalearn.pretrained()                        # what exists, with each model's measured accuracy
+    learner = metalearn.pretrained("protonet_omniglot_5w1s")   # a Learner in eval mode
+    logits = learner.predict(episode)
+    ```
 """
 from __future__ import annotations
 
@@ -43,10 +46,24 @@ def manifest(zoo_dir: str | os.PathLike = ZOO_DIR) -> dict:
 
 def pretrained(name: str | None = None, *, device: str | torch.device = "cpu",
                zoo_dir: str | os.PathLike = ZOO_DIR):
-    """A trained learner from the zoo, ready for :func:`metalearn.evaluate` or ``.predict``; with no name,
-    the list of what exists: ``[{"name", "accuracy", "ci95", "published", "task", ...}]``.
+    """A trained learner from the zoo, ready for [`metalearn.evaluate`][metalearn.train.evaluator.evaluate] or
+    ``.predict``; with no name, the list of what exists.
 
-    The weights file's sha256 is checked against the manifest before loading (``weights_only`` loading).
+    With a name it returns the learner, in eval mode. Without, it returns one dict per model, sorted by name,
+    with ``name``, ``dataset``, ``learner``, ``ways``, ``shots``, ``accuracy``, ``ci95``, ``published``,
+    ``task`` and ``commit`` (an empty list when the zoo ships no model). The weights file's sha256 is checked
+    against the manifest before loading (``weights_only`` loading).
+
+    Args:
+        name: A model's name (the task name of the row it reproduces, e.g. ``"protonet_omniglot_5w1s"``); None
+            lists the models.
+        device: Where the learner goes.
+        zoo_dir: The zoo folder (default: the one shipped in the package).
+
+    Raises:
+        ValueError: No model of that name (the message lists the available ones), or weights whose sha256
+            differs from the manifest's.
+        FileNotFoundError: The manifest names a weights file that is missing.
     """
     entries = manifest(zoo_dir)
     if name is None:

@@ -8,8 +8,8 @@ beside it) holds
 * ``names``: the 1623 ``"Alphabet/characterNN"`` names in Vinyals order (background alphabets first);
 * ``parts``: ``background`` / ``evaluation`` per character (Lake et al.'s 30 / 20 alphabets).
 
-The pixels are the full-size release resized 105 → 28 exactly as :func:`metalearn.data.omniglot.load_omniglot`
-does (PIL bilinear), then thresholded: ink where the resized grey value is below 128. :func:`build_bundle`
+The pixels are the full-size release resized 105 → 28 exactly as [`metalearn.data.omniglot.load_omniglot`][metalearn.data.omniglot.load_omniglot]
+does (PIL bilinear), then thresholded: ink where the resized grey value is below 128. [`build_bundle`][metalearn.data.bundled.build_bundle]
 makes the file from the full data; the tests check it against the full npz pixel for pixel.
 """
 from __future__ import annotations
@@ -36,7 +36,8 @@ def binarize(images: np.ndarray) -> np.ndarray:
 
 def build_bundle(root: str | os.PathLike | None = None, path: str | os.PathLike = BUNDLE,
                  cache_dir: str | os.PathLike | None = None) -> Path:
-    """Write the bundled file from the full Omniglot under ``root`` (default $METALEARN_DATA)."""
+    """Write the bundled file from the full Omniglot under ``root`` (default ``$METALEARN_DATA``); returns its
+    path."""
     from metalearn.data.cache import atomic_write
     from metalearn.data.omniglot import load_omniglot
     full = load_omniglot(root, split="all", image_size=SIZE, rotations=None, cache_dir=cache_dir)
@@ -58,11 +59,26 @@ def _split_meta(names, root) -> list[str]:
 
 def load_bundled(part: str = "background", rotations: tuple = (0,), path: str | os.PathLike = BUNDLE,
                  validation: int = 0, seed: int = 0) -> ClassImages:
-    """The bundled Omniglot as :class:`ClassImages` (uint8, paper 255 / ink 0, like the full loader).
+    """The bundled Omniglot as [`ClassImages`][metalearn.data.storage.ClassImages] (uint8, paper 255 / ink 0,
+    like the full loader); no download, no data root.
 
-    part: ``background`` (964 characters, 30 alphabets; meta-training), ``evaluation`` (659, 20 alphabets;
-        meta-testing), or ``all``.
-    rotations: class-augmentation angles, as :func:`metalearn.data.omniglot.load_omniglot`.
+    Args:
+        part: ``background`` (964 characters, 30 alphabets; meta-training), ``evaluation`` (659, 20 alphabets;
+            meta-testing), or ``all``.
+        rotations: Class-augmentation angles, as in [`load_omniglot`][metalearn.data.omniglot.load_omniglot].
+        path: The bundle file (default: the one shipped in the package).
+        validation: Unused.
+        seed: Unused.
+
+    Raises:
+        ValueError: An unknown ``part``.
+        FileNotFoundError: The bundle file is missing (a broken installation).
+
+    Examples:
+        >>> from metalearn.data.bundled import load_bundled
+        >>> test = load_bundled("evaluation")
+        >>> test.num_classes, test.image_shape
+        (659, (1, 28, 28))
     """
     if part not in PARTS + ("all",):
         raise ValueError(f"part: expected background, evaluation or all, got {part!r}")

@@ -4,10 +4,10 @@ Sources, looked for under ``<root>/cifar10/`` (``root`` = ``$METALEARN_DATA`` by
 
 * ``cifar10_jpeg.tar.gz`` — the project's shared copy: ``train/<class>/NNNN.jpg`` (5000 per class) and
   ``test/<class>/NNNN.jpg`` (1000 per class), 32x32 RGB, **a JPEG (quality ~75) re-encoding** of CIFAR-10
-  (about 30.5 dB PSNR against the originals). Read in place with :mod:`tarfile` (nothing is extracted).
+  (about 30.5 dB PSNR against the originals). Read in place with `tarfile` (nothing is extracted).
 * ``cifar-10-python.tar.gz`` — the original release (``cifar-10-batches-py/data_batch_1..5``, ``test_batch``),
   lossless, in the original order. Also read in place; its pickled batches are read with
-  :mod:`metalearn.data.safe_pickle` (plain data only: a crafted archive cannot run code).
+  [`metalearn.data.safe_pickle`][metalearn.data.safe_pickle] (plain data only: a crafted archive cannot run code).
 
 Image order (deterministic, the same on every machine):
 
@@ -21,17 +21,18 @@ Image order (deterministic, the same on every machine):
   matters to online test-time adaptation), and it depends on nothing but the file names (no RNG version).
 
 Class indices follow the original: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog, 7 horse,
-8 ship, 9 truck (:data:`CLASSES`).
+8 ship, 9 truck (`CLASSES`).
 
 Each split is decoded once (PIL -> RGB uint8 (N, 3, 32, 32)) into the uint8 cache (``$METALEARN_CACHE``, see
-:mod:`metalearn.data.cache`: atomic writes, keyed on the sha256 of the source files) and comes back as a
+[`metalearn.data.cache`][metalearn.data.cache]: atomic writes, keyed on the sha256 of the source files) and comes back as a
 copy-on-write memory map wrapped in a tensor.
 
-Example::
-
+Examples:
+    ```python
     from metalearn.data.cifar10 import load_cifar10, normalize
     x, y = load_cifar10(split="test")          # uint8 (10000, 3, 32, 32), int64 (10000,)
     z = normalize(x[:8])                       # float32, per-channel standardised
+    ```
 """
 from __future__ import annotations
 

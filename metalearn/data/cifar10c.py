@@ -1,19 +1,20 @@
-"""CIFAR-10-C generated locally: the 15 corruptions of :mod:`metalearn.data.corruptions` applied to the CIFAR-10
-test set (:func:`metalearn.data.cifar10.load_cifar10`), one uint8 cache entry per (corruption, severity).
+"""CIFAR-10-C generated locally: the 15 corruptions of [`metalearn.data.corruptions`][metalearn.data.corruptions] applied to the CIFAR-10
+test set ([`metalearn.data.cifar10.load_cifar10`][metalearn.data.cifar10.load_cifar10]), one uint8 cache entry per (corruption, severity).
 
 Entries live under ``<cache_dir>/cifar10c/<source>_seed<seed>[_n<limit>]/<corruption>_<severity>.npy/.json``
-(the uint8 cache format of :mod:`metalearn.data.cache`: atomic writes, json last), keyed on the clean test set's
+(the uint8 cache format of [`metalearn.data.cache`][metalearn.data.cache]: atomic writes, json last), keyed on the clean test set's
 source checksums, the corruption code's ``VERSION``, the seed and the chunk size, so a stale entry is rebuilt and
 an interrupted build leaves no half-written file.
 
-Images are corrupted in chunks of :data:`CHUNK` test images; chunk ``k`` uses seed ``seed * 1_000_000 + k`` (the
+Images are corrupted in chunks of `CHUNK` test images; chunk ``k`` uses seed ``seed * 1_000_000 + k`` (the
 same at every severity, so severities share their noise pattern). The result does not depend on the device.
 
-Example::
-
+Examples:
+    ```python
     from metalearn.data.cifar10c import build_cifar10c, load_cifar10c
     build_cifar10c(severities=(5,))                       # all 15 corruptions at level 5 (about a minute on CPU)
     x, y = load_cifar10c("fog", 5)                        # uint8 (10000, 3, 32, 32), int64 (10000,)
+    ```
 
 CLI: ``metalearn data cifar10c [--corruptions fog snow] [--severities 5] [--limit N]``.
 """
@@ -96,14 +97,14 @@ def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.Pa
     Args:
         root: data root holding ``cifar10/`` (default $METALEARN_DATA).
         cache_dir: cache directory (default $METALEARN_CACHE or ~/.cache/metalearn).
-        severities: levels 1..5 to build. corruptions: names from :data:`CORRUPTIONS` (standard order).
+        severities: levels 1..5 to build. corruptions: names from `CORRUPTIONS` (standard order).
         seed: the generation seed. limit: only the first ``limit`` test images (smoke tests).
         device: where the corruptions run ("cpu", "cuda"); the output does not depend on it.
         progress: show a tqdm bar.
         verify: check the sha256 of entries already built (else only their sizes).
 
     Returns the ``.npy`` paths of all requested entries. Entries already built with the same key are skipped; a
-    damaged one is rebuilt, with a :class:`~metalearn.data.cache.CacheRebuildWarning` naming it.
+    damaged one is rebuilt, with a [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning] naming it.
     """
     names, sev, limit = _check_names(corruptions), _check_severities(severities), _check_limit(limit)
     device = check_device("device", device)
@@ -143,7 +144,7 @@ def load_cifar10c(name: str, severity: int, root: str | os.PathLike | None = Non
                   cache_dir: str | os.PathLike | None = None, seed: int = 0, limit: int | None = None,
                   device: str | torch.device = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` of corruption ``name`` at ``severity`` (1..5),
-    N = 10000 (or ``limit``); built on demand (see :func:`build_cifar10c`), memory-mapped from the cache."""
+    N = 10000 (or ``limit``); built on demand (see [`build_cifar10c`][metalearn.data.cifar10c.build_cifar10c]), memory-mapped from the cache."""
     (name,), (severity,) = _check_names((name,)), _check_severities((severity,))
     limit = _check_limit(limit)
     build_cifar10c(root, cache_dir, (severity,), (name,), seed=seed, limit=limit, device=device, progress=progress,
@@ -207,14 +208,14 @@ def load_cifar10c_official(name: str, severity: int, root: str | os.PathLike | N
     times). Nothing is decoded or cached: the block is read from a memory map.
 
     Args:
-        name: a corruption of :data:`CORRUPTIONS` or :data:`OFFICIAL_EXTRA`.
+        name: a corruption of `CORRUPTIONS` or `OFFICIAL_EXTRA`.
         severity: 1..5.
         root: the data root holding ``cifar10c/`` (or ``CIFAR-10-C/``), default $METALEARN_DATA; or that folder.
         limit: only the first ``limit`` images (the first test images, as for the generated corruptions).
 
     Returns:
         ``(images uint8 (N, 3, 32, 32) RGB, labels int64 (N,))``, N = 10000 or ``limit``: the same layout as
-        :func:`load_cifar10c`, so TTT and Tent run on either.
+        [`load_cifar10c`][metalearn.data.cifar10c.load_cifar10c], so TTT and Tent run on either.
     """
     if name not in CORRUPTIONS and name not in OFFICIAL_EXTRA:
         raise ValueError(f"name: unknown corruption {name!r}; expected one of "

@@ -1,7 +1,7 @@
 """The 15 common corruptions of CIFAR-10-C (Hendrycks & Dietterich, ICLR 2019), in torch.
 
 ``corrupt(images, name, severity, seed=0)`` applies one corruption at one severity (1-5) to a batch of RGB images,
-with the **CIFAR-10 parameters** of the authors' ``make_cifar_c.py`` (tables in :data:`PARAMS`). It is our own
+with the **CIFAR-10 parameters** of the authors' ``make_cifar_c.py`` (tables in `PARAMS`). It is our own
 implementation, vectorised over the batch, on the images' device; nothing beyond torch, numpy and Pillow (for
 JPEG). It applies to any RGB image tensor — CIFAR-10 test images or a user's own set — so one can build a
 "CIFAR-10-C-style" shift of any data. Sizes other than 32x32 work (min 8x8); the pixel-unit parameters (blur radii,
@@ -33,11 +33,12 @@ Deviations from the reference (also in docs/cifar10c.md):
 * The shared CIFAR-10 copy is itself JPEG re-encoded (quality ~75), so our CIFAR-10-C is "corruption of a
   JPEG-re-encoded CIFAR-10", not bit-identical to the published CIFAR-10-C.
 
-Example::
-
+Examples:
+    ```python
     from metalearn.data.corruptions import CORRUPTIONS, corrupt
     x = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     y = corrupt(x, "fog", severity=5, seed=0)      # uint8 (8, 3, 32, 32)
+    ```
 """
 from __future__ import annotations
 
@@ -498,11 +499,11 @@ def _check(images, name, severity) -> None:
 
 
 def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
-    """Apply corruption ``name`` (one of :data:`CORRUPTIONS`) at ``severity`` 1..5 to RGB images.
+    """Apply corruption ``name`` (one of `CORRUPTIONS`) at ``severity`` 1..5 to RGB images.
 
     images: uint8 (N, 3, H, W) / (3, H, W) in 0..255, or float in [0, 1]  ->  same dtype, shape and device,
     values in range. H, W >= 8. Deterministic in ``(seed, name, N)``; see the module docstring for the
-    parameters (:data:`PARAMS`, Hendrycks & Dietterich 2019, CIFAR-10 values) and the deviations.
+    parameters (`PARAMS`, Hendrycks & Dietterich 2019, CIFAR-10 values) and the deviations.
     """
     _check(images, name, severity)
     single = images.ndim == 3

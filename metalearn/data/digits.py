@@ -16,7 +16,12 @@ SPLITS = {"train": (0, 1, 2, 3, 4), "test": (5, 6, 7, 8, 9), "all": tuple(range(
 
 
 def load_digits(split: str = "train", image_size: int = 16) -> ClassImages:
-    """Digits of ``split`` ("train": 0-4, "test": 5-9, "all") as uint8 (M, 1, S, S) grouped by class."""
+    """Digits of ``split`` as uint8 (M, 1, S, S) grouped by class.
+
+    Args:
+        split: ``train`` (digits 0-4), ``test`` (5-9) or ``all``.
+        image_size: S, the side after resizing from 8 px.
+    """
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {sorted(SPLITS)} for digits, got {split!r}")
     if image_size < 8:

@@ -1,7 +1,7 @@
 """Download the official upstream files of Omniglot, CIFAR-10 and CIFAR-10-C, pinned by sha256.
 
 ``metalearn data download omniglot | cifar10 | cifar10c [--root DIR] [--url URL ...] [--timeout S]``
-(:func:`download_dataset`). Every file has a pinned sha256 (and its size); a download
+([`download_dataset`][metalearn.data.download.download_dataset]). Every file has a pinned sha256 (and its size); a download
 
 * resumes: the bytes go to ``<name>.part`` next to the final file; a new attempt (after an interrupted
   connection, a timeout, or in a later run) asks the server for the rest with an HTTP ``Range`` request, and
@@ -15,15 +15,15 @@
 
 Where the files go (under the data root, ``--root`` or ``$METALEARN_DATA``), read in place by the loaders:
 
-* ``omniglot/images_background.zip``, ``omniglot/images_evaluation.zip`` (:mod:`metalearn.data.omniglot`,
+* ``omniglot/images_background.zip``, ``omniglot/images_evaluation.zip`` ([`metalearn.data.omniglot`][metalearn.data.omniglot],
   source ``"zip"``), from the dataset authors' repository (github.com/brendenlake/omniglot);
-* ``cifar10/cifar-10-python.tar.gz`` (:mod:`metalearn.data.cifar10`), from the University of Toronto page;
-* ``cifar10c/<corruption>.npy`` and ``cifar10c/labels.npy`` (:func:`metalearn.data.cifar10c.load_cifar10c_official`),
+* ``cifar10/cifar-10-python.tar.gz`` ([`metalearn.data.cifar10`][metalearn.data.cifar10]), from the University of Toronto page;
+* ``cifar10c/<corruption>.npy`` and ``cifar10c/labels.npy`` ([`metalearn.data.cifar10c.load_cifar10c_official`][metalearn.data.cifar10c.load_cifar10c_official]),
   extracted from ``CIFAR-10-C.tar`` (Zenodo record 2535967, 2.9 GB). The archive is deleted after extraction
   unless ``keep_archive=True``.
 
 Each dataset folder gets a ``SHA256SUMS`` (``sha256sum`` format) listing what was downloaded or extracted, which
-``metalearn data check`` (:mod:`metalearn.data.check`) verifies.
+``metalearn data check`` ([`metalearn.data.check`][metalearn.data.check]) verifies.
 
 Provenance of the pinned checksums: the sha256 values and sizes are those published in TensorFlow Datasets'
 ``url_checksums`` files (``omniglot.txt``, ``cifar10.csv``, ``cifar10_corrupted.txt``); the CIFAR-10 sha256 is
@@ -191,7 +191,7 @@ def _open(url: str, start: int, timeout: float):
 
 def _fetch(url: str, part: Path, size: int | None, timeout: float, bar) -> None:
     """Bring ``part`` to the full content of ``url``, appending to what it holds (HTTP Range).  Raises
-    :class:`_Retry` on a transient failure (``part`` keeps what arrived) and :class:`DownloadError` otherwise."""
+    `_Retry` on a transient failure (``part`` keeps what arrived) and [`DownloadError`][metalearn.data.download.DownloadError] otherwise."""
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # longer than the real file: cannot be a prefix of it
         part.unlink()
@@ -408,7 +408,7 @@ def extract_npy_members(archive: str | os.PathLike, folder: str | os.PathLike, p
 # ----------------------------------------------------------------------------- a whole data set
 @dataclass
 class DownloadReport:
-    """What :func:`download_dataset` did: the dataset folder, the files now in place, which were fetched."""
+    """What [`download_dataset`][metalearn.data.download.download_dataset] did: the dataset folder, the files now in place, which were fetched."""
     name: str
     folder: Path
     files: list[Path]
@@ -443,7 +443,7 @@ def _extracted(folder: Path) -> list[Path] | None:
 def download_dataset(name: str, root: str | os.PathLike | None = None, urls: Sequence[str] | None = None, *,
                      timeout: float = 60.0, retries: int = 3, force: bool = False, keep_archive: bool = False,
                      progress: bool = True, backoff: float = 1.0) -> DownloadReport:
-    """Download data set ``name`` (a key of :data:`DATASETS`) into ``<root>/<folder>/``.
+    """Download data set ``name`` (a key of `DATASETS`) into ``<root>/<folder>/``.
 
     Args:
         name: "omniglot", "cifar10" or "cifar10c".
@@ -451,15 +451,15 @@ def download_dataset(name: str, root: str | os.PathLike | None = None, urls: Seq
         urls: mirrors to try before the official URL. A URL ending in "/" is a folder: the file name is
             appended (so one mirror serves every file of a data set); otherwise it is the URL of the file (only
             for data sets of one file).
-        timeout: as in :func:`download_file`.
-        retries: as in :func:`download_file`.
+        timeout: as in [`download_file`][metalearn.data.download.download_file].
+        retries: as in [`download_file`][metalearn.data.download.download_file].
         force: delete files already present (a checksum mismatch) and download again.
         keep_archive: CIFAR-10-C: keep ``CIFAR-10-C.tar`` after extracting the ``.npy`` files.
-        progress: as in :func:`download_file`.
-        backoff: as in :func:`download_file`.
+        progress: as in [`download_file`][metalearn.data.download.download_file].
+        backoff: as in [`download_file`][metalearn.data.download.download_file].
 
     Returns:
-        a :class:`DownloadReport`.
+        a [`DownloadReport`][metalearn.data.download.DownloadReport].
     """
     if name not in DATASETS:
         raise ValueError(f"dataset: expected one of {sorted(DATASETS)}, got {name!r}")

@@ -1,16 +1,18 @@
 """torchmeta-style helpers: ``omniglot(...)`` / ``miniimagenet(...)``, ``BatchMetaDataLoader``, and the
-functions of ``torchmeta.utils.prototype`` (:func:`get_prototypes`, :func:`prototypical_loss`) and
-``torchmeta.utils.matching`` (:func:`matching_log_probas`, :func:`matching_loss`, ...).
+functions of ``torchmeta.utils.prototype`` ([`get_prototypes`][metalearn.data.helpers.get_prototypes], [`prototypical_loss`][metalearn.data.helpers.prototypical_loss]) and
+``torchmeta.utils.matching`` ([`matching_log_probas`][metalearn.data.helpers.matching_log_probas], [`matching_loss`][metalearn.data.helpers.matching_loss], ...).
 
-Code written for torchmeta ::
+Code written for torchmeta:
 
-    dataset = omniglot("data", ways=5, shots=1, test_shots=15, meta_train=True, download=True)
-    loader = BatchMetaDataLoader(dataset, batch_size=16, num_workers=4)
-    for batch in loader:
-        x, y = batch["train"]   # (16, 5, 1, 28, 28) float in [0, 1], (16, 5) int64
-        xq, yq = batch["test"]  # (16, 75, 1, 28, 28), (16, 75)
+```python
+dataset = omniglot("data", ways=5, shots=1, test_shots=15, meta_train=True, download=True)
+loader = BatchMetaDataLoader(dataset, batch_size=16, num_workers=4)
+for batch in loader:
+    x, y = batch["train"]   # (16, 5, 1, 28, 28) float in [0, 1], (16, 5) int64
+    xq, yq = batch["test"]  # (16, 75, 1, 28, 28), (16, 75)
+```
 
-runs unchanged, on top of :class:`~metalearn.episodes.EpisodeSampler` (an episode is an index gather on the
+runs unchanged, on top of [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] (an episode is an index gather on the
 device; there are no worker processes). Differences from torchmeta, by design:
 
 * the loader is infinite unless ``num_batches`` is given (torchmeta's is effectively infinite too);
@@ -20,13 +22,15 @@ device; there are no worker processes). Differences from torchmeta, by design:
   warning: Omniglot is 28x28 with 0/90/180/270 rotation classes (change with ``image_size=`` / ``rotations=``),
   miniImageNet 84x84, pixels scaled to [0, 1] as ``ToTensor`` does;
 * ``download=True`` fetches Omniglot's official zips into ``folder/omniglot/`` when no Omniglot is found there
-  (:mod:`metalearn.data.download`, sha256-pinned); miniImageNet has no official download, so for it the files
+  ([`metalearn.data.download`][metalearn.data.download], sha256-pinned); miniImageNet has no official download, so for it the files
   must be under ``folder`` (see ``load_miniimagenet``).
 
-torchmeta's ProtoNet and Matching Networks example scripts run with their imports changed to this module::
+torchmeta's ProtoNet and Matching Networks example scripts run with their imports changed to this module:
 
-    from metalearn.data.helpers import omniglot, BatchMetaDataLoader, get_prototypes, prototypical_loss
-    from metalearn.data.helpers import matching_log_probas, matching_loss
+```python
+from metalearn.data.helpers import omniglot, BatchMetaDataLoader, get_prototypes, prototypical_loss
+from metalearn.data.helpers import matching_log_probas, matching_loss
+```
 
 The loss helpers take torchmeta's batched shapes: embeddings (B, N*K, D), targets (B, N*K) int64 in [0, N).
 """
@@ -51,7 +55,7 @@ _IGNORED = ("transform", "target_transform", "dataset_transform", "class_augment
 
 
 class MetaDataset:
-    """A meta-split (:class:`ClassImages`) plus the task shape: ``ways`` classes, ``shots`` support and
+    """A meta-split ([`ClassImages`][metalearn.data.storage.ClassImages]) plus the task shape: ``ways`` classes, ``shots`` support and
     ``test_shots`` query images per class (torchmeta's ``num_classes_per_task`` = ways).
 
     ``shuffle=True`` shuffles the order of the examples inside each task's train/test sets (torchmeta's
@@ -88,7 +92,7 @@ class MetaDataset:
                            self.shuffle, self.seed)
 
     def sampler(self, batch_size: int = 1, seed: int | None = None) -> EpisodeSampler:
-        """An :class:`EpisodeSampler` drawing ``batch_size`` tasks of this shape per call."""
+        """An [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] drawing ``batch_size`` tasks of this shape per call."""
         return EpisodeSampler(self.data, ways=self.ways, shots=self.shots, queries=self.test_shots,
                               batch_size=batch_size, seed=self.seed if seed is None else seed)
 
@@ -98,7 +102,7 @@ class MetaDataset:
 
 
 class BatchMetaDataLoader:
-    """Batches of ``batch_size`` tasks from a :class:`MetaDataset`, as dicts
+    """Batches of ``batch_size`` tasks from a [`MetaDataset`][metalearn.data.helpers.MetaDataset], as dicts
     ``{"train": (x, y), "test": (x, y)}``: x (B, N*K, C, H, W) float32 in [0, 1], y (B, N*K) int64 in [0, N)
     (test: N*test_shots), on the dataset's device.
 
@@ -209,7 +213,7 @@ def miniimagenet(folder: str | os.PathLike | None, shots: int, ways: int, shuffl
                  device: torch.device | str | None = None, **kwargs) -> MetaDataset:
     """miniImageNet meta-split as torchmeta's ``miniimagenet`` helper (folder, shots, ways, ...).
 
-    Images (3, 84, 84); ``meta_split`` / ``meta_train`` ... as in :func:`omniglot`.
+    Images (3, 84, 84); ``meta_split`` / ``meta_train`` ... as in [`omniglot`][metalearn.data.helpers.omniglot].
     """
     split = _meta_split(meta_split, kwargs)
     _pop_ignored(kwargs, "miniimagenet")
@@ -276,7 +280,7 @@ def prototypical_loss(prototypes: Tensor, embeddings: Tensor, targets: Tensor, *
     """Cross-entropy of the query points under softmax(-squared Euclidean distance to each prototype).
 
     Args:
-        prototypes: (B, C, D) from :func:`get_prototypes`.
+        prototypes: (B, C, D) from [`get_prototypes`][metalearn.data.helpers.get_prototypes].
         embeddings: (B, M, D) query embeddings.
         targets: (B, M) int64 query classes in [0, C).
         **kwargs: passed to ``torch.nn.functional.cross_entropy`` (``reduction=...``, ``label_smoothing=...``).
@@ -334,13 +338,13 @@ def matching_log_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Te
 
 def matching_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Tensor, num_classes: int,
                     eps: float = 1e-8) -> Tensor:
-    """``exp`` of :func:`matching_log_probas`: (B, num_classes, M) probabilities."""
+    """``exp`` of [`matching_log_probas`][metalearn.data.helpers.matching_log_probas]: (B, num_classes, M) probabilities."""
     return matching_log_probas(embeddings, targets, test_embeddings, num_classes, eps).exp()
 
 
 def matching_loss(train_embeddings: Tensor, train_targets: Tensor, test_embeddings: Tensor, test_targets: Tensor,
                   num_classes: int, eps: float = 1e-8, **kwargs: object) -> Tensor:
-    """Negative log-likelihood of the query classes under :func:`matching_log_probas`, as torchmeta's.
+    """Negative log-likelihood of the query classes under [`matching_log_probas`][metalearn.data.helpers.matching_log_probas], as torchmeta's.
 
     Args:
         train_embeddings: (B, N, D) support embeddings.
@@ -348,7 +352,7 @@ def matching_loss(train_embeddings: Tensor, train_targets: Tensor, test_embeddin
         test_embeddings: (B, M, D) query embeddings.
         test_targets: (B, M) query classes.
         num_classes: classes per task.
-        eps: as in :func:`matching_log_probas`.
+        eps: as in [`matching_log_probas`][metalearn.data.helpers.matching_log_probas].
         **kwargs: passed to ``torch.nn.functional.nll_loss``.
     """
     log_probas = matching_log_probas(train_embeddings, train_targets, test_embeddings, num_classes, eps)

@@ -5,14 +5,14 @@ Files under ``<root>/miniimagenet/``:
 * ``train.csv``, ``val.csv``, ``test.csv``: ``filename,label`` (label = WordNet id); the split definition.
 * images, one of
   - ``"tar"``: the archives ``images_train_1.tar.gz`` + ``images_train_2.tar.gz`` (train), ``images_val.tar.gz``,
-    ``images_test.tar.gz``, each holding ``images/<filename>``; read in place with :mod:`tarfile` (nothing is
+    ``images_test.tar.gz``, each holding ``images/<filename>``; read in place with `tarfile` (nothing is
     extracted to disk);
   - ``"folder"``: an already extracted ``images/<filename>`` folder;
-  - ``"hf"``: a Hugging Face Arrow dataset (see :data:`HF_SCHEMA`), ``hf_name`` or ``<root>/miniimagenet_hf``;
-    :func:`export_miniimagenet_hf` writes one from the csv + archives (JPEG bytes copied as they are);
+  - ``"hf"``: a Hugging Face Arrow dataset (see `HF_SCHEMA`), ``hf_name`` or ``<root>/miniimagenet_hf``;
+    [`export_miniimagenet_hf`][metalearn.data.miniimagenet.export_miniimagenet_hf] writes one from the csv + archives (JPEG bytes copied as they are);
   - ``"l2l"``: learn2learn's pickled cache ``mini-imagenet-cache-{train,validation,test}.pkl`` (no csv needed):
     a dict with ``image_data`` (uint8 (N, 84, 84, 3)) and ``class_dict`` ({WordNet id: [row indices]}), read
-    with :mod:`metalearn.data.safe_pickle` (plain data only: a crafted file cannot run code);
+    with [`metalearn.data.safe_pickle`][metalearn.data.safe_pickle] (plain data only: a crafted file cannot run code);
   - ``"h5"``: torchmeta's files ``{train,val,test}_data.hdf5`` (group ``datasets``: one uint8 (600, 84, 84, 3)
     array per WordNet id) + ``{split}_labels.json`` (the list of WordNet ids); needs ``h5py`` (the ``[h5py]``
     extra).
@@ -394,7 +394,7 @@ def _decode_split(src: _Split, split: str) -> tuple[np.ndarray, list, list]:
 def load_miniimagenet(root: str | os.PathLike | None = None, split: str = "train", source: str = "auto",
                       cache_dir: str | os.PathLike | None = None, hf_name: str | os.PathLike | None = None
                       ) -> ClassImages:
-    """One miniImageNet split as :class:`ClassImages`.
+    """One miniImageNet split as [`ClassImages`][metalearn.data.storage.ClassImages].
 
     Args:
         root: data root holding ``miniimagenet/`` (default $METALEARN_DATA). Not needed for a Hub ``hf_name``.

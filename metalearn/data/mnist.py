@@ -14,7 +14,12 @@ _KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 def load_mnist(split: str = "train", root: str | os.PathLike | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images uint8 (n, 28, 28), labels int64 (n,)) of ``split`` ('train' or 'test')."""
+    """``(images uint8 (n, 28, 28), labels int64 (n,))`` of ``split``.
+
+    Args:
+        split: ``train`` or ``test``.
+        root: The data root holding ``mnist/mnist.npz`` (default ``$METALEARN_DATA``).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split: expected 'train' or 'test', got {split!r}")
     path = data_root(root) / "mnist" / "mnist.npz"

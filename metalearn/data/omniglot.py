@@ -8,21 +8,21 @@ Sources (all decode to the *same* uint8 tensors; paper = 255, ink = 0, as in the
 * ``"zip"``: the original release, ``<root>/omniglot/images_background.zip`` + ``images_evaluation.zip``,
   holding ``images_background/<Alphabet>/characterNN/*.png`` (105x105; drawings sorted by file name).
 * ``"folder"``: the release extracted, ``images_background/<Alphabet>/characterNN/*.png`` and
-  ``images_evaluation/...``, in the first of the folders :data:`FOLDER_CANDIDATES` that has both: torchvision's
+  ``images_evaluation/...``, in the first of the folders `FOLDER_CANDIDATES` that has both: torchvision's
   ``omniglot-py/`` (``<root>/omniglot/omniglot-py`` or ``<root>/omniglot-py``) or ``<root>/omniglot`` itself.
-* ``"hf"``: a Hugging Face ``datasets`` dataset (see :data:`HF_SCHEMA`): ``hf_name`` (a local
+* ``"hf"``: a Hugging Face ``datasets`` dataset (see `HF_SCHEMA`): ``hf_name`` (a local
   ``save_to_disk`` folder, loaded with ``datasets.load_from_disk``, or a Hub id for ``datasets.load_dataset``),
-  default ``<root>/omniglot_hf``. :func:`export_omniglot_hf` writes one from the npz form.
+  default ``<root>/omniglot_hf``. [`export_omniglot_hf`][metalearn.data.omniglot.export_omniglot_hf] writes one from the npz form.
 * ``"auto"``: ``hf_name`` if given, else npz if present, else the zips, else the extracted folders, else
   ``<root>/omniglot_hf``.
 
 Every source is decoded once, resized 105 -> ``image_size`` with PIL ``Image.resize((s, s), Image.BILINEAR)``
 (``image_size=105`` keeps the originals) and cached as one uint8 array of all characters in split order
-(:mod:`metalearn.data.cache`); later calls only verify and slice the cache.
+([`metalearn.data.cache`][metalearn.data.cache]); later calls only verify and slice the cache.
 
 Split (Vinyals et al. 2016, as torchmeta; see docs BENCHMARKS.md): characters listed background first, then
 evaluation; alphabets in plain string order, characters by number. The first 1200 are train+val, the last 423
-test; val = the background alphabets in :data:`VAL_ALPHABETS` (172 characters), train = the other 1028.
+test; val = the background alphabets in `VAL_ALPHABETS` (172 characters), train = the other 1028.
 """
 from __future__ import annotations
 
@@ -273,7 +273,7 @@ def _zip_source(folder: Path) -> _Source:
 
 
 def _folder_root(root) -> Path | None:
-    """The first of :data:`FOLDER_CANDIDATES` holding both ``images_background/`` and ``images_evaluation/``."""
+    """The first of `FOLDER_CANDIDATES` holding both ``images_background/`` and ``images_evaluation/``."""
     base = _data_root(root)
     for cand in FOLDER_CANDIDATES:
         folder = base / cand
@@ -416,7 +416,7 @@ def load_omniglot(root: str | os.PathLike | None = None, split: str = "train", i
                   rotations: Sequence[int] | None = (0, 90, 180, 270), source: str = "auto",
                   cache_dir: str | os.PathLike | None = None, hf_name: str | os.PathLike | None = None
                   ) -> ClassImages:
-    """One Omniglot split as :class:`ClassImages`.
+    """One Omniglot split as [`ClassImages`][metalearn.data.storage.ClassImages].
 
     Args:
         root: data root holding ``omniglot/`` (default $METALEARN_DATA). Not needed for a Hub ``hf_name``.
@@ -459,7 +459,7 @@ def load_omniglot(root: str | os.PathLike | None = None, split: str = "train", i
 def export_omniglot_hf(out_dir: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
     """Write the npz form of Omniglot as a Hugging Face Arrow dataset (``save_to_disk``) at ``out_dir``.
 
-    One ``datasets.Dataset`` with the columns of :data:`HF_SCHEMA` (image = lossless grayscale PNG 105x105,
+    One ``datasets.Dataset`` with the columns of `HF_SCHEMA` (image = lossless grayscale PNG 105x105,
     alphabet, character, split, drawing), one row per drawing, in Vinyals order. ``load_omniglot(source="hf",
     hf_name=out_dir)`` gives tensors identical to the npz source. The folder is replaced atomically.
     """

@@ -1,7 +1,7 @@
 """Balanced same/different image pairs for verification training (Koch, Zemel & Salakhutdinov 2015).
 
-:class:`PairSampler` draws batches of pairs from a :class:`ClassImages` split, seeded and vectorised on the
-storage's device like :class:`metalearn.episodes.EpisodeSampler`: the first half of a batch are "same" pairs
+[`PairSampler`][metalearn.data.pairs.PairSampler] draws batches of pairs from a [`ClassImages`][metalearn.data.storage.ClassImages] split, seeded and vectorised on the
+storage's device like [`metalearn.episodes.EpisodeSampler`][metalearn.episodes.EpisodeSampler]: the first half of a batch are "same" pairs
 (two distinct images of one class), the second half "different" pairs (images of two distinct classes).
 Rotation classes count as classes, as in the episode sampler: a character and its 90-degree rotation are
 different classes.
@@ -36,7 +36,7 @@ class PairSampler:
         seed: seeds a ``torch.Generator`` on the data's device.
         scale: uint8 -> float multiplier (default 1/255).
 
-    Example:
+    Examples:
         >>> sampler = PairSampler(split, pairs=128, seed=0)
         >>> b = sampler.sample()     # b.x1, b.x2: (128, 1, 28, 28); b.same[:64] == 1, b.same[64:] == 0
     """

@@ -37,7 +37,7 @@ def data_root(root: str | os.PathLike | None = None) -> Path:
 def cache_dir(cache: str | os.PathLike | None = None) -> Path:
     """The cache directory (created if needed): ``cache`` if given, else $METALEARN_CACHE, else ~/.cache/metalearn.
 
-    Raises :class:`SettingError` naming the setting when it cannot be created."""
+    Raises [`SettingError`][metalearn.data.paths.SettingError] naming the setting when it cannot be created."""
     if cache is not None:
         source = "the cache directory"
     elif os.environ.get("METALEARN_CACHE"):

@@ -2,7 +2,7 @@
 
 ``pickle.load`` calls whatever callable a pickle names, so a crafted file runs code the moment it is read. Some
 data sets are only published as pickles (the CIFAR-10 python release, learn2learn's miniImageNet cache); they hold
-plain containers and numpy arrays, nothing else. :func:`load` reads such a file with an unpickler that resolves
+plain containers and numpy arrays, nothing else. [`load`][metalearn.data.safe_pickle.load] reads such a file with an unpickler that resolves
 only the few globals plain data needs:
 
 * builtins containers and scalars (``dict``, ``list``, ``tuple``, ``set``, ``frozenset``, ``bytes``,
@@ -11,14 +11,15 @@ only the few globals plain data needs:
   ``_frombuffer`` functions numpy's own pickles call, under both the numpy 1 and numpy 2 module names);
 * ``_codecs.encode`` for the latin-1 text that protocol-2 pickles use to carry bytes.
 
-Anything else (``os.system``, ``builtins.eval``, any class) raises :class:`UnsafePickleError` naming the
+Anything else (``os.system``, ``builtins.eval``, any class) raises [`UnsafePickleError`][metalearn.data.safe_pickle.UnsafePickleError] naming the
 global, before it is called. Object arrays are refused too (their items would bypass the check).
 
-Example::
-
+Examples:
+    ```python
     from metalearn.data.safe_pickle import load
     with open("cifar-10-batches-py/test_batch", "rb") as f:
         batch = load(f, encoding="bytes", where="test_batch")   # {b"data": uint8 array, b"labels": [...]}
+    ```
 """
 from __future__ import annotations
 
@@ -82,7 +83,7 @@ _NUMPY = {"_reconstruct": _reconstruct, "scalar": _scalar, "_frombuffer": _fromb
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """A :class:`pickle.Unpickler` that resolves only the globals of plain data (see the module docstring)."""
+    """A `pickle.Unpickler` that resolves only the globals of plain data (see the module docstring)."""
 
     def find_class(self, module: str, name: str) -> Any:
         if module in ("builtins", "__builtin__") and name in _BUILTINS:
@@ -148,5 +149,5 @@ def load(f: IO[bytes], *, encoding: str = "ASCII", where: str = "pickle") -> Any
 
 
 def loads(data: bytes, *, encoding: str = "ASCII", where: str = "pickle") -> Any:
-    """:func:`load` from bytes."""
+    """[`load`][metalearn.data.safe_pickle.load] from bytes."""
     return load(io.BytesIO(data), encoding=encoding, where=where)

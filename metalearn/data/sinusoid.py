@@ -1,7 +1,7 @@
 """Sinusoid regression tasks (Finn, Abbeel & Levine 2017, section 5.1).
 
 A task is y = A·sin(x − φ) with amplitude A ~ U[0.1, 5.0] and phase φ ~ U[0, π]; inputs x ~ U[−5, 5]. Each
-draw is a batch of tasks as an :class:`~metalearn.types.Episode` with ``batch=True``: support (B, K, 1) and
+draw is a batch of tasks as an [`Episode`][metalearn.types.Episode] with ``batch=True``: support (B, K, 1) and
 query (B, Q, 1) inputs and targets, on the generator's device, seeded.
 """
 from __future__ import annotations
@@ -21,10 +21,17 @@ class SinusoidTasks:
         shots: K, support points per task.
         queries: query points per task (the points the adapted model is scored on).
         batch_size: tasks per draw (the meta-batch).
-        amplitude, phase, x_range: the uniform ranges (defaults: the paper's).
+        amplitude: (low, high) of the uniform amplitude A (the paper's: 0.1 to 5).
+        phase: (low, high) of the uniform phase φ (the paper's: 0 to π).
+        x_range: (low, high) of the uniform inputs x (the paper's: −5 to 5).
         seed: seeds a ``torch.Generator``; the same seed gives the same tasks.
+        device: where the tasks are drawn and returned.
+        dtype: the floating-point type of inputs and targets.
 
-    Example:
+    Raises:
+        ValueError: a size below 1, or a range that is not finite with low <= high.
+
+    Examples:
         >>> tasks = SinusoidTasks(shots=10, queries=10, batch_size=25, seed=0)
         >>> ep = tasks.sample()
         >>> ep.support_x.shape, ep.batched
@@ -62,7 +69,10 @@ class SinusoidTasks:
         return Episode(x[:, :k], y[:, :k], x[:, k:], y[:, k:], ways=1, batch=True)
 
     def state_dict(self) -> dict:
+        """The generator's state (what [`load_state_dict`][metalearn.data.sinusoid.SinusoidTasks.load_state_dict]
+        continues from)."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Continue the stream of tasks from a [`state_dict`][metalearn.data.sinusoid.SinusoidTasks.state_dict]."""
         self.generator.set_state(state["generator"])

@@ -2,7 +2,8 @@
 
 All images of a split live in a single uint8 tensor ``images`` of shape (M, C, H, W), grouped by class:
 class ``c`` owns rows ``offsets[c] : offsets[c] + counts[c]``.  The whole thing moves to the device with
-:meth:`ClassImages.to`, after which an episode is an index gather (see :mod:`metalearn.episodes`).
+[`ClassImages.to`][metalearn.data.storage.ClassImages.to], after which an episode is an index gather (see
+[`metalearn.episodes`][metalearn.episodes]).
 
 Rotation classes (Omniglot): with ``rotations=(0, 90, 180, 270)`` every base class ``b`` yields four classes
 ``b * 4 + r``; the sampler rotates the gathered images of each class by its own angle.
@@ -21,10 +22,24 @@ _VALID_ROTATIONS = (0, 90, 180, 270)
 
 @dataclass(frozen=True)
 class ClassImages:
-    """uint8 images grouped by class.
+    """uint8 images grouped by class (one split of a dataset).
 
-    images: (M, C, H, W) uint8; offsets, counts: (n_base,) int64; names: one name per base class;
-    rotations: angles in degrees, each a multiple of 90; every base class appears once per angle.
+    Attributes:
+        images: (M, C, H, W) uint8, the images of base class ``b`` in rows ``offsets[b] : offsets[b] + counts[b]``.
+        offsets: (n_base,) int64, the first row of each base class.
+        counts: (n_base,) int64, the images of each base class (at least one).
+        names: One name per base class.
+        rotations: Angles in degrees, distinct, from 0/90/180/270; every base class is one class per angle
+            (rotation classes need square images).
+
+    Raises:
+        ValueError: Inconsistent shapes, a class without images, or a bad angle.
+
+    Examples:
+        >>> data = ClassImages.from_labels(torch.zeros(6, 1, 28, 28, dtype=torch.uint8), [0, 1, 0, 2, 1, 2],
+        ...                                rotations=(0, 90))
+        >>> data.num_base_classes, data.num_classes, data.image_shape
+        (3, 6, (1, 28, 28))
     """
 
     images: Tensor
@@ -56,7 +71,14 @@ class ClassImages:
     @classmethod
     def from_labels(cls, images: np.ndarray | Tensor, labels: Sequence[int] | np.ndarray | Tensor,
                     names: Sequence[str] | None = None, rotations: Sequence[int] = (0,)) -> "ClassImages":
-        """Group images (M, C, H, W) uint8 by integer label (0..L-1, every label present); stable order."""
+        """Group images (M, C, H, W) uint8 by integer label (0..L-1, every label present); stable order.
+
+        Args:
+            images: (M, C, H, W) uint8, a tensor or a numpy array.
+            labels: (M,) integer labels in [0, L), every label present.
+            names: One name per label (default ``"0"``, ``"1"``, ...).
+            rotations: Rotation classes, as the class's ``rotations``.
+        """
         images = torch.as_tensor(np.asarray(images)) if not isinstance(images, Tensor) else images
         labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
         if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
@@ -73,6 +95,7 @@ class ClassImages:
     # ------------------------------------------------------------------ views
     @property
     def num_base_classes(self) -> int:
+        """Classes before rotation (characters of Omniglot, synsets of miniImageNet)."""
         return int(self.counts.shape[0])
 
     @property
@@ -82,17 +105,21 @@ class ClassImages:
 
     @property
     def image_shape(self) -> tuple:
+        """(C, H, W) of every image."""
         return tuple(self.images.shape[1:])
 
     @property
     def device(self) -> torch.device:
+        """Where the images are (and where an [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] samples)."""
         return self.images.device
 
     def to(self, device: torch.device | str) -> "ClassImages":
+        """The same split on ``device`` (e.g. ``"cuda"``): sampling then happens there."""
         return ClassImages(self.images.to(device), self.offsets.to(device), self.counts.to(device),
                            self.names, self.rotations)
 
     def with_rotations(self, rotations: Sequence[int]) -> "ClassImages":
+        """The same images with other rotation classes (nothing is copied)."""
         return ClassImages(self.images, self.offsets, self.counts, self.names, tuple(rotations))
 
     def subset(self, base_classes: Sequence[int]) -> "ClassImages":
@@ -118,6 +145,7 @@ class ClassImages:
         return torch.rot90(x, k, dims=(-2, -1)) if k else x
 
     def class_name(self, c: int) -> str:
+        """Name of sampler class ``c``: the base class's, with ``@rotN`` for a rotated one."""
         b, r = divmod(c, len(self.rotations))
         rot = self.rotations[r]
         return self.names[b] if rot == 0 else f"{self.names[b]}@rot{rot}"

@@ -10,12 +10,21 @@ from metalearn.types import Episode
 class Learner(nn.Module):
     """Base class of episodic learners.
 
-    ``loss(episode) -> (loss, logits)`` is what the trainer minimises (through ``backward``); ``predict(episode) -> logits`` is what
-    the evaluator calls (query logits of shape ([B,] N*Q, N)).  Learners see only :class:`Episode` tensors,
+    ``loss(episode) -> (loss, logits)`` is what the trainer minimises (through
+    [`backward`][metalearn.learners.base.Learner.backward]); ``predict(episode) -> logits`` is what the evaluator
+    calls (query logits of shape ([B,] N*Q, N)).  Learners see only [`Episode`][metalearn.types.Episode] tensors,
     never a dataset.
+
+    Attributes:
+        precision: ``"fp32"`` or ``"bf16"``: the precision [`encode`][metalearn.learners.base.Learner.encode] runs
+            the encoder in (the trainer and evaluator set it from ``train.precision``; embeddings always come
+            back fp32).
+        inference_without_grad: False for learners whose prediction needs gradients (an inner loop): the
+            evaluator then neither folds BatchNorm nor runs under ``torch.inference_mode``.
+        bf16_safe: Whether ``precision: auto`` may pick bf16 for this learner (measured to keep accuracy).
     """
 
-    #: ``"fp32"`` or ``"bf16"``: the precision :meth:`encode` runs the encoder in (the trainer and evaluator
+    #: ``"fp32"`` or ``"bf16"``: the precision `encode` runs the encoder in (the trainer and evaluator
     #: set it from ``train.precision``; embeddings always come back fp32).
     precision: str = "fp32"
     #: learners whose prediction needs gradients (an inner loop) set this False: the evaluator then neither
@@ -35,6 +44,7 @@ class Learner(nn.Module):
         return z.float()
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
+        """The training loss on ``episode`` and the query logits ([B,] N*Q, N) it was computed from."""
         raise NotImplementedError
 
     def backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
@@ -47,5 +57,6 @@ class Learner(nn.Module):
         return loss.detach(), logits
 
     def predict(self, episode: Episode) -> Tensor:
+        """Query logits ([B,] N*Q, N) for evaluation, without gradients (learners that adapt override it)."""
         with torch.no_grad():
             return self.loss(episode)[1]

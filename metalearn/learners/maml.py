@@ -6,10 +6,10 @@
 * Meta-SGD (Li et al. 2017): a learned step size per parameter entry (``learn_lr=True``).
 * ANIL (Raghu et al. 2020): only the head adapts (``adapt="head"``); the body is meta-learned.
 
-:func:`task_loss` is the whole algorithm for *one* task, a pure function of parameter dicts.
-:func:`meta_batch` runs it over a meta-batch either with ``torch.func.vmap`` (optionally in chunks) or with a
-plain Python loop (the reference the tests compare against).  :class:`MAML` wraps both as an episodic
-:class:`~metalearn.learners.base.Learner` for the trainer and the evaluator.
+[`task_loss`][metalearn.learners.maml.task_loss] is the whole algorithm for *one* task, a pure function of parameter dicts.
+[`meta_batch`][metalearn.learners.maml.meta_batch] runs it over a meta-batch either with ``torch.func.vmap`` (optionally in chunks) or with a
+plain Python loop (the reference the tests compare against).  [`MAML`][metalearn.learners.maml.MAML] wraps both as an episodic
+[`Learner`][metalearn.learners.base.Learner] for the trainer and the evaluator.
 """
 from __future__ import annotations
 
@@ -35,9 +35,27 @@ def task_loss(model: nn.Module, params: Params, buffers: Params, hyper: Params, 
               loss_fn: LossFn = F.cross_entropy) -> tuple[Tensor, Tensor, Tensor]:
     """One task: adapt ``names`` of ``params`` on the support set, score the query set.
 
-    Returns ``(query_loss, query_logits, support_losses)``; ``support_losses`` has one (detached) entry per
-    inner step.  Pure: nothing is mutated (buffers such as BatchNorm running statistics are updated in a copy),
-    so the function can be vmapped over tasks.
+    Pure: nothing is mutated (buffers such as BatchNorm running statistics are updated in a copy), so the
+    function can be vmapped over tasks.
+
+    Args:
+        model: The classifier, called through ``torch.func.functional_call``.
+        params: All of the model's parameters by name.
+        buffers: The model's buffers by name (copied before the inner loop).
+        hyper: The update rule's meta-parameters (Meta-SGD's step sizes; ``{}`` for SGD).
+        names: The parameters that adapt (all of them for MAML, the head's for ANIL).
+        support_x: (N*K, C, H, W) support images of the task.
+        support_y: (N*K,) support labels.
+        query_x: (N*Q, C, H, W) query images.
+        query_y: (N*Q,) query labels.
+        steps: Inner steps.
+        rule: The update rule ([`sgd`][metalearn.inner.sgd] or [`meta_sgd`][metalearn.inner.meta_sgd]).
+        first_order: Detach the inner gradients (first-order MAML).
+        loss_fn: ``loss_fn(logits, labels) -> scalar``, for the support and the query loss.
+
+    Returns:
+        ``(query_loss, query_logits, support_losses)``; ``support_losses`` has one (detached) entry per inner
+        step.
     """
     fast, slow = partition(params, names)
     buffers = {n: b.clone() for n, b in buffers.items()}
@@ -54,10 +72,17 @@ def meta_batch(model: nn.Module, params: Params, buffers: Params, hyper: Params,
                episode: Episode, *, steps: int, rule: UpdateRule, first_order: bool = False,
                loss_fn: LossFn = F.cross_entropy, vmap_tasks: bool = True,
                chunk_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`task_loss` for every task of a batched ``episode``.
+    """[`task_loss`][metalearn.learners.maml.task_loss] for every task of a batched ``episode``.
 
-    Returns per-task ``(query_losses (B,), query_logits (B, NQ, N), support_losses (B, steps))``.
-    ``vmap_tasks=False`` is the reference loop over tasks.
+    The arguments are [`task_loss`][metalearn.learners.maml.task_loss]'s, with the episode in place of the four
+    tensors; ``vmap_tasks=False`` is the reference loop over tasks, and ``chunk_size`` vmaps that many tasks at
+    a time (None: all at once).
+
+    Returns:
+        Per task: ``(query_losses (B,), query_logits (B, NQ, N), support_losses (B, steps))``.
+
+    Raises:
+        ValueError: ``episode`` is not a batch of tasks.
     """
     if not episode.batched:
         raise ValueError("episode: expected a batch of tasks (support_x of shape (B, N*K, C, H, W), or an "
@@ -82,18 +107,18 @@ class MAML(Learner):
         ways: classes per task (the head's width).
         inner_lr: inner step size (Meta-SGD: the initial value of the learned step sizes).
         inner_steps: inner updates while meta-training.
-        eval_inner_steps: inner updates at evaluation (:meth:`predict`).
+        eval_inner_steps: inner updates at evaluation ([`predict`][metalearn.learners.maml.MAML.predict]).
         first_order: inner gradients as constants (first-order MAML).
         learn_lr: learn a step size per parameter entry (Meta-SGD).
-        adapt: which parameters the inner loop adapts (:data:`metalearn.functional.ParamFilter`):
+        adapt: which parameters the inner loop adapts (`metalearn.functional.ParamFilter`):
             ``"all"`` (MAML), ``"head"`` (ANIL), a prefix list or a callable.
         vmap: batch the tasks of a meta-batch with ``torch.func.vmap``; ``False`` loops over them.
         chunk_size: bound memory by processing the meta-batch in chunks of this many tasks (0: all at once):
-            :meth:`backward` back-propagates each chunk before starting the next (the meta-gradient is the
-            same), and :meth:`loss` / :meth:`predict` vmap chunk by chunk.
+            [`backward`][metalearn.learners.maml.MAML.backward] back-propagates each chunk before starting the next (the meta-gradient is the
+            same), and [`loss`][metalearn.learners.maml.MAML.loss] / [`predict`][metalearn.learners.maml.MAML.predict] vmap chunk by chunk.
         check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
 
-    Example:
+    Examples:
         >>> from metalearn.nn import MamlConv4
         >>> learner = MAML(MamlConv4(1, ways=5, pool="stride"), ways=5, inner_lr=0.4)
         >>> loss, logits = learner.loss(episode)       # a batched episode: mean query loss, (B, N*Q, N)
@@ -152,7 +177,7 @@ class MAML(Learner):
         return q_loss.mean(), logits
 
     def backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """Accumulate the meta-gradient of :meth:`loss` into ``.grad``, chunk by chunk if ``chunk_size`` is set.
+        """Accumulate the meta-gradient of [`loss`][metalearn.learners.maml.MAML.loss] into ``.grad``, chunk by chunk if ``chunk_size`` is set.
 
         Each chunk's graph is freed before the next chunk runs, so peak memory follows ``chunk_size``, not the
         meta-batch.  Returns the (detached) mean query loss and the query logits.

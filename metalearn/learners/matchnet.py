@@ -33,7 +33,7 @@ def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8, scale: f
     ``eps`` bounds the norms away from zero (an all-zero embedding gets cosine 0 with everything).  ``scale``
     multiplies the cosines before the softmax (an inverse temperature; 1 is the paper).
 
-    Example:
+    Examples:
         >>> a = cosine_attention(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
         >>> a  # softmax([1, 0])
         tensor([[0.7311, 0.2689]])
@@ -134,7 +134,7 @@ class MatchingNet(Learner):
         check_support: check that every class has a support example and labels lie in [0, ways) (a host sync
             per episode); the CLI turns it off because EpisodeSampler always fills every class.
 
-    Example:
+    Examples:
         >>> from metalearn.nn import Conv4
         >>> learner = MatchingNet(Conv4(in_channels=1), embed_dim=64, fce=True, process_steps=5)
         >>> loss, logits = learner.loss(episode)   # logits: ([B,] N*Q, N), log-probabilities

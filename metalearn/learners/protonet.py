@@ -16,8 +16,25 @@ from metalearn.types import Episode
 def prototypes(z: Tensor, y: Tensor, ways: int, check: bool = True) -> Tensor:
     """Class means of support embeddings.  z: ([B,] N*K, D), y: ([B,] N*K) in [0, ways) -> ([B,] ways, D).
 
-    Snell et al. 2017, eq. 1.  With ``check`` (default), a class without a support example raises ValueError;
-    the check reads a value back from the device, so hot loops fed by EpisodeSampler turn it off.
+    Snell et al. 2017, eq. 1.
+
+    Args:
+        z: ([B,] N*K, D) support embeddings.
+        y: ([B,] N*K) int64 support labels in [0, ways).
+        ways: N, the number of classes.
+        check: Raise if a class has no support example; the check reads a value back from the device, so hot
+            loops fed by [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] turn it off.
+
+    Returns:
+        ([B,] ways, D) prototypes.
+
+    Raises:
+        ValueError: A class without a support example (with ``check``).
+
+    Examples:
+        >>> prototypes(torch.tensor([[0., 0.], [2., 0.], [0., 4.]]), torch.tensor([0, 0, 1]), ways=2)
+        tensor([[1., 0.],
+                [0., 4.]])
     """
     onehot = F.one_hot(y, ways).to(z.dtype)                       # ([B,] NK, N)
     counts = onehot.sum(dim=-2)                                    # ([B,] N)
@@ -41,10 +58,20 @@ def protonet_logits(support_z: Tensor, support_y: Tensor, query_z: Tensor, ways:
 class ProtoNet(Learner):
     """ProtoNet learner around any embedding network ``encoder: (..., C, H, W) -> (..., D)``.
 
-    Example:
-        >>> from metalearn.nn import Conv4
-        >>> learner = ProtoNet(Conv4(in_channels=1))
-        >>> loss, logits = learner.loss(episode)   # logits: ([B,] N*Q, N)
+    The support and query images of all tasks go through the encoder in one call (one BatchNorm batch, as in
+    Snell et al.'s code); the logits are minus the squared Euclidean distances to the prototypes.
+
+    Args:
+        encoder: The embedding network, e.g. [`Conv4`][metalearn.nn.conv4.Conv4].
+        check_support: Check that every class has a support example (a host sync per episode; episodes from
+            [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] always have them).
+
+    Examples:
+        ```python
+        from metalearn.nn import Conv4
+        learner = ProtoNet(Conv4(in_channels=1))
+        loss, logits = learner.loss(episode)   # logits: ([B,] N*Q, N)
+        ```
     """
 
     def __init__(self, encoder: nn.Module, check_support: bool = True) -> None:
@@ -64,6 +91,7 @@ class ProtoNet(Learner):
                                self.check_support)
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
+        """Query cross-entropy (mean over every query of every task) and the logits ([B,] N*Q, N)."""
         logits = self(episode)
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), episode.query_y.reshape(-1))
         return loss, logits

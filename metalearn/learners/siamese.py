@@ -5,7 +5,7 @@ A twin embedding network phi and a weighted-L1 head give the probability that tw
     p(same | x1, x2) = sigmoid( sum_j alpha_j |phi(x1)_j - phi(x2)_j| + b )              (Koch eq. 1-2)
 
 Training is verification: binary cross-entropy on balanced same/different pairs, with random affine
-distortions of the training images (:mod:`metalearn.augment`).  N-way K-shot classification scores every
+distortions of the training images ([`metalearn.augment`][metalearn.augment]).  N-way K-shot classification scores every
 query against every support image and picks the class with the highest mean p(same) over its K support
 images (K = 1: Koch's one-shot rule, the support image that scores highest).
 
@@ -13,7 +13,7 @@ Pairs from an episode: the learner pools the episode's support and query images 
 known), embeds each (distorted) image once and scores all M(M-1)/2 unordered pairs.  Same-class and
 different-class pairs get equal total weight in the BCE (each same pair 1/(2 n_same), each different pair
 1/(2 n_diff)): the expected loss of Koch's balanced pair sampling, with every pair of the episode used.
-For Koch's pure pair stream over a dataset see :class:`metalearn.data.pairs.PairSampler`.
+For Koch's pure pair stream over a dataset see [`metalearn.data.pairs.PairSampler`][metalearn.data.pairs.PairSampler].
 """
 from __future__ import annotations
 
@@ -111,7 +111,7 @@ class Siamese(Learner):
     """Koch's Siamese network learner around any embedding network ``encoder: (..., C, H, W) -> (..., D)``.
 
     Args:
-        encoder: the twin network phi (e.g. :class:`metalearn.nn.KochNet` at 105 px, ``Conv4`` at 28 px).
+        encoder: the twin network phi (e.g. [`metalearn.nn.KochNet`][metalearn.nn.koch.KochNet] at 105 px, ``Conv4`` at 28 px).
         dim: D, the encoder's embedding size (the head has D weights alpha and a bias).
         distort: affine distortion ranges applied to training images in train mode (None: no distortion).
         fill: value outside the distorted image (Omniglot: 1.0, white); None repeats the border pixels.
@@ -122,7 +122,7 @@ class Siamese(Learner):
 
     ``loss(episode)`` -> (balanced pair BCE, query logits ([B,] N*Q, N) = log mean p(same) per class).
 
-    Example:
+    Examples:
         >>> from metalearn.nn import Conv4
         >>> learner = Siamese(Conv4(in_channels=1), dim=64, fill=1.0)
         >>> loss, logits = learner.loss(episode)

@@ -22,7 +22,13 @@ def conv_block(in_channels: int, out_channels: int, pool: bool = True) -> nn.Seq
 class Conv4(nn.Module):
     """Four conv blocks then flatten.  x: (..., C, H, W) -> (..., D); leading dims are flattened and restored.
 
-    Example:
+    Args:
+        in_channels: C of the input images (1 for Omniglot, 3 for miniImageNet).
+        hidden: Channels of every block but the last.
+        out_channels: Channels of the last block (default ``hidden``).
+        blocks: Number of conv blocks (each halves H and W).
+
+    Examples:
         >>> net = Conv4(in_channels=1)
         >>> net(torch.zeros(10, 1, 28, 28)).shape
         torch.Size([10, 64])

@@ -28,12 +28,16 @@ def koch_flat_size(image_size: int, hidden: int = 64) -> int:
 class KochNet(nn.Module):
     """Koch's embedding network.  x: (..., C, H, W) -> (..., fc) in (0, 1); leading dims flattened and restored.
 
-    ``hidden`` scales the widths (64, 128, 128, 256 at hidden=64, Koch's); ``fc`` is the embedding size
-    (4096 in the paper).  ``koch_init=True`` uses the paper's initialisation: conv weights N(0, 1e-2), FC weights
-    N(0, 0.2^2), biases N(0.5, 1e-2); the default keeps PyTorch's (fan-in scaled) initialisation, which suits
-    Adam (the paper's FC std of 0.2 over 9216 inputs starts the sigmoid saturated).
+    Args:
+        in_channels: C of the input images.
+        image_size: H = W of the inputs (105 in the paper).
+        hidden: Scales the widths: 64, 128, 128, 256 at ``hidden=64`` (Koch's).
+        fc: The embedding size (4096 in the paper).
+        koch_init: The paper's initialisation: conv weights N(0, 1e-2), FC weights N(0, 0.2^2), biases
+            N(0.5, 1e-2). The default keeps PyTorch's (fan-in scaled) initialisation, which suits Adam (the
+            paper's FC std of 0.2 over 9216 inputs starts the sigmoid saturated).
 
-    Example:
+    Examples:
         >>> net = KochNet(in_channels=1, image_size=105)
         >>> net(torch.zeros(2, 1, 105, 105)).shape
         torch.Size([2, 4096])

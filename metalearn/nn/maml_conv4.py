@@ -14,11 +14,22 @@ from metalearn.nn.norm import BatchNorm2d
 class MamlConv4(nn.Module):
     """Conv4 + linear classifier.  x: (..., C, H, W) -> logits (..., ways).
 
-    ``norm="batch"`` uses :class:`metalearn.nn.BatchNorm2d` (batch statistics, correct under vmap);
-    ``norm="torch"`` uses ``nn.BatchNorm2d(track_running_stats=False)`` (same numbers; for loop-only use and for
-    tests); ``norm="none"`` drops normalisation.
+    Args:
+        in_channels: C of the input images.
+        ways: N, the outputs of the linear head.
+        hidden: Channels of every block (64 on Omniglot, 32 on miniImageNet in the paper).
+        pool: ``max`` (2x2 max-pool per block, the miniImageNet network) or ``stride`` (stride-2 convs, the
+            Omniglot network).
+        image_size: H = W of the inputs (sets the head's input size).
+        blocks: Number of conv blocks.
+        norm: ``batch`` uses [`metalearn.nn.BatchNorm2d`][metalearn.nn.norm.BatchNorm2d] (batch statistics,
+            correct under vmap); ``torch`` uses ``nn.BatchNorm2d(track_running_stats=False)`` (same numbers; for
+            loop-only use and for tests); ``none`` drops normalisation.
 
-    Example:
+    Raises:
+        ValueError: An unknown ``pool`` or ``norm``, or a size below 1.
+
+    Examples:
         >>> net = MamlConv4(in_channels=1, ways=5, pool="stride")     # Omniglot, 28x28
         >>> net(torch.zeros(5, 1, 28, 28)).shape
         torch.Size([5, 5])

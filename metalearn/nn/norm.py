@@ -17,7 +17,12 @@ class BatchNorm2d(nn.Module):
 
     Same numbers as ``nn.BatchNorm2d(track_running_stats=False)`` (biased variance, ``eps`` inside the root).
 
-    Example:
+    Args:
+        num_features: C, the channels.
+        eps: Added to the variance inside the square root.
+        affine: Learn a per-channel scale and shift (``weight``, ``bias``).
+
+    Examples:
         >>> bn = BatchNorm2d(64)
         >>> bn(torch.randn(10, 64, 7, 7)).shape
         torch.Size([10, 64, 7, 7])

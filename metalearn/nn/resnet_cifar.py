@@ -5,13 +5,15 @@ of pre-activation basic blocks with 16/32/64 channels (``(depth - 2) / 6`` block
 at the start of stages 2 and 3, parameter-free shortcuts (average pooling + zero channels), a final
 norm + ReLU + global average pool + linear classifier.  GroupNorm (8 groups) by default, BatchNorm as an option.
 
-The network is split after stage 2::
+The network is split after stage 2:
 
-    trunk = stem + stage1 + stage2                     (shared; what TTT adapts)
-    head = stage3 + norm + ReLU + pool + fc(classes)   (object recognition)
-    rotation = copy of stage3 + norm + ReLU + pool + fc(4)   (self-supervised: which of 0/90/180/270 degrees)
+```text
+trunk = stem + stage1 + stage2                     (shared; what TTT adapts)
+head = stage3 + norm + ReLU + pool + fc(classes)   (object recognition)
+rotation = copy of stage3 + norm + ReLU + pool + fc(4)   (self-supervised: which of 0/90/180/270 degrees)
+```
 
-The self-supervised branch is one of [`SSL_HEADS`][metalearn.nn.resnet_cifar.SSL_HEADS] (``ssl_head``): ``rotation`` (above), ``contrastive``
+The self-supervised branch is one of `SSL_HEADS` (``ssl_head``): ``rotation`` (above), ``contrastive``
 (a copy of stage 3 + norm + ReLU + pool + a 2-layer MLP projection to 128 dimensions, SimCLR's head) or
 ``reconstruction`` (a pixel decoder on the trunk's output: norm, ReLU, 3x3 conv, norm, ReLU, 1x1 conv to
 ``4 in_channels`` channels, pixel shuffle x2 -> an image of the input's size).  The branch's parameters are named
@@ -19,7 +21,7 @@ after it (``rotation.*``, ``contrastive.*``, ``reconstruction.*``);
 [`register_ssl_head`][metalearn.nn.resnet_cifar.register_ssl_head] adds another.
 
 Parameter names follow the split (``trunk.*``, ``head.*``, ``rotation.*``), so a name prefix selects what an
-inner loop adapts (:func:`metalearn.functional.select`).  Inputs are float images in [0, 1]; the per-channel
+inner loop adapts ([`metalearn.functional.select`][metalearn.functional.select]).  Inputs are float images in [0, 1]; the per-channel
 normalisation is part of the model (no buffer, so it never travels in a checkpoint or a vmap).
 """
 from __future__ import annotations
@@ -154,7 +156,7 @@ class ResNetCIFAR(nn.Module):
             stage 3, initialised as a copy of the main head's, as in the TTT code); ``False`` is the
             object-recognition-only baseline.
         in_channels: image channels.
-        ssl_head: which self-supervised branch (a name of [`SSL_HEADS`][metalearn.nn.resnet_cifar.SSL_HEADS]; default ``"rotation"``);
+        ssl_head: which self-supervised branch (a name of `SSL_HEADS`; default ``"rotation"``);
             needs ``rotation_head=True``.
 
     ``forward(x, head="main")``: x (N, C, H, W) float in [0, 1], H and W multiples of 4 ->
@@ -162,7 +164,7 @@ class ResNetCIFAR(nn.Module):
     contrastive: (N, 128) projections; reconstruction: (N, C, H, W) pixels); ``head="rotation"`` the same for
     a rotation model; ``head="both"`` -> (class logits, self-supervised output).
 
-    Example:
+    Examples:
         >>> net = ResNetCIFAR(26, norm="gn")
         >>> net(torch.rand(2, 3, 32, 32)).shape, net(torch.rand(2, 3, 32, 32), head="rotation").shape
         (torch.Size([2, 10]), torch.Size([2, 4]))
@@ -216,7 +218,7 @@ class ResNetCIFAR(nn.Module):
 
     @property
     def has_ssl_head(self) -> bool:
-        """True for a model with a self-supervised branch (any of [`SSL_HEADS`][metalearn.nn.resnet_cifar.SSL_HEADS])."""
+        """True for a model with a self-supervised branch (any of `SSL_HEADS`)."""
         return self.ssl_head is not None
 
     @property

@@ -56,7 +56,14 @@ def preprocess_gradients(g: Tensor, p: float = 10.0) -> Tensor:
 
 @dataclass(frozen=True)
 class LSTMOptimizerConfig:
-    """Architecture of :class:`LSTMOptimizer`; saved next to its weights."""
+    """Architecture of [`LSTMOptimizer`][metalearn.optim.lstm.LSTMOptimizer]; saved next to its weights.
+
+    Attributes:
+        hidden_size: Units per LSTM layer (20 in the paper).
+        num_layers: LSTM layers (2 in the paper).
+        preprocess_p: p of the gradient preprocessing: g -> (log|g|/p, sign g) if |g| >= e^-p, else (-1, e^p g).
+        output_scale: Multiplier of the LSTM's output: the update is ``output_scale * head(h)``.
+    """
 
     hidden_size: int = 20
     num_layers: int = 2
@@ -109,14 +116,21 @@ def _check_tensors(tensors: Mapping[str, Tensor], what: str) -> tuple[torch.dtyp
 class LSTMOptimizer(nn.Module):
     """The learned optimizer m(∇f; φ): a coordinatewise LSTM with shared weights.
 
-    Example::
+    Args:
+        hidden_size: Units per LSTM layer.
+        num_layers: LSTM layers.
+        preprocess_p: p of the gradient preprocessing ([`preprocess_gradients`][metalearn.optim.lstm.preprocess_gradients]).
+        output_scale: Multiplier of the LSTM's output.
 
+    Examples:
+        ```python
         net = LSTMOptimizer()                           # 2 layers, 20 units, p = 10, output scale 0.1
         params = {"w": torch.randn(3, 4)}
         state = net.init(params)
         grads = {"w": torch.randn(3, 4)}
         updates, state = net.update(grads, state)       # updates["w"]: (3, 4), same dtype as grads["w"]
         params = apply_updates(params, updates)
+        ```
     """
 
     def __init__(self, hidden_size: int = 20, num_layers: int = 2, preprocess_p: float = 10.0,
@@ -128,6 +142,7 @@ class LSTMOptimizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: LSTMOptimizerConfig) -> "LSTMOptimizer":
+        """A fresh optimizer of the architecture ``config`` describes."""
         return cls(**asdict(config))
 
     def _weight(self) -> Tensor:
@@ -167,11 +182,21 @@ class LSTMOptimizer(nn.Module):
 
     def update(self, grads: Mapping[str, Tensor], state: LSTMState, *,
                check_finite: bool = True) -> tuple[dict, LSTMState]:
-        """(updates, new_state): ``updates[k]`` has the shape and dtype of ``grads[k]``; add it to the parameter.
+        """One step: the updates for ``grads`` and the new state.
 
-        ``grads`` must have the keys and shapes the state was made for (in the same order). The gradients are
-        detached. A non-finite gradient raises ValueError when ``check_finite`` (one host sync per step; turn it
-        off inside a tight loop on a GPU once the problem is known to be well behaved).
+        Args:
+            grads: Gradients with the keys and shapes the state was made for (in the same order); they are
+                detached.
+            state: The state from [`init`][metalearn.optim.lstm.LSTMOptimizer.init] or the previous update.
+            check_finite: Raise on a non-finite gradient (one host sync per step; turn it off inside a tight
+                loop on a GPU once the problem is known to be well behaved).
+
+        Returns:
+            ``(updates, new_state)``: ``updates[k]`` has the shape and dtype of ``grads[k]``; add it to the
+            parameter ([`apply_updates`][metalearn.optim.lstm.apply_updates]).
+
+        Raises:
+            ValueError: ``grads`` do not match the state, sit on another device, or are not finite.
         """
         dtype, device = _check_tensors(grads, "grads")
         layout = tuple((k, tuple(g.shape)) for k, g in grads.items())
@@ -202,8 +227,8 @@ class LSTMOptimizer(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "LSTMOptimizer":
-        """The optimizer written by :meth:`save` (or a ``best.pt`` / ``last.pt`` of :func:`meta_train`), in the
-        dtype it was saved in."""
+        """The optimizer written by [`save`][metalearn.optim.lstm.LSTMOptimizer.save] (or a ``best.pt`` /
+        ``last.pt`` of [`meta_train`][metalearn.optim.meta.meta_train]), in the dtype it was saved in."""
         state = load_checkpoint(path, map_location=map_location)
         if state.get("kind") != KIND:
             raise ValueError(f"checkpoint {str(path)!r} holds {state.get('kind')!r}, not an LSTM optimizer")
@@ -223,21 +248,28 @@ def apply_updates(params: Mapping[str, Tensor], updates: Mapping[str, Tensor]) -
 
 
 class LearnedOptimizer(torch.optim.Optimizer):
-    """Drive an ``nn.Module`` with a trained :class:`LSTMOptimizer`, like any ``torch.optim`` optimizer.
-
-    ::
-
-        opt = LearnedOptimizer(model.parameters(), LSTMOptimizer.load("best.pt"))
-        for x, y in data:
-            opt.zero_grad()
-            loss_fn(model(x), y).backward()
-            opt.step()
+    """Drive an ``nn.Module`` with a trained [`LSTMOptimizer`][metalearn.optim.lstm.LSTMOptimizer], like any
+    ``torch.optim`` optimizer.
 
     Each parameter keeps its slice of the LSTM state in ``state[p]["h"]``, ``["c"]`` (layers, hidden, numel), so
     ``state_dict()`` / ``load_state_dict()`` work as usual. Between those calls the state of all parameters is kept
     as one (layers, hidden, N) tensor while the set of parameters with gradients stays the same, and a step is
     one batched LSTM call without gathering or scattering state. The LSTM's weights are not trained here (no
     autograd through step).
+
+    Args:
+        params: The parameters to optimise (``model.parameters()``), as for any ``torch.optim`` optimizer.
+        net: The trained LSTM optimizer.
+        check_finite: Raise on a non-finite gradient (one host sync per step).
+
+    Examples:
+        ```python
+        opt = LearnedOptimizer(model.parameters(), LSTMOptimizer.load("best.pt"))
+        for x, y in data:
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            opt.step()
+        ```
     """
 
     def __init__(self, params: Iterable, net: LSTMOptimizer, check_finite: bool = True) -> None:

@@ -31,8 +31,21 @@ from metalearn.train.checkpoint import atomic_save, load_checkpoint
 
 @dataclass(frozen=True)
 class MetaTrainConfig:
-    """steps: optimisee steps per trajectory (the horizon); unroll: truncation length; optimisees: M per
-    iteration (fresh each iteration); iterations: number of trajectories; lr: Adam's meta learning rate."""
+    """Settings of [`meta_train`][metalearn.optim.meta.meta_train] (Andrychowicz et al. 2016: 100 steps, unrolls
+    of 20).
+
+    Attributes:
+        steps: Optimisee steps per trajectory (the horizon); a multiple of ``unroll``.
+        unroll: Truncation length: one meta-step of Adam after every ``unroll`` optimisee steps.
+        optimisees: M, fresh optimisees per iteration (the meta-loss is their mean).
+        iterations: Number of trajectories (iterations of meta-training).
+        lr: Adam's meta learning rate.
+        grad_clip: Clip the meta-gradient's norm to this value; None does not clip.
+        val_every: Validate every this many iterations (``best.pt`` keeps the best).
+        val_optimisees: Held-out optimisees of each validation.
+        patience: Stop after this many validations without improvement; None never stops early.
+        seed: Seed of the optimisees drawn.
+    """
 
     steps: int = 100
     unroll: int = 20
@@ -62,6 +75,17 @@ class MetaTrainConfig:
 
 @dataclass
 class MetaTrainResult:
+    """What [`meta_train`][metalearn.optim.meta.meta_train] returns.
+
+    Attributes:
+        best_val: Best validation score: mean optimisee loss over the trajectory on the validation optimisees.
+        best_iteration: Iteration of the best validation (-1 before the first).
+        iterations_done: Iterations run, resumed ones included.
+        optimisee_steps: Optimisee steps taken in meta-training (M per step).
+        train_seconds: Meta-training time, validation excluded.
+        skipped_unrolls: Unrolls whose meta-loss was not finite (no meta-step taken).
+        history: One dict per validation.
+    """
     best_val: float = math.inf           # mean optimisee loss over the trajectory, validation optimisees
     best_iteration: int = -1
     iterations_done: int = 0
@@ -72,6 +96,7 @@ class MetaTrainResult:
 
     @property
     def steps_per_second(self) -> float:
+        """Meta-training throughput in optimisee steps per second (validation excluded)."""
         return self.optimisee_steps / self.train_seconds if self.train_seconds > 0 else float("nan")
 
 
@@ -111,9 +136,25 @@ def meta_train(net: LSTMOptimizer, family: OptimiseeFamily, cfg: MetaTrainConfig
                resume: bool = False, log: Callable[[str], None] | None = print) -> MetaTrainResult:
     """Meta-train ``net`` in place on ``family``; validate on ``val_family`` (default: ``family``, other seeds).
 
-    With ``out_dir``: ``metrics.jsonl`` (one line per validation), ``best.pt`` (the best-validated weights,
-    loadable with :meth:`LSTMOptimizer.load`), ``last.pt`` (weights, Adam, RNG, iteration: ``resume=True``
-    continues from it). At the end ``net`` holds the best-validated weights.
+    At the end ``net`` holds the best-validated weights.
+
+    Args:
+        net: The LSTM optimizer to train.
+        family: Where the training optimisees come from ([`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily],
+            [`MLPFamily`][metalearn.optim.optimisees.MLPFamily], or your own).
+        cfg: The settings.
+        out_dir: Where to write ``metrics.jsonl`` (one line per validation), ``best.pt`` (the best-validated
+            weights, loadable with [`LSTMOptimizer.load`][metalearn.optim.lstm.LSTMOptimizer.load]) and
+            ``last.pt`` (weights, Adam, RNG, iteration); None writes nothing.
+        val_family: Where the validation optimisees come from (default: ``family``, other seeds).
+        resume: Continue from ``out_dir/last.pt``.
+        log: Called with one line of progress per validation; None is silent.
+
+    Returns:
+        The best validation, the iterations done and the throughput.
+
+    Raises:
+        ValueError: ``cfg.steps`` is not a multiple of ``cfg.unroll``.
     """
     if cfg.steps % cfg.unroll:
         raise ValueError(f"steps ({cfg.steps}) must be a multiple of unroll ({cfg.unroll})")

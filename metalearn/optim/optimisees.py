@@ -8,11 +8,11 @@ A family has two methods:
   (deterministic) batch it sees at step ``t``.
 
 Optionally ``eval_batch(problem)`` gives a larger fixed batch to score the final parameters on.
-:class:`ProblemBatch` stacks M problems along a new leading dimension and evaluates them with
+[`ProblemBatch`][metalearn.optim.optimisees.ProblemBatch] stacks M problems along a new leading dimension and evaluates them with
 ``torch.func.vmap`` (one task written, many batched); the Python loop over problems is the test reference.
 
-Families here (Andrychowicz et al. 2016, sec. 3): :class:`QuadraticFamily` (random ‖Wθ − y‖²) and
-:class:`MLPFamily` (an MLP classifier on MNIST-like images, batch 128, any widths/depth, sigmoid or ReLU).
+Families here (Andrychowicz et al. 2016, sec. 3): [`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily] (random ‖Wθ − y‖²) and
+[`MLPFamily`][metalearn.optim.optimisees.MLPFamily] (an MLP classifier on MNIST-like images, batch 128, any widths/depth, sigmoid or ReLU).
 """
 from __future__ import annotations
 
@@ -36,6 +36,8 @@ class Problem:
 
 
 class OptimiseeFamily(Protocol):
+    """What a family of optimisees provides: ``loss(params, batch)`` and ``sample(generator) -> Problem``."""
+
     def loss(self, params: dict, batch: Any) -> Tensor: ...
 
     def sample(self, generator: torch.Generator) -> Problem: ...
@@ -54,6 +56,7 @@ def _stack(items: Sequence[Any]) -> Any:
 
 
 def sample_problems(family: OptimiseeFamily, n: int, generator: torch.Generator) -> list[Problem]:
+    """``n`` fresh optimisees of ``family``, drawn with ``generator`` (the same seed draws the same problems)."""
     if n < 1:
         raise ValueError(f"n: expected >= 1 optimisees, got {n}")
     return [family.sample(generator) for _ in range(n)]
@@ -64,6 +67,10 @@ class ProblemBatch:
 
     Because the problems are independent, the gradient of ``losses(...).sum()`` with respect to the stacked
     parameters is each problem's own gradient, which is what a coordinatewise optimizer needs.
+
+    Args:
+        family: The family the problems come from (its ``loss`` is vmapped over them).
+        problems: At least one problem ([`sample_problems`][metalearn.optim.optimisees.sample_problems]).
     """
 
     def __init__(self, family: OptimiseeFamily, problems: Sequence[Problem]) -> None:
@@ -85,7 +92,7 @@ class ProblemBatch:
         return self._vloss(params, self.batch(t))
 
     def losses_loop(self, params: dict, t: int) -> Tensor:
-        """Reference for :meth:`losses`: a Python loop over problems."""
+        """Reference for [`losses`][metalearn.optim.optimisees.ProblemBatch.losses]: a Python loop over problems."""
         return torch.stack([self.family.loss({k: v[i] for k, v in params.items()}, p.batch(t))
                             for i, p in enumerate(self.problems)])
 
@@ -103,6 +110,11 @@ class QuadraticFamily:
     """f(θ) = ‖Wθ − y‖², W (d, d) and y (d,) i.i.d. standard normal, θ₀ ~ N(0, I) (Andrychowicz et al. sec. 3.1).
 
     The "batch" of every step is the problem's own (W, y): the objective is deterministic.
+
+    Args:
+        dim: d, the number of coordinates (10 in the paper).
+        dtype: The floating-point type of W, y and θ.
+        device: Where the problems are drawn.
     """
 
     def __init__(self, dim: int = 10, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
@@ -123,7 +135,14 @@ class QuadraticFamily:
 
 
 class MLP(nn.Module):
-    """Fully connected classifier ``in -> hidden... -> out`` with sigmoid or ReLU between layers."""
+    """Fully connected classifier ``in -> hidden... -> out`` with sigmoid or ReLU between layers.
+
+    Args:
+        in_features: Inputs (flattened image size).
+        hidden: Widths of the hidden layers (at least one).
+        out_features: Outputs (classes).
+        activation: ``sigmoid`` or ``relu``.
+    """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, activation: str = "sigmoid"):
         super().__init__()
@@ -148,7 +167,21 @@ class MLPFamily:
     units on MNIST). Each optimisee has its own initialisation (PyTorch's default uniform ±1/√fan_in) and its
     own sequence of minibatches drawn with replacement from ``images``.
 
-    images: (n, H, W) or (n, D) uint8 or float in [0, 1]; labels: (n,) int64 in [0, classes).
+    Args:
+        images: (n, H, W) or (n, D), uint8 or float in [0, 1].
+        labels: (n,) int64 in [0, classes).
+        hidden: Widths of the hidden layers.
+        activation: ``sigmoid`` (the paper) or ``relu``.
+        batch_size: Images per optimisee step (128 in the paper).
+        classes: Outputs of the MLP.
+        eval_size: Images of the fixed batch the final parameters are scored on (None: all of them).
+
+    Examples:
+        ```python
+        from metalearn.data.mnist import load_mnist
+        images, labels = load_mnist("train")
+        family = MLPFamily(images, labels)          # 1 hidden layer of 20 sigmoid units, batch 128
+        ```
     """
 
     def __init__(self, images: Tensor, labels: Tensor, hidden: Sequence[int] = (20,), activation: str = "sigmoid",

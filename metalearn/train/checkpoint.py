@@ -36,8 +36,10 @@ class _RecordingWriter:
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (see :func:`metalearn.data.cache.atomic_write`: an interrupted
-    save keeps the previous file, a full disk raises :class:`~metalearn.data.cache.DiskFullError`)."""
+    """``torch.save(obj)`` to ``path`` atomically; returns ``path``.
+
+    See [`atomic_write`][metalearn.data.cache.atomic_write]: an interrupted save keeps the previous file, a full
+    disk raises [`DiskFullError`][metalearn.data.cache.DiskFullError]."""
     path = Path(path)
     with atomic_write(path, mode="wb") as f:
         w = _RecordingWriter(f)
@@ -52,8 +54,17 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 def locate_checkpoint(path: str | os.PathLike, default: str, flag: str = "--checkpoint") -> Path:
     """The checkpoint file that ``path`` names: a run directory (its ``default`` file, e.g. ``best.pt``) or a
-    ``.pt`` file inside one. FileNotFoundError naming what is missing: the path itself (a typo), the run
-    directory's ``config.yaml`` (not a run directory) or its ``default`` checkpoint."""
+    ``.pt`` file inside one.
+
+    Args:
+        path: A run directory or a ``.pt`` file in one.
+        default: The file to take from a run directory (``"best.pt"`` or ``"last.pt"``).
+        flag: The command-line flag named in the messages.
+
+    Raises:
+        FileNotFoundError: Naming what is missing: the path itself (a typo), the run directory's
+            ``config.yaml`` (not a run directory) or its ``default`` checkpoint.
+    """
     path = Path(path)
     if path.is_dir():
         if not (path / "config.yaml").is_file():
@@ -77,7 +88,24 @@ def locate_checkpoint(path: str | os.PathLike, default: str, flag: str = "--chec
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Load a checkpoint written by :func:`atomic_save`; truncated/corrupted files raise ValueError naming the file."""
+    """Load a checkpoint written by [`atomic_save`][metalearn.train.checkpoint.atomic_save], with
+    ``weights_only`` loading (tensors and plain data only: a checkpoint cannot run code).
+
+    A run's ``best.pt`` holds ``model`` (the learner's state dict), ``meta`` (the resolved config, its hash, the
+    learner, the model section and the image shape), ``step`` and ``val_accuracy``; ``last.pt`` adds the optimizer,
+    scheduler and sampler states for ``--resume``.
+
+    Args:
+        path: The ``.pt`` file.
+        map_location: Where the tensors are loaded (``torch.load``'s ``map_location``).
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: A truncated or corrupted file, or not a metalearn checkpoint (the message names the file).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")

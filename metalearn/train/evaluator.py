@@ -13,6 +13,19 @@ from metalearn.learners.base import Learner
 
 @dataclass(frozen=True)
 class EvalResult:
+    """What [`evaluate`][metalearn.train.evaluator.evaluate] returns; ``str()`` reads
+    ``"<accuracy> ± <ci95>% (<ways>-way <shots>-shot, <episodes> episodes)"``.
+
+    Attributes:
+        accuracy: Mean per-episode accuracy, %.
+        ci95: Half-width of the 95% confidence interval, % (1.96 · sample std / √episodes).
+        episodes: Number of test episodes.
+        ways: N of the episodes.
+        shots: K of the episodes.
+        queries: Q of the episodes (query images per class).
+        per_episode: The per-episode accuracies, %, in draw order.
+    """
+
     accuracy: float      # mean per-episode accuracy, %
     ci95: float          # 1.96 * std / sqrt(n), %  (std with ddof=1)
     episodes: int
@@ -22,6 +35,7 @@ class EvalResult:
     per_episode: tuple   # per-episode accuracies, %
 
     def summary(self) -> dict:
+        """The result without the per-episode accuracies, as a plain dict."""
         return {"accuracy": self.accuracy, "ci95": self.ci95, "episodes": self.episodes,
                 "ways": self.ways, "shots": self.shots, "queries": self.queries}
 
@@ -47,10 +61,31 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress:
              precision: str | None = None, fold_bn: bool = True) -> EvalResult:
     """Accuracy of ``learner.predict`` on ``episodes`` episodes drawn from ``sampler`` (eval mode inside).
 
-    precision: ``bf16`` / ``fp32`` / ``auto`` for the encoder (None: the learner's own ``precision``).
-    fold_bn: predict with a copy of the learner whose BatchNorms are folded into the preceding convs, under
-        ``torch.inference_mode`` (learners that adapt at test time, such as MAML, are evaluated as they are).
-    ``sampler.batch_size`` episodes go through the encoder in one forward pass.
+    ``sampler.batch_size`` episodes go through the encoder in one forward pass. The learner's train/eval mode
+    and precision are restored afterwards.
+
+    Args:
+        learner: The learner to evaluate.
+        sampler: The test episodes (a fixed seed gives the same episodes every time).
+        episodes: How many episodes (>= 1).
+        progress: Show a progress bar.
+        precision: ``bf16`` / ``fp32`` / ``auto`` for the encoder (None: the learner's own ``precision``).
+        fold_bn: Predict with a copy of the learner whose BatchNorms are folded into the preceding convs, under
+            ``torch.inference_mode`` (learners that adapt at test time, such as MAML, are evaluated as they are).
+
+    Returns:
+        The mean accuracy with its 95% confidence interval, and the per-episode accuracies.
+
+    Raises:
+        ValueError: ``episodes`` < 1.
+
+    Examples:
+        ```python
+        from metalearn import EpisodeSampler, evaluate
+        result = evaluate(learner, EpisodeSampler(test_split, ways=5, shots=1, queries=15, batch_size=10,
+                                                  seed=1234), episodes=1000)
+        print(result)          # "<accuracy> ± <ci95>% (5-way 1-shot, 1000 episodes)"
+        ```
     """
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")

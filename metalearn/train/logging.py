@@ -1,11 +1,13 @@
-"""Experiment-log hooks for :func:`metalearn.train.trainer.train` (``loggers=[...]``).
+"""Experiment-log hooks for [`metalearn.train.trainer.train`][metalearn.train.trainer.train] (``loggers=[...]``).
 
 The trainer always writes ``metrics.jsonl``; a hook receives each record after that. TensorBoard is optional
-(the ``[tb]`` extra) and off unless asked for (``metalearn train ... --tensorboard``)::
+(the ``[tb]`` extra) and off unless asked for (``metalearn train ... --tensorboard``):
 
-    tb = TensorBoardLogger("runs/x/tb")
-    train(learner, sampler, cfg, "runs/x", loggers=[tb])
-    tb.close()
+```python
+tb = TensorBoardLogger("runs/x/tb")
+train(learner, sampler, cfg, "runs/x", loggers=[tb])
+tb.close()
+```
 """
 from __future__ import annotations
 

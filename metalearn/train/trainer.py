@@ -1,9 +1,11 @@
 """Episodic trainer: Adam + step schedule, validation for checkpoint selection, JSONL metrics, exact resume.
 
 Files in ``out_dir``:
-  last.pt        everything needed to continue (model, optimiser, schedule, sampler RNG, step, best so far)
-  best.pt        the weights with the best validation accuracy (or the last weights if validation is off)
-  metrics.jsonl  one JSON object per log interval / validation
+
+* ``last.pt``: everything needed to continue (model, optimiser, schedule, sampler RNG, step, best so far);
+* ``best.pt``: the weights with the best validation accuracy (or the last weights if validation is off);
+* ``metrics.jsonl``: one JSON object per log interval / validation.
+
 Ctrl-C finishes the step in flight, writes last.pt and returns; ``resume=True`` continues from last.pt and
 gives the same result as an uninterrupted run with the same seed.
 """
@@ -29,6 +31,16 @@ from metalearn.train.evaluator import episode_accuracy, evaluate
 
 @dataclass
 class TrainState:
+    """What [`train`][metalearn.train.trainer.train] returns (and keeps up to date while it runs).
+
+    Attributes:
+        step: Optimiser steps done.
+        best_accuracy: Best validation accuracy so far, % (-inf before the first validation).
+        best_step: The step of ``best.pt``.
+        interrupted: Whether Ctrl-C stopped the run (``last.pt`` is written; resume continues it).
+        history: The records written to ``metrics.jsonl``.
+    """
+
     step: int = 0
     best_accuracy: float = -math.inf
     best_step: int = 0
@@ -83,10 +95,38 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
           loggers: Sequence[Callable[[dict], None]] = ()) -> TrainState:
     """Meta-train ``learner`` on episodes from ``sampler`` for ``cfg.steps`` optimiser steps.
 
-    val_sampler_fn: builds a fresh, fixed-seed validation sampler (the same validation episodes every time).
-    meta: stored in every checkpoint (resolved config, input shape, ...), checked by ``compatible`` on resume.
-    loggers: called with every record after it is appended to metrics.jsonl (e.g.
-    :class:`metalearn.train.logging.TensorBoardLogger`); the JSONL log is always written.
+    Adam with a StepLR schedule; validation every ``cfg.val_every`` steps keeps the best weights as ``best.pt``;
+    ``last.pt`` every ``cfg.checkpoint_every`` steps allows an exact resume.
+
+    Args:
+        learner: The learner to train, on the sampler's device.
+        sampler: The training episodes.
+        cfg: The ``train`` section (steps, optimiser, schedule, validation, checkpoints, precision).
+        out_dir: The run directory (``last.pt``, ``best.pt``, ``metrics.jsonl``).
+        val_sampler_fn: Builds a fresh, fixed-seed validation sampler (the same validation episodes every time);
+            None trains without validation.
+        resume: Continue from ``out_dir/last.pt`` (without it an existing ``last.pt`` is an error).
+        meta: Stored in every checkpoint (resolved config, input shape, ...), checked by ``compatible`` on
+            resume.
+        progress: Show a progress bar.
+        compatible: Called with the checkpoint's ``meta`` on resume; raises if it does not fit.
+        loggers: Called with every record after it is appended to ``metrics.jsonl`` (e.g.
+            [`TensorBoardLogger`][metalearn.train.logging.TensorBoardLogger]); the JSONL log is always written.
+
+    Returns:
+        The final state: step, best validation accuracy and its step, history, and whether Ctrl-C stopped it.
+
+    Raises:
+        FileExistsError: ``out_dir`` holds a run and ``resume`` is False.
+        NonFiniteLossError: The training loss became NaN or infinite (names the step).
+
+    Examples:
+        ```python
+        from metalearn import EpisodeSampler, ProtoNet, Conv4, TrainConfig, train
+        learner = ProtoNet(Conv4(in_channels=1))
+        state = train(learner, EpisodeSampler(train_split, ways=60, shots=1, queries=5), TrainConfig(steps=1000),
+                      "runs/x", val_sampler_fn=lambda: EpisodeSampler(val_split, 5, 1, 15, seed=1235))
+        ```
     """
     from metalearn.engine import resolve_precision
     out = Path(out_dir)

@@ -3,15 +3,15 @@
 Per test image, standard TTT starts from the trained weights and takes ``steps`` SGD steps (lr ``lr``, no momentum)
 on the rotation loss of ``copies`` augmented (crop + flip) copies of the image, each rotated by a random label;
 then it predicts the unaugmented image in eval mode.  TTT-Online takes ``steps`` (1) such steps per image and
-carries the weights along the stream.  What adapts is a :data:`metalearn.functional.ParamFilter` over the
+carries the weights along the stream.  What adapts is a `metalearn.functional.ParamFilter` over the
 parameter names: ``"trunk"`` (stem + stage 1 + stage 2, the paper's shared feature extractor) by default.
 
-* :func:`ttt` is the batched version: each image adapts its *own* copy of the selected parameters, all images
+* [`ttt`][metalearn.ttt.adapt.ttt] is the batched version: each image adapts its *own* copy of the selected parameters, all images
   of a chunk at once (``torch.func.vmap`` over images, the step loop outside), built on
-  :func:`metalearn.inner.adapt` and the functional core.  Nothing of the model is modified.
-* :func:`ttt_loop` is the per-image reference loop of the original code (reload the weights, ``torch.optim.SGD``,
+  [`metalearn.inner.adapt`][metalearn.inner.adapt] and the functional core.  Nothing of the model is modified.
+* [`ttt_loop`][metalearn.ttt.adapt.ttt_loop] is the per-image reference loop of the original code (reload the weights, ``torch.optim.SGD``,
   ``loss.backward()``), on a private copy of the model: the tests and the speed benchmark compare with it.
-* :func:`ttt_online` is TTT-Online on the functional core.
+* [`ttt_online`][metalearn.ttt.adapt.ttt_online] is TTT-Online on the functional core.
 
 The self-supervised task is a [`SelfSupervisedTask`][metalearn.ttt.ssl.SelfSupervisedTask] (``task=``; default: the
 task of the model's branch, rotation for a rotation model): the same code adapts on rotation, contrastive or
@@ -160,7 +160,7 @@ def ttt(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, 
     task (default: the one of the model's branch).  The model is not modified.
     Sun et al. 2020, Sec. 2 (standard version).
 
-    Example:
+    Examples:
         >>> res = ttt(ResNetCIFAR(26), test_images_uint8[:100], chunk_size=50)
         >>> res.predictions.shape
         torch.Size([100])
@@ -221,7 +221,7 @@ def ttt_loop(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1
     """Standard TTT as a per-image loop over a module, the way the original code runs it: reload the trained
     weights, ``torch.optim.SGD`` on the selected parameters, ``backward()``, ``step()``; predict in eval mode.
 
-    Works on a private copy of ``model`` (the model is not modified).  The reference for :func:`ttt`.
+    Works on a private copy of ``model`` (the model is not modified).  The reference for [`ttt`][metalearn.ttt.adapt.ttt].
     """
     x = as_float_images(images, model)
     names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))

@@ -1,8 +1,9 @@
 """TTT task files (``tasks/ttt_*.yaml``): a frozen dataclass per section, parsed as strictly as
-:mod:`metalearn.config` (unknown keys and wrong types are errors naming the key; ``--set key=value`` overrides).
+[`metalearn.config`][metalearn.config] (unknown keys and wrong types are errors naming the key;
+``--set key=value`` overrides).
 
-Sections: ``model`` (the ResNet), ``train`` (:class:`metalearn.ttt.train.JointTrainConfig`), ``ttt`` (standard and
-online TTT), ``ssl`` (the self-supervised task: rotation, contrastive or reconstruction), ``tent``, ``eval``
+Sections: ``model`` (the ResNet), ``train`` ([`JointTrainConfig`][metalearn.ttt.train.JointTrainConfig]),
+``ttt`` (standard and online TTT), ``ssl`` (the self-supervised task: rotation, contrastive or reconstruction), ``tent``, ``eval``
 (which test sets and methods), ``data``.
 """
 from __future__ import annotations
@@ -20,6 +21,17 @@ METHODS = ("source", "ttt", "ttt_online", "norm_adapt", "tent")
 
 @dataclass(frozen=True)
 class TTTModelConfig:
+    """The network (section ``model``): a pre-activation ResNet for CIFAR-10
+    ([`ResNetCIFAR`][metalearn.nn.resnet_cifar.ResNetCIFAR]).
+
+    Attributes:
+        depth: Depth 6n+2 (26 in the paper: 4 blocks per stage).
+        norm: ``gn`` (GroupNorm, the paper's main numbers) or ``bn`` (BatchNorm2d, for norm adaptation and Tent).
+        groups: GroupNorm groups (``gn`` only).
+        width: Channel multiplier of the 16/32/64 stages.
+        rotation_head: A self-supervised branch beside the main head; False is the object-recognition-only
+            baseline.
+    """
     depth: int = 26
     norm: str = "gn"                 # gn (GroupNorm, 8 groups) | bn (BatchNorm2d)
     groups: int = 8
@@ -29,6 +41,18 @@ class TTTModelConfig:
 
 @dataclass(frozen=True)
 class TTTAdaptConfig:
+    """Test-time training (section ``ttt``): standard TTT (weights reset before every image) and TTT-Online.
+
+    Attributes:
+        steps: Standard TTT: SGD steps per test image.
+        online_steps: TTT-Online: SGD steps per image, the weights carried along the stream.
+        lr: SGD learning rate (no momentum).
+        copies: Augmented copies of the test image per step.
+        adapt: What adapts: ``trunk`` (the paper: stem, stage 1 and stage 2), ``trunk+rotation`` (the released
+            code), ``trunk+ssl`` (the trunk and the branch of ``ssl.task``) or ``all``.
+        chunk_size: Test images adapted at once (batched with ``vmap``).
+        seed: Seed of the augmentations.
+    """
     steps: int = 10                  # standard TTT: SGD steps per image
     online_steps: int = 1            # TTT-Online: steps per image
     lr: float = 0.001
@@ -40,7 +64,17 @@ class TTTAdaptConfig:
 
 @dataclass(frozen=True)
 class TTTSSLConfig:
-    """The self-supervised task (metalearn.ttt.ssl): its name and settings (each task reads its own)."""
+    """The self-supervised task (section ``ssl``; ``metalearn.ttt.ssl``): its name and settings (each task
+    reads its own).
+
+    Attributes:
+        task: ``rotation``, ``contrastive`` or ``reconstruction``.
+        weight: Weight of the self-supervised loss: joint loss = CE(main) + weight * self-supervised loss.
+        temperature: Contrastive: the NT-Xent temperature.
+        crop_scale: Contrastive: the smallest crop area of a view.
+        mask_ratio: Reconstruction: the share of the patches masked.
+        patch: Reconstruction: the patch side in pixels.
+    """
     task: str = "rotation"           # rotation | contrastive | reconstruction
     weight: float = 1.0              # joint loss = CE(main) + weight * self-supervised loss
     temperature: float = 0.5         # contrastive: NT-Xent temperature
@@ -56,6 +90,13 @@ class TTTSSLConfig:
 
 @dataclass(frozen=True)
 class TentConfig:
+    """Tent (section ``tent``; Wang et al. 2021): entropy minimisation on the norm layers' affine parameters.
+
+    Attributes:
+        lr: Adam's learning rate.
+        batch_size: Test images per adaptation batch.
+        steps: Adam steps per test batch.
+    """
     lr: float = 0.001                # Adam
     batch_size: int = 128
     steps: int = 1                   # Adam steps per test batch
@@ -63,6 +104,20 @@ class TentConfig:
 
 @dataclass(frozen=True)
 class TTTEvalConfig:
+    """Which test sets and methods ``metalearn ttt eval`` runs (section ``eval``).
+
+    Attributes:
+        severity: CIFAR-10-C severity, 1 to 5.
+        corruptions: ``all`` or comma-separated corruption names; ``clean`` is the uncorrupted test set.
+        images: The first N test images of each set (up to 1000 keeps CIFAR-10's original order).
+        ttt_images: The first N of those for standard TTT, the slowest method (0: all of them).
+        methods: ``auto`` (what the model supports) or a comma-separated subset of ``source``, ``ttt``,
+            ``ttt_online``, ``norm_adapt``, ``tent``.
+        batch_size: Batch of the source and norm-adaptation evaluations.
+        corruption_seed: Seed of the generated corruptions.
+        cifar10c: ``generated`` (our implementation, [`metalearn.data.corruptions`][metalearn.data.corruptions])
+            or ``official`` (the released ``.npy`` files).
+    """
     severity: int = 5
     corruptions: str = "all"         # all | comma-separated names; 'clean' is the uncorrupted test set
     images: int = 1000               # first N test images per set (<= 1000 keeps CIFAR-10's original order)
@@ -75,6 +130,13 @@ class TTTEvalConfig:
 
 @dataclass(frozen=True)
 class TTTDataConfig:
+    """Where CIFAR-10 is read and cached (section ``data``).
+
+    Attributes:
+        root: Data root holding ``cifar10/`` (and ``cifar10c/``); None reads ``$METALEARN_DATA``.
+        cache_dir: Folder of the decoded caches; None reads ``$METALEARN_CACHE``, else ``~/.cache/metalearn``.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+    """
     root: str | None = None
     cache_dir: str | None = None
     device: str = "auto"             # auto | cpu | cuda[:N]
@@ -82,6 +144,22 @@ class TTTDataConfig:
 
 @dataclass(frozen=True)
 class TTTTaskConfig:
+    """A test-time-training task file (``tasks/ttt_*.yaml``) resolved, one dataclass per section.
+
+    Read with ``load_ttt_config(path, overrides)``; ``metalearn ttt train`` and ``metalearn ttt eval`` run it.
+
+    Attributes:
+        name: Name of the task in result files.
+        dataset: ``cifar10``, the only dataset of the pipeline.
+        model: The network.
+        train: Joint training.
+        ttt: Standard TTT and TTT-Online.
+        ssl: The self-supervised task.
+        tent: Tent.
+        eval: Test sets and methods.
+        data: Data root, cache and device.
+        reference: Where the published numbers come from.
+    """
     name: str = ""
     dataset: str = "cifar10"
     model: TTTModelConfig = field(default_factory=TTTModelConfig)
@@ -94,6 +172,7 @@ class TTTTaskConfig:
     reference: str = ""              # where the published numbers come from
 
     def to_dict(self) -> dict:
+        """The config as plain data, as written to a run's ``config.yaml``."""
         return _plain(dataclasses.asdict(self))
 
 

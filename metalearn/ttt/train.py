@@ -11,7 +11,7 @@ the device.
 
 Determinism and exact resume: the epoch's shuffle is seeded by ``(seed, epoch)`` and a step's augmentation by
 ``(seed, step)``, so a run resumed from ``last.pt`` (model, optimiser, step) makes the same updates as an
-uninterrupted one.  Checkpoints are written atomically (:func:`metalearn.train.checkpoint.atomic_save`).
+uninterrupted one.  Checkpoints are written atomically ([`metalearn.train.checkpoint.atomic_save`][metalearn.train.checkpoint.atomic_save]).
 """
 from __future__ import annotations
 
@@ -38,8 +38,22 @@ KIND = "ttt-resnet-cifar"
 
 @dataclass(frozen=True)
 class JointTrainConfig:
-    """Joint-training recipe (defaults: the paper's).  ``max_steps`` > 0 stops early (the lr schedule still
-    follows ``epochs``); ``checkpoint_every`` and ``log_every`` count optimiser steps."""
+    """Joint-training recipe (section ``train`` of a TTT task file; defaults: the paper's).
+
+    Attributes:
+        epochs: Training epochs over the CIFAR-10 training set (the lr schedule follows them).
+        batch_size: Images per SGD step (each also at its four rotations).
+        lr: SGD learning rate.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        milestones: Epochs at which the learning rate is multiplied by ``gamma``.
+        gamma: Learning-rate factor at each milestone.
+        max_steps: Stop after this many optimiser steps (the schedule still follows ``epochs``); 0 trains all
+            epochs.
+        checkpoint_every: Write ``last.pt`` every this many optimiser steps.
+        log_every: Append to ``metrics.jsonl`` every this many optimiser steps.
+        seed: Seed of the initialisation, the shuffles and the augmentations.
+    """
     epochs: int = 150
     batch_size: int = 128
     lr: float = 0.1
@@ -228,7 +242,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ResNetCIFAR, dict]:
-    """Rebuild a :class:`ResNetCIFAR` from a checkpoint written by :func:`train_joint`; returns (model in eval
+    """Rebuild a [`ResNetCIFAR`][metalearn.nn.resnet_cifar.ResNetCIFAR] from a checkpoint written by [`train_joint`][metalearn.ttt.train.train_joint]; returns (model in eval
     mode, checkpoint dict)."""
     ck = load_checkpoint(path, map_location=map_location)
     if ck.get("kind") != KIND:
