@@ -210,9 +210,10 @@ def machine_info(device: str = "cpu") -> dict:
     gpu = None
     if device.startswith("cuda") and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(torch.device(device))
+    from metalearn import distributed
     return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
             "cpu_count": os.cpu_count(), "cpu_model": _cpu_model(), "torch_threads": torch.get_num_threads(),
-            "gpu": gpu}
+            "gpu": gpu, "processes": distributed.world_size()}
 
 
 def _max_rss_bytes() -> int | None:
@@ -453,6 +454,7 @@ def execute(plan: PlannedRun, *, progress: bool, tensorboard: bool, git: dict, c
     """Train (or resume) and evaluate one planned run and write its result JSON; None if Ctrl-C stopped it."""
     import torch
 
+    from metalearn import distributed
     from metalearn.builders import resolve_device
     from metalearn.cli import evaluate_run, train_task
     from metalearn.data.cache import atomic_write
@@ -460,12 +462,16 @@ def execute(plan: PlannedRun, *, progress: bool, tensorboard: bool, git: dict, c
     device = resolve_device(plan.cfg.data.device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    resume = (plan.run_dir / "last.pt").exists()
+    resume = distributed.on_main((plan.run_dir / "last.pt").exists)
     outcome = train_task(plan.cfg, plan.run_dir, resume=resume, progress=progress, tensorboard=tensorboard)
+    if not distributed.is_main():   # rank 0 alone writes the run's files; the others take part in the evaluation
+        if not outcome.state.interrupted:
+            evaluate_run(plan.run_dir, progress=False)
+        return distributed.broadcast_object(None)
     wall = _add_wall(plan.run_dir, outcome.wall_s)
     print(f"  {outcome.message()}", flush=True)
     if outcome.state.interrupted:
-        return None
+        return distributed.broadcast_object(None)
     ev = evaluate_run(plan.run_dir, progress=progress)
     if device.type == "cuda":
         peak = {"bytes": int(torch.cuda.max_memory_allocated(device)), "kind": "cuda_max_memory_allocated"}
@@ -476,7 +482,7 @@ def execute(plan: PlannedRun, *, progress: bool, tensorboard: bool, git: dict, c
     with atomic_write(plan.result_path, mode="w") as f:
         json.dump(result, f, indent=1)
         f.write("\n")
-    return result
+    return distributed.broadcast_object(result)
 
 
 def execute_from(plan: PlannedRun, model_dir: Path, *, progress: bool, git: dict, command: str,
@@ -496,22 +502,28 @@ def execute_from(plan: PlannedRun, model_dir: Path, *, progress: bool, git: dict
     from metalearn.train.checkpoint import load_checkpoint
     from metalearn.train.trainer import TrainState
 
+    from metalearn import distributed
+
     model_dir = Path(model_dir)
-    cfg_path = model_dir / "config.yaml"
-    if not cfg_path.is_file() or not (model_dir / "best.pt").is_file():
-        raise ConfigError(f"--model-from: {str(model_dir)!r} is not a finished run directory (needs config.yaml "
-                          f"and best.pt)")
-    run_cfg = load_yaml(cfg_path)
-    diff = config_differences(run_cfg, plan.cfg.to_dict())
-    if diff:
-        raise ConfigError(f"--model-from: {str(model_dir)!r} was trained with a different config than "
-                          f"{plan.name} ({', '.join(diff)} differ); only the eval section may differ")
-    last = load_checkpoint(model_dir / "last.pt") if (model_dir / "last.pt").is_file() else {}
-    best = load_checkpoint(model_dir / "best.pt")
-    state = TrainState(step=int(last.get("step", best.get("step", 0))),
-                       best_accuracy=float(last.get("best_accuracy", best.get("val_accuracy", float("nan")))),
-                       best_step=int(last.get("best_step", best.get("step", 0))))
-    wall = _read_wall(model_dir)
+
+    def read_run() -> tuple[dict, TrainState, dict]:   # rank 0 alone reads the run directory
+        cfg_path = model_dir / "config.yaml"
+        if not cfg_path.is_file() or not (model_dir / "best.pt").is_file():
+            raise ConfigError(f"--model-from: {str(model_dir)!r} is not a finished run directory (needs "
+                              f"config.yaml and best.pt)")
+        run_cfg = load_yaml(cfg_path)
+        diff = config_differences(run_cfg, plan.cfg.to_dict())
+        if diff:
+            raise ConfigError(f"--model-from: {str(model_dir)!r} was trained with a different config than "
+                              f"{plan.name} ({', '.join(diff)} differ); only the eval section may differ")
+        last = load_checkpoint(model_dir / "last.pt") if (model_dir / "last.pt").is_file() else {}
+        best = load_checkpoint(model_dir / "best.pt")
+        state = TrainState(step=int(last.get("step", best.get("step", 0))),
+                           best_accuracy=float(last.get("best_accuracy", best.get("val_accuracy", float("nan")))),
+                           best_step=int(last.get("best_step", best.get("step", 0))))
+        return run_cfg, state, _read_wall(model_dir)
+
+    run_cfg, state, wall = distributed.on_main(read_run)
     device = resolve_device(plan.cfg.data.device)
     e = plan.cfg.eval
     ev = evaluate_run(model_dir, e.ways, e.shots, e.queries, e.episodes, e.split, progress=progress)
@@ -525,9 +537,10 @@ def execute_from(plan: PlannedRun, model_dir: Path, *, progress: bool, git: dict
     result = build_result(plan, ev, outcome, wall, peak, git, machine_info(str(device)), command, suite)
     result["model_from"] = {"run_dir": str(model_dir), "task": run_cfg.get("name"),
                             "validated_on": {k: run_cfg.get("eval", {}).get(k) for k in ("ways", "shots", "queries")}}
-    with atomic_write(plan.result_path, mode="w") as f:
-        json.dump(result, f, indent=1)
-        f.write("\n")
+    if distributed.is_main():
+        with atomic_write(plan.result_path, mode="w") as f:
+            json.dump(result, f, indent=1)
+            f.write("\n")
     return result
 
 
@@ -551,10 +564,15 @@ def run_suite(suite: str, *, out_root: str | os.PathLike = "runs/bench", results
     model_from: a finished run directory whose model every task of the suite evaluates instead of training
     its own (`execute_from`).
     """
+    from metalearn import distributed
     out_root, results_dir = Path(out_root), Path(results)
-    entries = load_suite(suite)
-    git = git_state()
-    plans, notes = plan_suite(entries, list(overrides or []), out_root, results_dir, git["commit"])
+
+    def plan() -> tuple[dict, list[PlannedRun], list[str]]:   # rank 0 alone reads the suite and the results
+        entries = load_suite(suite)
+        git = git_state()
+        return (git, *plan_suite(entries, list(overrides or []), out_root, results_dir, git["commit"]))
+
+    git, plans, notes = distributed.on_main(plan)
     for note in notes:
         print(f"metalearn bench: warning: ignoring {note}", file=sys.stderr)
     if git["commit"] is None:

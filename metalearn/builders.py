@@ -17,9 +17,11 @@ MUTABLE_KEYS = {"train.steps", "train.log_every", "train.checkpoint_every", "tra
 
 
 def resolve_device(name: str) -> torch.device:
-    """``data.device`` -> torch.device (auto: CUDA when available); a clear error for anything else."""
+    """``data.device`` -> torch.device (auto: CUDA when available); a clear error for anything else.  In a
+    distributed run a CUDA device is this process's own, ``cuda:LOCAL_RANK``."""
+    from metalearn import distributed
     from metalearn.checks import check_device
-    return check_device("data.device", name)
+    return distributed.device_for(check_device("data.device", name))
 
 
 def _omniglot(cfg: TaskConfig, split: str) -> ClassImages:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 import warnings
@@ -114,6 +115,7 @@ def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progre
         ConfigError: Episodes a split cannot give (naming ``train.ways`` / ``eval.ways`` ...), or a changed
             config on resume.
     """
+    from metalearn import distributed
     from metalearn.builders import (build_learner, check_compatible, check_splits, config_differences, load_split,
                                     run_meta)
     from metalearn.data.cache import atomic_write
@@ -122,17 +124,25 @@ def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progre
 
     out = Path(out)
     resolved = out / "config.yaml"
-    if resume:
-        if not resolved.is_file():
-            raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
-        diff = config_differences(load_yaml(resolved), cfg.to_dict())
-        if diff:
-            raise ConfigError(f"--resume: the run in {str(out)!r} was made with a different config "
-                              f"({', '.join(diff)} differ)")
-    elif (out / "last.pt").exists():
-        raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
+
+    def check_run_dir() -> None:   # rank 0 alone looks at the run directory in a distributed run
+        if resume:
+            if not resolved.is_file():
+                raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
+            diff = config_differences(load_yaml(resolved), cfg.to_dict())
+            if diff:
+                raise ConfigError(f"--resume: the run in {str(out)!r} was made with a different config "
+                                  f"({', '.join(diff)} differ)")
+        elif (out / "last.pt").exists():
+            raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
+
+    distributed.on_main(check_run_dir)
+    if cfg.train.batch_size < distributed.world_size():
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size}: the meta-batch is split across the "
+                          f"{distributed.world_size()} processes, so it needs at least {distributed.world_size()} "
+                          f"tasks (a multiple of {distributed.world_size()} keeps them equally loaded)")
     loggers = []
-    if tensorboard:
+    if tensorboard and distributed.is_main():
         from metalearn.train.logging import TensorBoardLogger
         loggers.append(TensorBoardLogger(out / "tb"))  # fails early (before loading data) without the [tb] extra
     try:
@@ -152,9 +162,10 @@ def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progre
             e = cfg.eval
             return EpisodeSampler(val_data, e.ways, e.shots, e.queries, batch_size=e.batch_size, seed=e.seed + 1)
 
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_write(resolved, mode="w") as f:
-            f.write(dump_config(cfg))
+        if distributed.is_main():
+            out.mkdir(parents=True, exist_ok=True)
+            with atomic_write(resolved, mode="w") as f:
+                f.write(dump_config(cfg))
         t0 = time.perf_counter()
         state = train(learner, sampler, t, out, val_sampler if val_data is not None else None, resume=resume,
                       meta=run_meta(cfg, image_shape), progress=progress, loggers=loggers,
@@ -178,10 +189,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"interrupted: continue with  metalearn train --config {args.config} --out {out} --resume")
         return 130
     if not args.no_eval:
+        from metalearn import distributed
         res = evaluate_run(out, progress=not args.quiet)
         res["train_wall_s"] = outcome.wall_s
-        with atomic_write(out / "eval.json", mode="w") as f:
-            json.dump(res, f, indent=1)
+        if distributed.is_main():
+            with atomic_write(out / "eval.json", mode="w") as f:
+                json.dump(res, f, indent=1)
         print(_format_eval(res))
     return 0
 
@@ -212,21 +225,25 @@ def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = 
         ConfigError: A bad ``config.yaml``, a test-time-training run, or episodes the split cannot give.
         ValueError: A checkpoint made with another config or model than ``config.yaml`` describes.
     """
+    from metalearn import distributed
     from metalearn.builders import build_learner, check_compatible
     from metalearn.train.checkpoint import load_checkpoint, locate_checkpoint
     from metalearn.train.evaluator import evaluate
 
-    ck_path = locate_checkpoint(path, "best.pt")
-    run_dir = ck_path.parent
-    raw = load_yaml(run_dir / "config.yaml")
-    if is_ttt_task(raw):
-        raise ConfigError(f"--checkpoint: {str(run_dir)!r} is a test-time-training run (dataset "
-                          f"{raw.get('dataset')!r}); evaluate it with `metalearn ttt eval --checkpoint {path}`")
-    try:
-        cfg = config_from_dict(raw)
-    except ConfigError as err:
-        raise ConfigError(f"{run_dir / 'config.yaml'}: {err}") from None
-    ck = load_checkpoint(ck_path)
+    def read_run() -> tuple[Path, TaskConfig, dict]:   # rank 0 alone reads the run directory
+        ck_path = locate_checkpoint(path, "best.pt")
+        run_dir = ck_path.parent
+        raw = load_yaml(run_dir / "config.yaml")
+        if is_ttt_task(raw):
+            raise ConfigError(f"--checkpoint: {str(run_dir)!r} is a test-time-training run (dataset "
+                              f"{raw.get('dataset')!r}); evaluate it with `metalearn ttt eval --checkpoint {path}`")
+        try:
+            cfg = config_from_dict(raw)
+        except ConfigError as err:
+            raise ConfigError(f"{run_dir / 'config.yaml'}: {err}") from None
+        return ck_path, cfg, load_checkpoint(ck_path)
+
+    ck_path, cfg, ck = distributed.on_main(read_run)
     check_compatible(cfg, ck.get("meta", {}), str(ck_path))
     e = cfg.eval
     given = (ways, shots, queries)
@@ -254,6 +271,7 @@ def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = 
     out = res.summary()
     out.update({"split": split, "dataset": cfg.dataset, "learner": cfg.learner, "checkpoint": str(ck_path),
                 "step": ck.get("step"), "seed": e.seed, "eval_wall_s": time.perf_counter() - t0,
+                "processes": distributed.world_size(),
                 "reference": cfg.reference.accuracy if (ways, shots, queries, split) == (
                     e.ways, e.shots, e.queries, e.split) else None})
     return out
@@ -512,13 +530,77 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = argv
     try:
-        # --quiet also silences the data-decoding bars of the loaders
-        with progress_bars(not getattr(args, "quiet", False)), _short_warnings():
+        # --quiet also silences the data-decoding bars of the loaders (_distributed: under torchrun)
+        with _distributed(args), progress_bars(not getattr(args, "quiet", False)), _short_warnings():
             return args.fn(args)
     except (ConfigError, ValueError, FloatingPointError, OSError, MissingExtraError) as err:
         # user errors (bad settings, files, data; a diverged run; a full disk): one message, exit 2
-        print(f"metalearn {args.command}: error: {_error_text(err)}", file=sys.stderr)
+        print(f"metalearn {args.command}: error{_rank_note()}: {_error_text(err)}", file=sys.stderr)
         return 2
+
+
+#: the commands that run under torchrun (the others refuse WORLD_SIZE > 1)
+DISTRIBUTED_COMMANDS = ("train", "eval", "bench", "ttt")
+
+
+def _rank_note() -> str:
+    """`` (rank R of W)`` when torchrun started this process as one of several, else ``""``."""
+    import os
+
+    from metalearn.distributed import env_world_size
+    try:
+        w = env_world_size()
+    except ValueError:
+        return ""
+    return f" (rank {os.environ.get('RANK', '?')} of {w})" if w > 1 else ""
+
+
+@contextlib.contextmanager
+def _distributed(args: argparse.Namespace):
+    """Under torchrun (WORLD_SIZE > 1): join the process group, let rank 0 alone print (the others are quiet),
+    name the rank of a failure, and leave the group at the end.  Nothing happens in a single process."""
+    from metalearn import distributed
+    if distributed.env_world_size() <= 1:
+        yield
+        return
+    if args.command not in DISTRIBUTED_COMMANDS:
+        raise ConfigError(f"WORLD_SIZE={distributed.env_world_size()}: `metalearn {args.command}` runs in one "
+                          f"process; launch it without torchrun (commands that scale out: "
+                          f"{', '.join(DISTRIBUTED_COMMANDS)})")
+    owned = distributed.init_from_env()   # False: the caller's own process group, left to it at the end
+    main_rank = distributed.is_main()
+    if not main_rank and hasattr(args, "quiet"):
+        args.quiet = True
+    try:
+        with contextlib.ExitStack() as stack:
+            if not main_rank:   # one copy of every result line: rank 0's
+                stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
+            yield
+    except Exception as err:
+        if _lost_peer(err):
+            print(f"metalearn {args.command}: error{_rank_note()}: lost contact with another process of the job "
+                  f"(it failed or was stopped; its message names its rank): {str(err).splitlines()[0][:300]}",
+                  file=sys.stderr)
+            if owned:
+                distributed.shutdown()
+            raise SystemExit(1) from None
+        if not isinstance(err, (ConfigError, ValueError, FloatingPointError, OSError)):
+            print(f"metalearn {args.command}: rank {distributed.rank()} of {distributed.world_size()} failed: "
+                  f"{type(err).__name__}: {err}", file=sys.stderr)
+        raise
+    finally:
+        if owned:
+            distributed.shutdown()
+
+
+def _lost_peer(err: BaseException) -> bool:
+    """Whether a collective failed because another process of the job went away (gloo / NCCL errors)."""
+    import torch.distributed as dist
+    if isinstance(err, getattr(dist, "DistError", ())) or isinstance(err, getattr(dist, "DistBackendError", ())):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and any(k in text for k in (
+        "Connection closed by peer", "Connection reset by peer", "Broken pipe", "[gloo]", "gloo/transport", "NCCL"))
 
 
 def _error_text(err: BaseException) -> str:

@@ -107,10 +107,21 @@ class EpisodeSampler:
             x = out
         return x
 
-    def sample(self) -> Episode:
-        """One batch of B tasks: support (B, N*K, C, H, W), query (B, N*Q, C, H, W), float on the device."""
-        B, N, K, Q = self.batch_size, self.ways, self.shots, self.queries
+    def sample(self, tasks: tuple[int, int] | None = None) -> Episode:
+        """One batch of B tasks: support (B, N*K, C, H, W), query (B, N*Q, C, H, W), float on the device.
+
+        ``tasks=(lo, hi)``: draw the whole batch of B tasks from the stream (the generator advances exactly as
+        without it) but gather only tasks ``lo:hi`` -> an Episode of ``hi - lo`` tasks.  This is how processes
+        of a distributed run each take their share of one meta-batch
+        ([`shard_range`][metalearn.distributed.shard_range]).
+        """
         rows, rot_k = self.sample_indices()
+        if tasks is not None:
+            lo, hi = tasks
+            if not 0 <= lo < hi <= self.batch_size:
+                raise ValueError(f"tasks: expected 0 <= lo < hi <= batch_size={self.batch_size}, got {tasks}")
+            rows, rot_k = rows[lo:hi], rot_k[lo:hi]
+        B, N, K, Q = rows.shape[0], self.ways, self.shots, self.queries
         x = self.gather(rows, rot_k).to(torch.float32).mul_(self.scale)      # (B, N, K+Q, C, H, W)
         shape = x.shape[3:]
         labels = torch.arange(N, device=self.device)
@@ -119,6 +130,12 @@ class EpisodeSampler:
         sy = labels.repeat_interleave(K).expand(B, N * K).contiguous()
         qy = labels.repeat_interleave(Q).expand(B, N * Q).contiguous()
         return Episode(sx, sy, qx, qy, N)
+
+    def skip(self, draws: int = 1) -> None:
+        """Advance the stream by ``draws`` batches without gathering any image (the generator ends where
+        ``draws`` calls of [`sample`][metalearn.episodes.EpisodeSampler.sample] would leave it)."""
+        for _ in range(draws):
+            self.sample_indices()
 
     def __iter__(self) -> Iterator[Episode]:
         while True:

@@ -32,6 +32,10 @@ class Learner(nn.Module):
     inference_without_grad: bool = True
     #: whether ``precision: auto`` may pick bf16 for this learner (measured to keep accuracy)
     bf16_safe: bool = True
+    #: set by the trainer in a distributed step: this process holds tasks ``lo:hi`` of a meta-batch of ``total``
+    #: (``(lo, hi, total)``; None in one process).  A learner that draws random numbers per task draws them for
+    #: the whole meta-batch and keeps its share, so that the draws do not depend on the number of processes.
+    task_shard: tuple[int, int, int] | None = None
 
     def encode(self, x: Tensor) -> Tensor:
         """``self.encoder(x)`` under the learner's precision: bf16 autocast for the convolutions, the embedding

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalearn.augment import KOCH, AffineRanges, random_affine
+from metalearn.augment import KOCH, AffineRanges, affine_matrices, random_affine, warp
 from metalearn.learners.base import Learner
 from metalearn.types import Episode
 
@@ -162,8 +162,19 @@ class Siamese(Learner):
     def _embed(self, episode: Episode) -> tuple[Tensor, int]:
         x = torch.cat([episode.support_x, episode.query_x], dim=-4)                # ([B,] M, C, H, W)
         if self.training and self.distort is not None:
-            x = random_affine(x, self.distort, generator=self.generator, fill=self.fill)
+            x = self._distort(x)
         return self.encode(x), episode.support_x.shape[-4]                       # ([B,] M, D)
+
+    def _distort(self, x: Tensor) -> Tensor:
+        """Koch's distortions; with a ``task_shard`` (lo, hi, total) the parameters are drawn for all ``total``
+        tasks of the meta-batch and tasks lo:hi keep theirs (the same draws as one process on the whole batch)."""
+        shard = self.task_shard
+        if shard is None or x.dim() != 5:
+            return random_affine(x, self.distort, generator=self.generator, fill=self.fill)
+        lo, hi, total = shard
+        m, (c, h, w) = x.shape[1], x.shape[-3:]
+        mats = affine_matrices(total * m, self.distort, (h, w), generator=self.generator)[lo * m:hi * m]
+        return warp(x.reshape(-1, c, h, w), mats.to(x.device), self.fill).reshape(x.shape)
 
     def forward(self, episode: Episode) -> Tensor:
         """Query logits ([B,] N*Q, N): log of the mean p(same) with each class's support images."""

@@ -86,7 +86,13 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress:
                                                   seed=1234), episodes=1000)
         print(result)          # "<accuracy> ± <ci95>% (5-way 1-shot, 1000 episodes)"
         ```
+
+    Inside a ``torch.distributed`` process group, the draws of ``sampler.batch_size`` episodes are dealt out
+    round-robin over the processes (every process advances the seeded stream past the others' draws without
+    gathering their images) and the per-episode accuracies are gathered in draw order: every process returns
+    the result one process would, over the same episodes.
     """
+    from metalearn import distributed as D
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
     from metalearn.engine import fold_batchnorm, resolve_precision
@@ -98,17 +104,26 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress:
     accs = []
     draws = math.ceil(episodes / sampler.batch_size)
     it = range(draws)
-    if progress:
+    w, r = D.world_size(), D.rank()
+    if progress and D.is_main():
         from tqdm.auto import tqdm
         it = tqdm(it, desc="eval", unit="batch", leave=False)
     try:
         with torch.inference_mode(fast):
-            for _ in it:
+            for d in it:
+                if d % w != r:   # another process's draw: keep the stream in step, gather nothing
+                    if hasattr(sampler, "skip"):
+                        sampler.skip()
+                    else:
+                        sampler.sample()
+                    continue
                 ep = sampler.sample()
                 accs.append(episode_accuracy(model.predict(ep), ep.query_y).reshape(-1))
     finally:
         learner.train(was_training)
         learner.precision = old_precision
+    if w > 1:
+        accs = D.gather_draws(accs, draws, (sampler.batch_size,), torch.float64, sampler.device)
     acc = torch.cat(accs)[:episodes].cpu().numpy()  # one host sync
     mean, ci = mean_ci95(acc)
     return EvalResult(mean, ci, int(acc.size), sampler.ways, sampler.shots, sampler.queries, tuple(acc.tolist()))

@@ -8,6 +8,13 @@ Files in ``out_dir``:
 
 Ctrl-C finishes the step in flight, writes last.pt and returns; ``resume=True`` continues from last.pt and
 gives the same result as an uninterrupted run with the same seed.
+
+Inside a ``torch.distributed`` process group (``torchrun``), every process takes its share of each meta-batch
+from the same seeded stream, gradients are summed over the processes (``DistributedDataParallel``, or one
+all-reduce of the meta-gradient for learners with their own ``backward`` such as MAML), validation episodes are
+split across the processes, and only rank 0 reads and writes ``out_dir``
+([`metalearn.distributed`][metalearn.distributed]).  The checkpoint does not depend on the number of processes:
+a run resumes with any number.
 """
 from __future__ import annotations
 
@@ -22,6 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from metalearn import distributed as D
 from metalearn.config import TrainConfig
 from metalearn.episodes import EpisodeSampler
 from metalearn.learners.base import Learner
@@ -130,7 +138,9 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
     """
     from metalearn.engine import resolve_precision
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    dist_on, main = D.active(), D.is_main()
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
     learner.precision = resolve_precision(cfg.precision, sampler.device, learner.bf16_safe)
     opt = torch.optim.Adam(learner.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=cfg.lr_step, gamma=cfg.lr_gamma)
@@ -140,7 +150,7 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
     meta = dict(meta or {})
 
     if resume:
-        ck = load_checkpoint(last_path)
+        ck = D.on_main(lambda: load_checkpoint(last_path))   # rank 0 reads, every rank gets the same state
         if compatible is not None:
             compatible(ck.get("meta", {}))
         try:
@@ -151,60 +161,94 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
         sched.load_state_dict(ck["scheduler"])
         sampler.load_state_dict(ck["sampler"])
         state.step, state.best_accuracy, state.best_step = ck["step"], ck["best_accuracy"], ck["best_step"]
-        _truncate_metrics(metrics_path, state.step)
-    elif last_path.exists():
+        if main:
+            _truncate_metrics(metrics_path, state.step)
+    elif D.on_main(last_path.exists):
         raise FileExistsError(f"{str(out)!r} already holds a run (last.pt); pass resume=True (--resume) or "
                               "choose another output directory")
-    else:
+    elif main:
         metrics_path.unlink(missing_ok=True)  # a run that died before its first checkpoint starts afresh
 
+    # distributed: this rank's tasks lo:hi of every meta-batch; the meta-gradient summed over the ranks
+    dstep = D.MetaBatchStep(learner, sampler.batch_size) if dist_on else None
+    share = dstep.share if dist_on else 1.0
+
+    def step_backward(ep):
+        if dstep is None:
+            return learner.backward(ep)   # loss.backward(), or in chunks (Learner.backward)
+        return dstep.backward(ep)
+
     def checkpoint() -> None:
+        if not main:
+            return
         atomic_save({"format": FORMAT, "kind": "train", "meta": meta, "model": learner.state_dict(),
                      "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                      "sampler": sampler.state_dict(), "step": state.step,
                      "best_accuracy": state.best_accuracy, "best_step": state.best_step}, last_path)
 
     def save_best(accuracy: float) -> None:
+        if not main:
+            return
         atomic_save({"format": FORMAT, "kind": "weights", "meta": meta, "model": learner.state_dict(),
                      "step": state.step, "val_accuracy": accuracy}, best_path)
 
     def log(record: dict) -> None:
         state.history.append(record)
+        if not main:
+            return
         with open(metrics_path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for hook in loggers:
             hook(record)
 
     bar = None
-    if progress:
+    if progress and main:
         from tqdm.auto import tqdm
         bar = tqdm(total=cfg.steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
     learner.train()
     loss_sum = acc_sum = None
     n_acc, t0, last_val = 0, time.perf_counter(), None
     bad_step = bad_loss = None
+    on_rank = f" on {D.describe()}" if dist_on else ""
 
     def check_finite() -> None:
         """Stop before anything is written if a training loss since the last check was NaN or infinite."""
         nonlocal bad_step
+        if dist_on:   # every rank stops together, naming the first rank whose loss was not finite
+            found = D.first_failure(bad_step, bad_loss)
+            bad_step = None
+            if found is not None:
+                step, value, ranks = found
+                raise NonFiniteLossError(f"training loss of learner {type(learner).__name__} became {value} at "
+                                         f"step {step} on {D.ranks_text(ranks)}; {_kept(last_path)}. "
+                                         f"Lower train.lr or check the data")
+            return
         if bad_step is not None and int(bad_step) != 0:
             raise NonFiniteLossError(f"training loss of learner {type(learner).__name__} became "
                                      f"{float(bad_loss)} at step {int(bad_step)}; {_kept(last_path)}. Lower "
                                      f"train.lr or check the data")
         bad_step = None
 
+    stopped = False
+
+    def should_stop(flag: _StopFlag) -> bool:
+        """Ctrl-C on any process stops every process after the same step."""
+        nonlocal stopped
+        stopped = D.any_true(flag.stop) if dist_on else flag.stop
+        return stopped
+
     with _StopFlag() as flag:
-        while state.step < cfg.steps and not flag.stop:
-            ep = sampler.sample()
+        while state.step < cfg.steps and not should_stop(flag):
+            ep = sampler.sample(tasks=(dstep.lo, dstep.hi)) if dist_on else sampler.sample()
             opt.zero_grad(set_to_none=True)
             try:
-                loss, logits = learner.backward(ep)   # loss.backward(), or in chunks (Learner.backward)
+                loss, logits = step_backward(ep)
             except FloatingPointError as e:   # a learner's own finiteness check (MAML's inner-loop losses)
                 if isinstance(e, NonFiniteLossError):
                     raise
-                raise NonFiniteLossError(f"learner {type(learner).__name__} at training step {state.step + 1}: {e}; "
-                                         f"{_kept(last_path)}. Lower the learning rates or check the data"
-                                         ) from None
+                raise NonFiniteLossError(f"learner {type(learner).__name__} at training step {state.step + 1}"
+                                         f"{on_rank}: {e}; {_kept(last_path)}. Lower the learning rates or check "
+                                         f"the data") from None
             opt.step()
             sched.step()
             state.step += 1
@@ -222,6 +266,9 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
                 bar.update(1)
             if state.step % cfg.log_every == 0 or state.step == cfg.steps:
                 check_finite()
+                if dist_on:   # the mean over the whole meta-batches, each rank weighted by its share of tasks
+                    loss_sum, acc_sum = D.all_reduce_sum(torch.stack([loss_sum.to(torch.float64) * share,
+                                                                      acc_sum.to(torch.float64) * share]))
                 dt = time.perf_counter() - t0
                 rec = {"step": state.step, "loss": float(loss_sum) / n_acc, "train_accuracy": float(acc_sum) / n_acc,
                        "lr": sched.get_last_lr()[0], "episodes_per_s": n_acc * sampler.batch_size / dt}
@@ -246,12 +293,14 @@ def train(learner: Learner, sampler: EpisodeSampler, cfg: TrainConfig, out_dir: 
             if state.step % cfg.checkpoint_every == 0 or state.step == cfg.steps:
                 check_finite()
                 checkpoint()
-        if flag.stop and state.step < cfg.steps:
+        if stopped and state.step < cfg.steps:
             check_finite()
             state.interrupted = True
             checkpoint()
     if bar is not None:
         bar.close()
+    if dstep is not None:
+        dstep.close()
     if (val_sampler_fn is None or not cfg.val_every) and not state.interrupted:
         state.best_step = state.step
         save_best(float("nan"))

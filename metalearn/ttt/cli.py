@@ -69,7 +69,8 @@ def run_ttt_command(args: argparse.Namespace) -> int:
     res = eval_run(args.checkpoint, _ssl_task_override(args), device=args.device,
                    progress=None if args.quiet else (lambda s: print(s, file=sys.stderr, flush=True)))
     print(_table(res))
-    if args.json:
+    from metalearn import distributed
+    if args.json and distributed.is_main():   # rank 0 alone writes files
         from metalearn.data.cache import atomic_write
         with atomic_write(Path(args.json), mode="w") as f:
             json.dump(res, f, indent=1)

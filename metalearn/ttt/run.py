@@ -19,9 +19,11 @@ from metalearn.ttt.train import JointTrainState, load_model, train_joint
 
 
 def resolve_device(device: str) -> torch.device:
-    """``--device`` (or ``data.device``) -> torch.device (auto: CUDA when available); a clear error otherwise."""
+    """``--device`` (or ``data.device``) -> torch.device (auto: CUDA when available); a clear error otherwise.  In
+    a distributed run a CUDA device is this process's own, ``cuda:LOCAL_RANK``."""
+    from metalearn import distributed
     from metalearn.checks import check_device
-    return check_device("--device / data.device", device)
+    return distributed.device_for(check_device("--device / data.device", device))
 
 
 def _ttt_run_config(run_dir: Path, shown: str | Path) -> dict:
@@ -46,25 +48,32 @@ def train_run(cfg: TTTTaskConfig, out: str | Path, *, resume: bool = False, devi
     from metalearn.data.cache import atomic_write
     from metalearn.data.cifar10 import load_cifar10
 
+    from metalearn import distributed
+
     out = Path(out)
     resolved = out / "config.yaml"
-    if resume:
-        if not resolved.is_file():
-            raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
-        old = ttt_config_from_dict(_ttt_run_config(out, out))
-        if (old.model, old.train.epochs, old.train.batch_size, old.train.lr, old.train.seed) != (
-                cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.seed):
-            raise ConfigError(f"--resume: the run in {str(out)!r} was made with another model or recipe")
-    elif (out / "last.pt").exists():
-        raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
+
+    def check_run_dir() -> None:   # rank 0 alone looks at the run directory in a distributed run
+        if resume:
+            if not resolved.is_file():
+                raise ConfigError(f"--resume: {str(resolved)!r} does not exist; nothing to resume")
+            old = ttt_config_from_dict(_ttt_run_config(out, out))
+            if (old.model, old.train.epochs, old.train.batch_size, old.train.lr, old.train.seed) != (
+                    cfg.model, cfg.train.epochs, cfg.train.batch_size, cfg.train.lr, cfg.train.seed):
+                raise ConfigError(f"--resume: the run in {str(out)!r} was made with another model or recipe")
+        elif (out / "last.pt").exists():
+            raise FileExistsError(f"{str(out)!r} already holds a run; add --resume or choose another --out")
+
+    distributed.on_main(check_run_dir)
     dev = resolve_device(device or cfg.data.device)
     torch.manual_seed(cfg.train.seed)
     images, labels = load_cifar10(cfg.data.root, "train", cfg.data.cache_dir)
     images, labels = images.to(dev), labels.to(dev)
     model = build_model(cfg).to(dev)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_write(resolved, mode="w") as f:
-        f.write(dump_ttt_config(cfg))
+    if distributed.is_main():
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(resolved, mode="w") as f:
+            f.write(dump_ttt_config(cfg))
     return train_joint(model, images, labels, cfg.train, out, resume=resume, meta={"config": cfg.to_dict()},
                        progress=progress, task=cfg.ssl.make() if model.has_ssl_head else None)
 
@@ -81,8 +90,10 @@ def corruption_names(cfg: TTTTaskConfig) -> list[str]:
     return ["clean"] + [n for n in names if n != "clean"] if spec == "all" else names
 
 
-def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskConfig) -> torch.Tensor:
-    """Logits of ``method`` on the stream ``x`` (uint8 (N, 3, 32, 32)) with the config's settings."""
+def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskConfig,
+               first_index: int = 0) -> torch.Tensor:
+    """Logits of ``method`` on the stream ``x`` (uint8 (N, 3, 32, 32)) with the config's settings.
+    ``first_index``: the position of ``x[0]`` in the whole stream (seeds TTT's draws)."""
     from metalearn.ttt.adapt import ttt, ttt_online
     from metalearn.ttt.tent import norm_adapt, predict, tent
     a = cfg.ttt
@@ -92,15 +103,41 @@ def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskCon
         return predict(model, x, cfg.eval.batch_size)
     if method == "ttt":
         return ttt(model, x, steps=a.steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed,
-                   chunk_size=a.chunk_size, task=task).logits
+                   chunk_size=a.chunk_size, task=task, first_index=first_index).logits
     if method == "ttt_online":
         return ttt_online(model, x, steps=a.online_steps, lr=a.lr, copies=a.copies, adapt=filt, seed=a.seed,
-                          task=task).logits
+                          task=task, first_index=first_index).logits
     if method == "norm_adapt":
         return norm_adapt(model, x, cfg.eval.batch_size)
     if method == "tent":
         return tent(model, x, lr=cfg.tent.lr, batch_size=cfg.tent.batch_size, steps=cfg.tent.steps).logits
     raise ConfigError(f"eval.methods: unknown method {method!r}")
+
+
+#: methods that carry what they adapt from one image (or batch) to the next: they see the stream in order,
+#: so a distributed ``ttt eval`` runs them whole on every process (the same result, no speed-up)
+SEQUENTIAL_METHODS = ("ttt_online", "tent")
+
+
+def run_method_split(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskConfig) -> torch.Tensor:
+    """[`run_method`][metalearn.ttt.run.run_method] with the stream split across the processes of a distributed
+    run, for the methods that treat each image (``ttt``, ``source``) or each batch of ``eval.batch_size``
+    (``norm_adapt``) on its own: every process takes a contiguous run of whole chunks (``ttt.chunk_size`` /
+    ``eval.batch_size``, so the chunks are those of one process), TTT's draws seeded by each image's position in
+    the stream, and the logits are gathered in stream order.  One process, or a method of
+    [`SEQUENTIAL_METHODS`][metalearn.ttt.run.SEQUENTIAL_METHODS]: ``run_method`` itself."""
+    from metalearn import distributed as D
+    if not D.active() or method in SEQUENTIAL_METHODS:
+        return run_method(method, model, x, cfg)
+    block = cfg.ttt.chunk_size if method == "ttt" else cfg.eval.batch_size
+    n = x.shape[0]
+    lo, hi = D.block_range(n, block)
+    counts = [b - a for a, b in (D.block_range(n, block, r) for r in range(D.world_size()))]
+    if hi > lo:
+        local = run_method(method, model, x[lo:hi], cfg, first_index=lo)
+    else:   # more processes than chunks: this one has nothing to adapt
+        local = torch.zeros(0, model.classes, dtype=next(model.parameters()).dtype, device=x.device)
+    return D.gather_rows(local, counts)
 
 
 def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, device: str | None = None,
@@ -129,6 +166,12 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
         raise ConfigError(f"ssl.task: {cfg.ssl.task!r}, but {ck_path} was trained with the {model.ssl_head!r} "
                           f"branch; evaluate it with ssl.task={model.ssl_head}")
     names = corruption_names(cfg)
+    from metalearn import distributed
+    if distributed.active() and progress is not None:
+        for m in methods:
+            if m in SEQUENTIAL_METHODS:
+                progress(f"{m}: adapts along the stream in order, so each of the {distributed.world_size()} "
+                         "processes runs the whole stream (the same result as one process, no speed-up)")
     x_all, y_all = load_cifar10(cfg.data.root, "test", cfg.data.cache_dir)
     n = cfg.eval.images
     if n > x_all.shape[0]:
@@ -152,7 +195,7 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
         for method in methods:
             m_n = min(n_ttt, n) if method == "ttt" else n
             t0 = time.perf_counter()
-            logits = run_method(method, model, x[:m_n], cfg)
+            logits = run_method_split(method, model, x[:m_n], cfg)
             pred = logits.argmax(-1)
             err = float((pred != y_set[:m_n]).float().mean()) * 100
             sets[name][method] = {"error": err, "n": m_n, "wall_s": time.perf_counter() - t0,
@@ -163,6 +206,6 @@ def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, devi
         if on_set is not None:
             on_set(name, sets[name])
     return {"checkpoint": str(ck_path), "step": ck.get("step"), "labels": y.tolist(), "config": cfg.to_dict(),
-            "methods": methods,
+            "methods": methods, "processes": distributed.world_size(),
             "severity": cfg.eval.severity, "images": n, "ttt_images": n_ttt, "device": str(dev),
             "corruption_seed": cfg.eval.corruption_seed, "cifar10c": cfg.eval.cifar10c, "sets": sets}

@@ -110,16 +110,19 @@ def _permutation(n: int, seed: int, epoch: int) -> Tensor:
 
 
 def batch_at(images: Tensor, labels: Tensor, cfg: JointTrainConfig, step: int,
-             dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+             dtype: torch.dtype = torch.float32, part: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
     """The augmented float batch of global step ``step`` (deterministic in (seed, step)); images uint8 on the
-    device."""
+    device.  ``part=(lo, hi)``: only images lo:hi of that batch, with the draws they get in the whole batch (the
+    share of one process of a distributed run)."""
     n = images.shape[0]
     spe = math.ceil(n / cfg.batch_size)
     epoch, i = divmod(step, spe)
     idx = _permutation(n, cfg.seed, epoch)[i * cfg.batch_size:(i + 1) * cfg.batch_size].to(images.device)
+    off, flip = random_draws(idx.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step),
+                             device=images.device)
+    if part is not None:
+        idx, off, flip = idx[part[0]:part[1]], off[part[0]:part[1]], flip[part[0]:part[1]]
     x = images[idx].to(dtype) / 255.0
-    off, flip = random_draws(x.shape[0], generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step),
-                             device=x.device)
     return crop_flip(x, off, flip), labels[idx]
 
 
@@ -168,23 +171,38 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     out = Path(out) if out is not None else None
     step, resumed = 0, None
+    from metalearn import distributed as D
+    dist_on, main = D.active(), D.is_main()
     if out is not None:
         ck_path = out / "last.pt"
-        if resume:
-            ck = load_checkpoint(ck_path, map_location=next(model.parameters()).device)
+        if resume:   # rank 0 alone reads the run directory
+            where = "cpu" if dist_on else next(model.parameters()).device
+            ck = D.on_main(lambda: load_checkpoint(ck_path, map_location=where))
             if ck.get("kind") != KIND or ck.get("model_config") != model.config():
                 raise ValueError(f"checkpoint {str(ck_path)!r} holds another model ({ck.get('model_config')}; "
                                  f"this one is {model.config()})")
             model.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
             step = resumed = int(ck["step"])
-            _truncate_metrics(out / "metrics.jsonl", step)
-        elif ck_path.exists():
+            if main:
+                _truncate_metrics(out / "metrics.jsonl", step)
+        elif D.on_main(ck_path.exists):
             raise FileExistsError(f"{str(out)!r} already holds a run (last.pt); resume it or choose another out")
-        out.mkdir(parents=True, exist_ok=True)
+        if main:
+            out.mkdir(parents=True, exist_ok=True)
+
+    # distributed: each step's batch (the same whatever the number of processes) split by rank, the gradients
+    # averaged by DistributedDataParallel, BatchNorm statistics over the whole batch
+    net = None
+    if dist_on:
+        last_batch = images.shape[0] - (spe - 1) * cfg.batch_size
+        if last_batch < D.world_size():
+            raise ValueError(f"batch_size={cfg.batch_size}: the last batch of an epoch has {last_batch} images, "
+                             f"fewer than the {D.world_size()} processes that share it")
+        net = D.ddp(model, lambda m, x, y, g: joint_loss(m, x, y) if g is None else joint_loss(m, x, y, task, g))
 
     def save(at: int) -> None:
-        if out is not None:
+        if out is not None and main:
             atomic_save({"format": FORMAT, "kind": KIND, "model_config": model.config(), "model": model.state_dict(),
                          "optimizer": opt.state_dict(), "step": at, "train_config": dataclasses.asdict(cfg),
                          "meta": meta or {}}, out / "last.pt")
@@ -198,6 +216,14 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
     def check_finite() -> None:
         """Stop before anything is written if a loss since the last check was NaN or infinite."""
         nonlocal bad_step
+        if dist_on:   # every rank stops together, naming the first rank(s) whose loss was not finite
+            found, bad_step = D.first_failure(bad_step, bad_loss), None
+            if found is not None:
+                from metalearn.train.trainer import NonFiniteLossError
+                raise NonFiniteLossError(f"joint training loss of {type(model).__name__} became {found[1]} at step "
+                                         f"{found[0]} on {D.ranks_text(found[2])}; no checkpoint was written after "
+                                         "it (last.pt holds the last finite state). Lower train.lr or check the data")
+            return
         if bad_step is not None and int(bad_step) != 0:
             from metalearn.train.trainer import NonFiniteLossError
             raise NonFiniteLossError(f"joint training loss of {type(model).__name__} became {float(bad_loss)} at "
@@ -208,13 +234,23 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
     while step < total:
         for g in opt.param_groups:
             g["lr"] = lr_at(cfg, step, spe)
-        x, y = batch_at(images, labels, cfg, step, dtype)
-        if default_task:
-            loss, metrics = joint_loss(model, x, y)
+        if dist_on:
+            b = min(cfg.batch_size, images.shape[0] - (step % spe) * cfg.batch_size)
+            lo, hi = D.shard_range(b)
+            x, y = batch_at(images, labels, cfg, step, dtype, part=(lo, hi))
+            share = (hi - lo) / b
+            with D.sync_batchnorm(model):
+                loss, metrics = net(x, y, None if default_task else ssl_generator(cfg.seed, step))
+                opt.zero_grad(set_to_none=True)
+                (loss * (share * D.world_size())).backward()   # DDP divides by the number of processes
         else:
-            loss, metrics = joint_loss(model, x, y, task, ssl_generator(cfg.seed, step))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+            x, y = batch_at(images, labels, cfg, step, dtype)
+            if default_task:
+                loss, metrics = joint_loss(model, x, y)
+            else:
+                loss, metrics = joint_loss(model, x, y, task, ssl_generator(cfg.seed, step))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
         opt.step()
         step += 1
         lv = metrics["loss"]
@@ -224,9 +260,12 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
         bad_step, bad_loss = torch.where(first, step, bad_step), torch.where(first, lv, bad_loss)
         if step % cfg.log_every == 0 or step == total:
             check_finite()
+            if dist_on:   # the whole batch's means: each rank's weighted by its share of the images
+                metrics = dict(zip(metrics, D.all_reduce_sum(torch.stack([v.detach().to(torch.float64) * share
+                                                                          for v in metrics.values()]))))
             last = {k: float(v) for k, v in metrics.items()}   # one host sync per logged step
             last.update(step=step, epoch=step / spe, lr=opt.param_groups[0]["lr"], wall_s=time.perf_counter() - t0)
-            if out is not None:
+            if out is not None and main:
                 with open(out / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(last) + "\n")
             if progress is not None:
