@@ -4,7 +4,8 @@ Koch et al. augment every training pair with a random affine map T = (theta, rho
 rotation theta in [-10, 10] degrees, shear rho in [-0.3, 0.3], scale s in [0.8, 1.2], translation t in [-2, 2]
 pixels (on 105x105 images), each component switched on with probability 1/2 (off: its identity value).
 
-[`random_affine`][metalearn.augment.random_affine] draws those parameters for a batch of images with a ``torch.Generator`` (a handful of
+[`random_affine`][metalearn.augment.random_affine] draws those parameters for a batch of images with a
+``torch.Generator`` (a handful of
 numbers per image) and warps all images at once with ``F.affine_grid`` + ``F.grid_sample`` where the images
 live; no Python loop over images, no host sync.  Bilinear sampling is a convex combination of input pixels
 (and of ``fill``), so distorted images stay inside the input's value range.

@@ -1,7 +1,8 @@
 """Argument checks at the public API boundary: one helper per kind of value, so every entry point words its
 messages the same way (the argument's name, what was expected, what came).
 
-Every helper raises [`ArgumentError`][metalearn.checks.ArgumentError], which is both a ``ValueError`` and a ``TypeError`` (a wrong type and
+Every helper raises [`ArgumentError`][metalearn.checks.ArgumentError], which is both a ``ValueError`` and a
+``TypeError`` (a wrong type and
 a value out of range are both "a bad argument"; callers may catch either):
 
 ```python

@@ -34,7 +34,8 @@ class YAMLLoader(yaml.SafeLoader):
 
 
 class YAMLDumper(yaml.SafeDumper):
-    """``yaml.SafeDumper`` that quotes strings [`YAMLLoader`][metalearn.config.YAMLLoader] would read as floats (``'1e5'``)."""
+    """``yaml.SafeDumper`` that quotes strings [`YAMLLoader`][metalearn.config.YAMLLoader] would read as floats
+    (``'1e5'``)."""
 
 
 for _cls in (YAMLLoader, YAMLDumper):
@@ -47,7 +48,8 @@ def yaml_load(text: str) -> Any:
 
 
 def yaml_dump(data: Any) -> str:
-    """Dump plain data with [`YAMLDumper`][metalearn.config.YAMLDumper] (what [`yaml_load`][metalearn.config.yaml_load] reads back unchanged)."""
+    """Dump plain data with [`YAMLDumper`][metalearn.config.YAMLDumper] (what
+    [`yaml_load`][metalearn.config.yaml_load] reads back unchanged)."""
     return yaml.dump(data, Dumper=YAMLDumper, sort_keys=False)
 
 
@@ -448,7 +450,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """A copy of ``data`` with each ``key=value`` of ``overrides`` set (see [`parse_override`][metalearn.config.parse_override])."""
+    """A copy of ``data`` with each ``key=value`` of ``overrides`` set (see
+    [`parse_override`][metalearn.config.parse_override])."""
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         path, value = parse_override(item)
@@ -522,5 +525,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> TaskCon
 
 
 def dump_config(cfg: TaskConfig) -> str:
-    """The YAML text of ``cfg`` (what a run writes to ``config.yaml``; [`load_yaml`][metalearn.config.load_yaml] reads it back)."""
+    """The YAML text of ``cfg`` (what a run writes to ``config.yaml``; [`load_yaml`][metalearn.config.load_yaml] reads
+    it back)."""
     return yaml_dump(cfg.to_dict())

@@ -5,12 +5,15 @@ describes the policy and its switches):
 
 * **allocator** -- glibc returns every large block to the kernel with ``munmap`` and trims the heap, so every
   training step page-faults its activations back in (a third to a half of the CPU time).
-  [`tune_allocator`][metalearn.engine.tune_allocator] tells it to keep large blocks on the heap and never trim (``mallopt``): 1.9-2x.
+  [`tune_allocator`][metalearn.engine.tune_allocator] tells it to keep large blocks on the heap and never trim
+  (``mallopt``): 1.9-2x.
   The CLI applies it once at start-up; ``METALEARN_MALLOC=default`` turns it off.
-* **layout** -- conv weights in channels-last ([`channels_last`][metalearn.engine.channels_last]); a 1-channel input is already both
+* **layout** -- conv weights in channels-last ([`channels_last`][metalearn.engine.channels_last]); a 1-channel input
+  is already both
   layouts, so converting only the input leaves every conv in NCHW with reorders around it: 1.2-1.4x.
 * **precision** -- bf16 autocast on the encoder only, with fp32 embeddings, distances, softmax, losses and
-  optimizer state ([`autocast`][metalearn.engine.autocast] and [`metalearn.Learner.encode`][metalearn.learners.base.Learner.encode]): 1.6-1.9x on AVX-512-BF16.
+  optimizer state ([`autocast`][metalearn.engine.autocast] and
+  [`metalearn.Learner.encode`][metalearn.learners.base.Learner.encode]): 1.6-1.9x on AVX-512-BF16.
   Second-order MAML stays fp32: bf16 moves its meta-gradient by ~30%.
 * **threads** -- ``OMP_WAIT_POLICY=PASSIVE`` keeps two threads from spinning against a busy neighbour
   (plain 2 threads were 4-5x slower than 1 thread next to another busy process); it is set when
@@ -209,7 +212,8 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
 
 @contextlib.contextmanager
 def precision_of(learner: nn.Module, precision: str) -> Iterator[None]:
-    """Temporarily set ``learner.precision`` (a [`metalearn.Learner`][metalearn.learners.base.Learner]) to ``precision``."""
+    """Temporarily set ``learner.precision`` (a [`metalearn.Learner`][metalearn.learners.base.Learner]) to
+    ``precision``."""
     old = getattr(learner, "precision", "fp32")
     learner.precision = precision
     try:

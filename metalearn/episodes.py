@@ -1,6 +1,7 @@
 """N-way K-shot Q-query episode sampler: seeded, vectorised, the gather done where the data lives.
 
-One call to [`EpisodeSampler.sample`][metalearn.episodes.EpisodeSampler.sample] draws B tasks at once with a handful of tensor ops on the
+One call to [`EpisodeSampler.sample`][metalearn.episodes.EpisodeSampler.sample] draws B tasks at once with a handful
+of tensor ops on the
 storage's device (no Python loop over tasks, classes or images, no host sync):
 
 1. classes: the first N columns of a random permutation per task (``rand(B, n_classes).argsort``) ->

@@ -7,7 +7,8 @@ An [`UpdateRule`][metalearn.inner.UpdateRule] is two pure functions:
   ``nn.Parameter`` so the meta-optimiser trains them).
 * ``update(params, grads, hyper) -> new_params``: one step; returns a new dict, never mutates its inputs.
 
-[`adapt`][metalearn.inner.adapt] runs ``steps`` updates on a support loss with ``torch.func.grad``, so the same code runs for one
+[`adapt`][metalearn.inner.adapt] runs ``steps`` updates on a support loss with ``torch.func.grad``, so the same code
+runs for one
 task, inside ``torch.func.vmap`` over tasks, for training (second order: the update stays on the autograd graph)
 and for evaluation (``first_order=True`` detaches the inner gradients).
 """

@@ -8,8 +8,10 @@ beside it) holds
 * ``names``: the 1623 ``"Alphabet/characterNN"`` names in Vinyals order (background alphabets first);
 * ``parts``: ``background`` / ``evaluation`` per character (Lake et al.'s 30 / 20 alphabets).
 
-The pixels are the full-size release resized 105 → 28 exactly as [`metalearn.data.omniglot.load_omniglot`][metalearn.data.omniglot.load_omniglot]
-does (PIL bilinear), then thresholded: ink where the resized grey value is below 128. [`build_bundle`][metalearn.data.bundled.build_bundle]
+The pixels are the full-size release resized 105 → 28 exactly as
+[`metalearn.data.omniglot.load_omniglot`][metalearn.data.omniglot.load_omniglot]
+does (PIL bilinear), then thresholded: ink where the resized grey value is below 128.
+[`build_bundle`][metalearn.data.bundled.build_bundle]
 makes the file from the full data; the tests check it against the full npz pixel for pixel.
 """
 from __future__ import annotations

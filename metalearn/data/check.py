@@ -3,7 +3,8 @@
 For every data set the loaders read (Omniglot, miniImageNet, CIFAR-10, CIFAR-10-C, MNIST) it looks for each
 accepted on-disk form (the files of `FORMS`), says which are complete, partial or missing (with the
 command or page that gets the data), and verifies the sha256 of every file it finds against, in this order, the
-checksum pinned for the official download ([`metalearn.data.download`][metalearn.data.download]) or the folder's ``SHA256SUMS``
+checksum pinned for the official download ([`metalearn.data.download`][metalearn.data.download]) or the folder's
+``SHA256SUMS``
 (``sha256sum`` format, as written by ``metalearn data download`` and shipped with the project's data copies).
 Files listed in a ``SHA256SUMS`` but not part of a form are verified too.
 """
@@ -110,7 +111,8 @@ class FormCheck:
 
 @dataclass
 class DataCheck:
-    """The result of [`check_data`][metalearn.data.check.check_data]: per data set its forms, plus files listed only in a SHA256SUMS."""
+    """The result of [`check_data`][metalearn.data.check.check_data]: per data set its forms, plus files listed only
+    in a SHA256SUMS."""
     root: Path
     forms: dict[str, list[FormCheck]]
     extra: list[FileCheck]
@@ -222,7 +224,8 @@ def check_data(root: str | os.PathLike | None = None, verify: bool = True) -> Da
         verify: hash the files found (False: report presence only).
 
     Returns:
-        a [`DataCheck`][metalearn.data.check.DataCheck]; ``.format()`` is the printed report, ``.ok`` is False on a checksum mismatch.
+        a [`DataCheck`][metalearn.data.check.DataCheck]; ``.format()`` is the printed report, ``.ok`` is False on a
+        checksum mismatch.
     """
     if root is None:
         env = os.environ.get("METALEARN_DATA")

@@ -24,7 +24,8 @@ Class indices follow the original: 0 airplane, 1 automobile, 2 bird, 3 cat, 4 de
 8 ship, 9 truck (`CLASSES`).
 
 Each split is decoded once (PIL -> RGB uint8 (N, 3, 32, 32)) into the uint8 cache (``$METALEARN_CACHE``, see
-[`metalearn.data.cache`][metalearn.data.cache]: atomic writes, keyed on the sha256 of the source files) and comes back as a
+[`metalearn.data.cache`][metalearn.data.cache]: atomic writes, keyed on the sha256 of the source files) and comes back
+as a
 copy-on-write memory map wrapped in a tensor.
 
 Examples:

@@ -1,8 +1,11 @@
-"""CIFAR-10-C generated locally: the 15 corruptions of [`metalearn.data.corruptions`][metalearn.data.corruptions] applied to the CIFAR-10
-test set ([`metalearn.data.cifar10.load_cifar10`][metalearn.data.cifar10.load_cifar10]), one uint8 cache entry per (corruption, severity).
+"""CIFAR-10-C generated locally: the 15 corruptions of [`metalearn.data.corruptions`][metalearn.data.corruptions]
+applied to the CIFAR-10
+test set ([`metalearn.data.cifar10.load_cifar10`][metalearn.data.cifar10.load_cifar10]), one uint8 cache entry per
+(corruption, severity).
 
 Entries live under ``<cache_dir>/cifar10c/<source>_seed<seed>[_n<limit>]/<corruption>_<severity>.npy/.json``
-(the uint8 cache format of [`metalearn.data.cache`][metalearn.data.cache]: atomic writes, json last), keyed on the clean test set's
+(the uint8 cache format of [`metalearn.data.cache`][metalearn.data.cache]: atomic writes, json last), keyed on the
+clean test set's
 source checksums, the corruption code's ``VERSION``, the seed and the chunk size, so a stale entry is rebuilt and
 an interrupted build leaves no half-written file.
 
@@ -144,7 +147,8 @@ def load_cifar10c(name: str, severity: int, root: str | os.PathLike | None = Non
                   cache_dir: str | os.PathLike | None = None, seed: int = 0, limit: int | None = None,
                   device: str | torch.device = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` of corruption ``name`` at ``severity`` (1..5),
-    N = 10000 (or ``limit``); built on demand (see [`build_cifar10c`][metalearn.data.cifar10c.build_cifar10c]), memory-mapped from the cache."""
+    N = 10000 (or ``limit``); built on demand (see [`build_cifar10c`][metalearn.data.cifar10c.build_cifar10c]),
+    memory-mapped from the cache."""
     (name,), (severity,) = _check_names((name,)), _check_severities((severity,))
     limit = _check_limit(limit)
     build_cifar10c(root, cache_dir, (severity,), (name,), seed=seed, limit=limit, device=device, progress=progress,

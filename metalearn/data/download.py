@@ -1,7 +1,8 @@
 """Download the official upstream files of Omniglot, CIFAR-10 and CIFAR-10-C, pinned by sha256.
 
 ``metalearn data download omniglot | cifar10 | cifar10c [--root DIR] [--url URL ...] [--timeout S]``
-([`download_dataset`][metalearn.data.download.download_dataset]). Every file has a pinned sha256 (and its size); a download
+([`download_dataset`][metalearn.data.download.download_dataset]). Every file has a pinned sha256 (and its size); a
+download
 
 * resumes: the bytes go to ``<name>.part`` next to the final file; a new attempt (after an interrupted
   connection, a timeout, or in a later run) asks the server for the rest with an HTTP ``Range`` request, and
@@ -15,10 +16,13 @@
 
 Where the files go (under the data root, ``--root`` or ``$METALEARN_DATA``), read in place by the loaders:
 
-* ``omniglot/images_background.zip``, ``omniglot/images_evaluation.zip`` ([`metalearn.data.omniglot`][metalearn.data.omniglot],
+* ``omniglot/images_background.zip``, ``omniglot/images_evaluation.zip``
+  ([`metalearn.data.omniglot`][metalearn.data.omniglot],
   source ``"zip"``), from the dataset authors' repository (github.com/brendenlake/omniglot);
-* ``cifar10/cifar-10-python.tar.gz`` ([`metalearn.data.cifar10`][metalearn.data.cifar10]), from the University of Toronto page;
-* ``cifar10c/<corruption>.npy`` and ``cifar10c/labels.npy`` ([`metalearn.data.cifar10c.load_cifar10c_official`][metalearn.data.cifar10c.load_cifar10c_official]),
+* ``cifar10/cifar-10-python.tar.gz`` ([`metalearn.data.cifar10`][metalearn.data.cifar10]), from the University of
+  Toronto page;
+* ``cifar10c/<corruption>.npy`` and ``cifar10c/labels.npy``
+  ([`metalearn.data.cifar10c.load_cifar10c_official`][metalearn.data.cifar10c.load_cifar10c_official]),
   extracted from ``CIFAR-10-C.tar`` (Zenodo record 2535967, 2.9 GB). The archive is deleted after extraction
   unless ``keep_archive=True``.
 
@@ -191,7 +195,8 @@ def _open(url: str, start: int, timeout: float):
 
 def _fetch(url: str, part: Path, size: int | None, timeout: float, bar) -> None:
     """Bring ``part`` to the full content of ``url``, appending to what it holds (HTTP Range).  Raises
-    `_Retry` on a transient failure (``part`` keeps what arrived) and [`DownloadError`][metalearn.data.download.DownloadError] otherwise."""
+    `_Retry` on a transient failure (``part`` keeps what arrived) and
+    [`DownloadError`][metalearn.data.download.DownloadError] otherwise."""
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # longer than the real file: cannot be a prefix of it
         part.unlink()
@@ -408,7 +413,8 @@ def extract_npy_members(archive: str | os.PathLike, folder: str | os.PathLike, p
 # ----------------------------------------------------------------------------- a whole data set
 @dataclass
 class DownloadReport:
-    """What [`download_dataset`][metalearn.data.download.download_dataset] did: the dataset folder, the files now in place, which were fetched."""
+    """What [`download_dataset`][metalearn.data.download.download_dataset] did: the dataset folder, the files now in
+    place, which were fetched."""
     name: str
     folder: Path
     files: list[Path]

@@ -1,6 +1,8 @@
 """torchmeta-style helpers: ``omniglot(...)`` / ``miniimagenet(...)``, ``BatchMetaDataLoader``, and the
-functions of ``torchmeta.utils.prototype`` ([`get_prototypes`][metalearn.data.helpers.get_prototypes], [`prototypical_loss`][metalearn.data.helpers.prototypical_loss]) and
-``torchmeta.utils.matching`` ([`matching_log_probas`][metalearn.data.helpers.matching_log_probas], [`matching_loss`][metalearn.data.helpers.matching_loss], ...).
+functions of ``torchmeta.utils.prototype`` ([`get_prototypes`][metalearn.data.helpers.get_prototypes],
+[`prototypical_loss`][metalearn.data.helpers.prototypical_loss]) and
+``torchmeta.utils.matching`` ([`matching_log_probas`][metalearn.data.helpers.matching_log_probas],
+[`matching_loss`][metalearn.data.helpers.matching_loss], ...).
 
 Code written for torchmeta:
 
@@ -22,7 +24,8 @@ device; there are no worker processes). Differences from torchmeta, by design:
   warning: Omniglot is 28x28 with 0/90/180/270 rotation classes (change with ``image_size=`` / ``rotations=``),
   miniImageNet 84x84, pixels scaled to [0, 1] as ``ToTensor`` does;
 * ``download=True`` fetches Omniglot's official zips into ``folder/omniglot/`` when no Omniglot is found there
-  ([`metalearn.data.download`][metalearn.data.download], sha256-pinned); miniImageNet has no official download, so for it the files
+  ([`metalearn.data.download`][metalearn.data.download], sha256-pinned); miniImageNet has no official download, so for
+  it the files
   must be under ``folder`` (see ``load_miniimagenet``).
 
 torchmeta's ProtoNet and Matching Networks example scripts run with their imports changed to this module:
@@ -55,7 +58,8 @@ _IGNORED = ("transform", "target_transform", "dataset_transform", "class_augment
 
 
 class MetaDataset:
-    """A meta-split ([`ClassImages`][metalearn.data.storage.ClassImages]) plus the task shape: ``ways`` classes, ``shots`` support and
+    """A meta-split ([`ClassImages`][metalearn.data.storage.ClassImages]) plus the task shape: ``ways`` classes,
+    ``shots`` support and
     ``test_shots`` query images per class (torchmeta's ``num_classes_per_task`` = ways).
 
     ``shuffle=True`` shuffles the order of the examples inside each task's train/test sets (torchmeta's
@@ -92,7 +96,8 @@ class MetaDataset:
                            self.shuffle, self.seed)
 
     def sampler(self, batch_size: int = 1, seed: int | None = None) -> EpisodeSampler:
-        """An [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] drawing ``batch_size`` tasks of this shape per call."""
+        """An [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] drawing ``batch_size`` tasks of this shape per
+        call."""
         return EpisodeSampler(self.data, ways=self.ways, shots=self.shots, queries=self.test_shots,
                               batch_size=batch_size, seed=self.seed if seed is None else seed)
 
@@ -338,13 +343,15 @@ def matching_log_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Te
 
 def matching_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Tensor, num_classes: int,
                     eps: float = 1e-8) -> Tensor:
-    """``exp`` of [`matching_log_probas`][metalearn.data.helpers.matching_log_probas]: (B, num_classes, M) probabilities."""
+    """``exp`` of [`matching_log_probas`][metalearn.data.helpers.matching_log_probas]: (B, num_classes, M)
+    probabilities."""
     return matching_log_probas(embeddings, targets, test_embeddings, num_classes, eps).exp()
 
 
 def matching_loss(train_embeddings: Tensor, train_targets: Tensor, test_embeddings: Tensor, test_targets: Tensor,
                   num_classes: int, eps: float = 1e-8, **kwargs: object) -> Tensor:
-    """Negative log-likelihood of the query classes under [`matching_log_probas`][metalearn.data.helpers.matching_log_probas], as torchmeta's.
+    """Negative log-likelihood of the query classes under
+    [`matching_log_probas`][metalearn.data.helpers.matching_log_probas], as torchmeta's.
 
     Args:
         train_embeddings: (B, N, D) support embeddings.

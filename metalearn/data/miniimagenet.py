@@ -9,7 +9,8 @@ Files under ``<root>/miniimagenet/``:
     extracted to disk);
   - ``"folder"``: an already extracted ``images/<filename>`` folder;
   - ``"hf"``: a Hugging Face Arrow dataset (see `HF_SCHEMA`), ``hf_name`` or ``<root>/miniimagenet_hf``;
-    [`export_miniimagenet_hf`][metalearn.data.miniimagenet.export_miniimagenet_hf] writes one from the csv + archives (JPEG bytes copied as they are);
+    [`export_miniimagenet_hf`][metalearn.data.miniimagenet.export_miniimagenet_hf] writes one from the csv + archives
+    (JPEG bytes copied as they are);
   - ``"l2l"``: learn2learn's pickled cache ``mini-imagenet-cache-{train,validation,test}.pkl`` (no csv needed):
     a dict with ``image_data`` (uint8 (N, 84, 84, 3)) and ``class_dict`` ({WordNet id: [row indices]}), read
     with [`metalearn.data.safe_pickle`][metalearn.data.safe_pickle] (plain data only: a crafted file cannot run code);

@@ -12,7 +12,8 @@ Sources (all decode to the *same* uint8 tensors; paper = 255, ink = 0, as in the
   ``omniglot-py/`` (``<root>/omniglot/omniglot-py`` or ``<root>/omniglot-py``) or ``<root>/omniglot`` itself.
 * ``"hf"``: a Hugging Face ``datasets`` dataset (see `HF_SCHEMA`): ``hf_name`` (a local
   ``save_to_disk`` folder, loaded with ``datasets.load_from_disk``, or a Hub id for ``datasets.load_dataset``),
-  default ``<root>/omniglot_hf``. [`export_omniglot_hf`][metalearn.data.omniglot.export_omniglot_hf] writes one from the npz form.
+  default ``<root>/omniglot_hf``. [`export_omniglot_hf`][metalearn.data.omniglot.export_omniglot_hf] writes one from
+  the npz form.
 * ``"auto"``: ``hf_name`` if given, else npz if present, else the zips, else the extracted folders, else
   ``<root>/omniglot_hf``.
 

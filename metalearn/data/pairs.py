@@ -1,7 +1,9 @@
 """Balanced same/different image pairs for verification training (Koch, Zemel & Salakhutdinov 2015).
 
-[`PairSampler`][metalearn.data.pairs.PairSampler] draws batches of pairs from a [`ClassImages`][metalearn.data.storage.ClassImages] split, seeded and vectorised on the
-storage's device like [`metalearn.episodes.EpisodeSampler`][metalearn.episodes.EpisodeSampler]: the first half of a batch are "same" pairs
+[`PairSampler`][metalearn.data.pairs.PairSampler] draws batches of pairs from a
+[`ClassImages`][metalearn.data.storage.ClassImages] split, seeded and vectorised on the
+storage's device like [`metalearn.episodes.EpisodeSampler`][metalearn.episodes.EpisodeSampler]: the first half of a
+batch are "same" pairs
 (two distinct images of one class), the second half "different" pairs (images of two distinct classes).
 Rotation classes count as classes, as in the episode sampler: a character and its 90-degree rotation are
 different classes.

@@ -2,7 +2,8 @@
 
 ``pickle.load`` calls whatever callable a pickle names, so a crafted file runs code the moment it is read. Some
 data sets are only published as pickles (the CIFAR-10 python release, learn2learn's miniImageNet cache); they hold
-plain containers and numpy arrays, nothing else. [`load`][metalearn.data.safe_pickle.load] reads such a file with an unpickler that resolves
+plain containers and numpy arrays, nothing else. [`load`][metalearn.data.safe_pickle.load] reads such a file with an
+unpickler that resolves
 only the few globals plain data needs:
 
 * builtins containers and scalars (``dict``, ``list``, ``tuple``, ``set``, ``frozenset``, ``bytes``,
@@ -11,7 +12,8 @@ only the few globals plain data needs:
   ``_frombuffer`` functions numpy's own pickles call, under both the numpy 1 and numpy 2 module names);
 * ``_codecs.encode`` for the latin-1 text that protocol-2 pickles use to carry bytes.
 
-Anything else (``os.system``, ``builtins.eval``, any class) raises [`UnsafePickleError`][metalearn.data.safe_pickle.UnsafePickleError] naming the
+Anything else (``os.system``, ``builtins.eval``, any class) raises
+[`UnsafePickleError`][metalearn.data.safe_pickle.UnsafePickleError] naming the
 global, before it is called. Object arrays are refused too (their items would bypass the check).
 
 Examples:

@@ -6,9 +6,12 @@
 * Meta-SGD (Li et al. 2017): a learned step size per parameter entry (``learn_lr=True``).
 * ANIL (Raghu et al. 2020): only the head adapts (``adapt="head"``); the body is meta-learned.
 
-[`task_loss`][metalearn.learners.maml.task_loss] is the whole algorithm for *one* task, a pure function of parameter dicts.
-[`meta_batch`][metalearn.learners.maml.meta_batch] runs it over a meta-batch either with ``torch.func.vmap`` (optionally in chunks) or with a
-plain Python loop (the reference the tests compare against).  [`MAML`][metalearn.learners.maml.MAML] wraps both as an episodic
+[`task_loss`][metalearn.learners.maml.task_loss] is the whole algorithm for *one* task, a pure function of parameter
+dicts.
+[`meta_batch`][metalearn.learners.maml.meta_batch] runs it over a meta-batch either with ``torch.func.vmap``
+(optionally in chunks) or with a
+plain Python loop (the reference the tests compare against).  [`MAML`][metalearn.learners.maml.MAML] wraps both as an
+episodic
 [`Learner`][metalearn.learners.base.Learner] for the trainer and the evaluator.
 """
 from __future__ import annotations
@@ -114,8 +117,10 @@ class MAML(Learner):
             ``"all"`` (MAML), ``"head"`` (ANIL), a prefix list or a callable.
         vmap: batch the tasks of a meta-batch with ``torch.func.vmap``; ``False`` loops over them.
         chunk_size: bound memory by processing the meta-batch in chunks of this many tasks (0: all at once):
-            [`backward`][metalearn.learners.maml.MAML.backward] back-propagates each chunk before starting the next (the meta-gradient is the
-            same), and [`loss`][metalearn.learners.maml.MAML.loss] / [`predict`][metalearn.learners.maml.MAML.predict] vmap chunk by chunk.
+            [`backward`][metalearn.learners.maml.MAML.backward] back-propagates each chunk before starting the next
+            (the meta-gradient is the
+            same), and [`loss`][metalearn.learners.maml.MAML.loss] / [`predict`][metalearn.learners.maml.MAML.predict]
+            vmap chunk by chunk.
         check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
 
     Examples:
@@ -177,7 +182,8 @@ class MAML(Learner):
         return q_loss.mean(), logits
 
     def backward(self, episode: Episode) -> tuple[Tensor, Tensor]:
-        """Accumulate the meta-gradient of [`loss`][metalearn.learners.maml.MAML.loss] into ``.grad``, chunk by chunk if ``chunk_size`` is set.
+        """Accumulate the meta-gradient of [`loss`][metalearn.learners.maml.MAML.loss] into ``.grad``, chunk by chunk
+        if ``chunk_size`` is set.
 
         Each chunk's graph is freed before the next chunk runs, so peak memory follows ``chunk_size``, not the
         meta-batch.  Returns the (detached) mean query loss and the query logits.

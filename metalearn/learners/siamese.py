@@ -111,7 +111,8 @@ class Siamese(Learner):
     """Koch's Siamese network learner around any embedding network ``encoder: (..., C, H, W) -> (..., D)``.
 
     Args:
-        encoder: the twin network phi (e.g. [`metalearn.nn.KochNet`][metalearn.nn.koch.KochNet] at 105 px, ``Conv4`` at 28 px).
+        encoder: the twin network phi (e.g. [`metalearn.nn.KochNet`][metalearn.nn.koch.KochNet] at 105 px, ``Conv4``
+            at 28 px).
         dim: D, the encoder's embedding size (the head has D weights alpha and a bias).
         distort: affine distortion ranges applied to training images in train mode (None: no distortion).
         fill: value outside the distorted image (Omniglot: 1.0, white); None repeats the border pixels.

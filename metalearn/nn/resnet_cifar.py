@@ -21,7 +21,8 @@ after it (``rotation.*``, ``contrastive.*``, ``reconstruction.*``);
 [`register_ssl_head`][metalearn.nn.resnet_cifar.register_ssl_head] adds another.
 
 Parameter names follow the split (``trunk.*``, ``head.*``, ``rotation.*``), so a name prefix selects what an
-inner loop adapts ([`metalearn.functional.select`][metalearn.functional.select]).  Inputs are float images in [0, 1]; the per-channel
+inner loop adapts ([`metalearn.functional.select`][metalearn.functional.select]).  Inputs are float images in [0, 1];
+the per-channel
 normalisation is part of the model (no buffer, so it never travels in a checkpoint or a vmap).
 """
 from __future__ import annotations

@@ -119,7 +119,8 @@ class LSTMOptimizer(nn.Module):
     Args:
         hidden_size: Units per LSTM layer.
         num_layers: LSTM layers.
-        preprocess_p: p of the gradient preprocessing ([`preprocess_gradients`][metalearn.optim.lstm.preprocess_gradients]).
+        preprocess_p: p of the gradient preprocessing
+            ([`preprocess_gradients`][metalearn.optim.lstm.preprocess_gradients]).
         output_scale: Multiplier of the LSTM's output.
 
     Examples:

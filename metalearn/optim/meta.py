@@ -140,7 +140,8 @@ def meta_train(net: LSTMOptimizer, family: OptimiseeFamily, cfg: MetaTrainConfig
 
     Args:
         net: The LSTM optimizer to train.
-        family: Where the training optimisees come from ([`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily],
+        family: Where the training optimisees come from
+            ([`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily],
             [`MLPFamily`][metalearn.optim.optimisees.MLPFamily], or your own).
         cfg: The settings.
         out_dir: Where to write ``metrics.jsonl`` (one line per validation), ``best.pt`` (the best-validated

@@ -8,11 +8,14 @@ A family has two methods:
   (deterministic) batch it sees at step ``t``.
 
 Optionally ``eval_batch(problem)`` gives a larger fixed batch to score the final parameters on.
-[`ProblemBatch`][metalearn.optim.optimisees.ProblemBatch] stacks M problems along a new leading dimension and evaluates them with
+[`ProblemBatch`][metalearn.optim.optimisees.ProblemBatch] stacks M problems along a new leading dimension and
+evaluates them with
 ``torch.func.vmap`` (one task written, many batched); the Python loop over problems is the test reference.
 
-Families here (Andrychowicz et al. 2016, sec. 3): [`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily] (random ‖Wθ − y‖²) and
-[`MLPFamily`][metalearn.optim.optimisees.MLPFamily] (an MLP classifier on MNIST-like images, batch 128, any widths/depth, sigmoid or ReLU).
+Families here (Andrychowicz et al. 2016, sec. 3): [`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily]
+(random ‖Wθ − y‖²) and
+[`MLPFamily`][metalearn.optim.optimisees.MLPFamily] (an MLP classifier on MNIST-like images, batch 128, any
+widths/depth, sigmoid or ReLU).
 """
 from __future__ import annotations
 

@@ -6,10 +6,12 @@ then it predicts the unaugmented image in eval mode.  TTT-Online takes ``steps``
 carries the weights along the stream.  What adapts is a `metalearn.functional.ParamFilter` over the
 parameter names: ``"trunk"`` (stem + stage 1 + stage 2, the paper's shared feature extractor) by default.
 
-* [`ttt`][metalearn.ttt.adapt.ttt] is the batched version: each image adapts its *own* copy of the selected parameters, all images
+* [`ttt`][metalearn.ttt.adapt.ttt] is the batched version: each image adapts its *own* copy of the selected
+  parameters, all images
   of a chunk at once (``torch.func.vmap`` over images, the step loop outside), built on
   [`metalearn.inner.adapt`][metalearn.inner.adapt] and the functional core.  Nothing of the model is modified.
-* [`ttt_loop`][metalearn.ttt.adapt.ttt_loop] is the per-image reference loop of the original code (reload the weights, ``torch.optim.SGD``,
+* [`ttt_loop`][metalearn.ttt.adapt.ttt_loop] is the per-image reference loop of the original code (reload the weights,
+  ``torch.optim.SGD``,
   ``loss.backward()``), on a private copy of the model: the tests and the speed benchmark compare with it.
 * [`ttt_online`][metalearn.ttt.adapt.ttt_online] is TTT-Online on the functional core.
 
@@ -221,7 +223,8 @@ def ttt_loop(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1
     """Standard TTT as a per-image loop over a module, the way the original code runs it: reload the trained
     weights, ``torch.optim.SGD`` on the selected parameters, ``backward()``, ``step()``; predict in eval mode.
 
-    Works on a private copy of ``model`` (the model is not modified).  The reference for [`ttt`][metalearn.ttt.adapt.ttt].
+    Works on a private copy of ``model`` (the model is not modified).  The reference for
+    [`ttt`][metalearn.ttt.adapt.ttt].
     """
     x = as_float_images(images, model)
     names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))

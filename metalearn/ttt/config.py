@@ -3,7 +3,8 @@
 ``--set key=value`` overrides).
 
 Sections: ``model`` (the ResNet), ``train`` ([`JointTrainConfig`][metalearn.ttt.train.JointTrainConfig]),
-``ttt`` (standard and online TTT), ``ssl`` (the self-supervised task: rotation, contrastive or reconstruction), ``tent``, ``eval``
+``ttt`` (standard and online TTT), ``ssl`` (the self-supervised task: rotation, contrastive or reconstruction),
+``tent``, ``eval``
 (which test sets and methods), ``data``.
 """
 from __future__ import annotations

@@ -1,12 +1,15 @@
 """Baselines on the same test stream: source prediction, norm-statistics adaptation, Tent.
 
 * [`predict`][metalearn.ttt.tent.predict]: the trained model in eval mode, no adaptation.
-* [`norm_adapt`][metalearn.ttt.tent.norm_adapt]: every BatchNorm layer normalises with the statistics of the current test batch instead of
+* [`norm_adapt`][metalearn.ttt.tent.norm_adapt]: every BatchNorm layer normalises with the statistics of the current
+  test batch instead of
   its running statistics (Schneider et al. 2020; Tent's "BN adapt" baseline); no weight changes.  GroupNorm
   (and LayerNorm) already normalise each image by its own statistics and keep no running statistics, so for a
   model without BatchNorm layers norm adaptation *is* the source prediction (a no-op, returned as such).
-* [`tent`][metalearn.ttt.tent.tent]: Tent (Wang et al. 2021): minimise the mean entropy of the predictions on each test batch with
-  Adam, updating only the norm layers' affine parameters ([`norm_affine_names`][metalearn.ttt.tent.norm_affine_names]); BatchNorm layers use the
+* [`tent`][metalearn.ttt.tent.tent]: Tent (Wang et al. 2021): minimise the mean entropy of the predictions on each
+  test batch with
+  Adam, updating only the norm layers' affine parameters
+  ([`norm_affine_names`][metalearn.ttt.tent.norm_affine_names]); BatchNorm layers use the
   test batch statistics.  The stream is consumed in order, one step per batch, the parameters carried along;
   each batch is predicted by the forward pass before its update (as in Tent's code).
 
@@ -85,7 +88,8 @@ def norm_adapt(model: nn.Module, images: Tensor, batch_size: int = 128) -> Tenso
     """Logits (N, classes) with each test batch of ``batch_size`` normalised by its own BatchNorm statistics.
 
     No parameter changes, and the model's running statistics are not touched (updates go to a copy).  For a
-    model without BatchNorm (GroupNorm ResNet) this equals [`predict`][metalearn.ttt.tent.predict]: there are no statistics to replace.
+    model without BatchNorm (GroupNorm ResNet) this equals [`predict`][metalearn.ttt.tent.predict]: there are no
+    statistics to replace.
     """
     if not has_batchnorm(model):
         return predict(model, images, batch_size)

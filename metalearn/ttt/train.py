@@ -11,7 +11,8 @@ the device.
 
 Determinism and exact resume: the epoch's shuffle is seeded by ``(seed, epoch)`` and a step's augmentation by
 ``(seed, step)``, so a run resumed from ``last.pt`` (model, optimiser, step) makes the same updates as an
-uninterrupted one.  Checkpoints are written atomically ([`metalearn.train.checkpoint.atomic_save`][metalearn.train.checkpoint.atomic_save]).
+uninterrupted one.  Checkpoints are written atomically
+([`metalearn.train.checkpoint.atomic_save`][metalearn.train.checkpoint.atomic_save]).
 """
 from __future__ import annotations
 
@@ -281,7 +282,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ResNetCIFAR, dict]:
-    """Rebuild a [`ResNetCIFAR`][metalearn.nn.resnet_cifar.ResNetCIFAR] from a checkpoint written by [`train_joint`][metalearn.ttt.train.train_joint]; returns (model in eval
+    """Rebuild a [`ResNetCIFAR`][metalearn.nn.resnet_cifar.ResNetCIFAR] from a checkpoint written by
+    [`train_joint`][metalearn.ttt.train.train_joint]; returns (model in eval
     mode, checkpoint dict)."""
     ck = load_checkpoint(path, map_location=map_location)
     if ck.get("kind") != KIND:
