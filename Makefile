@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test docs setup clean
+.PHONY: demo test test-slow test-gpu docs setup clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,14 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The tests `make test` leaves out (pyproject.toml deselects the markers; a later -m overrides that):
+# short full-pipeline runs per learner family on the real data (minutes each), and the CUDA tests.
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-gpu: $(STAMP)
+	$(PY) -m pytest -q -m gpu -rs
 
 # The documentation site (MkDocs + mkdocstrings), checked strictly: a warning fails the build.
 docs: $(STAMP)
