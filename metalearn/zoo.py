@@ -102,9 +102,23 @@ def add_model(result_json: str | os.PathLike, run_dir: str | os.PathLike | None 
               task: str | None = None) -> dict:
     """Add the model behind a bench result (or an eval JSON with its run) to the zoo, if its row reproduced.
 
-    result_json: a ``metalearn bench`` result file (``results/NAME-HASH-COMMIT.json``).
-    run_dir: its run directory (default: the one the result names).
-    Writes ``zoo/NAME.pt`` (fp32 state dict of best.pt) and the manifest entry; returns the entry.
+    Writes ``zoo/NAME.pt`` (the fp32 state dict of ``best.pt``) and its manifest entry, with the accuracies of
+    the first test episodes for a quick re-check.
+
+    Args:
+        result_json: A ``metalearn bench`` result file (``results/NAME-HASH-COMMIT.json``).
+        run_dir: Its run directory (default: the one the result names).
+        name: The model's name (default: the result's task name).
+        zoo_dir: The zoo folder (default: the one shipped in the package).
+        first_episodes: How many test episodes the entry records for the re-check.
+        task: The task file to record (default: the result's).
+
+    Returns:
+        The manifest entry.
+
+    Raises:
+        ValueError: The row did not reproduce the published number (see
+            [`reproduces`][metalearn.zoo.reproduces]).
     """
     from metalearn.builders import build_learner
     from metalearn.cli import _episode_sampler
