@@ -615,10 +615,16 @@ def _layers_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry
     """benchmarks/ttt_layers.py: TTT layers against attention on synthetic in-context tasks, by sequence length."""
     _need(d, path, {"command": str, "git": dict, "machine": dict, "tasks": dict}, "ttt_layers result")
     commit, dirty = d["git"].get("commit"), d["git"].get("dirty")
+    st = d.get("settings") if isinstance(d.get("settings"), dict) else {}
     out = []
     for ti, (task, models) in enumerate(d["tasks"].items()):
         if not isinstance(models, dict):
             _fail(path, f"tasks.{task}: expected a mapping of models, got {models!r}")
+        # what tells two runs of a task apart (a table per task and setting)
+        named = {"mqar": [("keys", "{} keys"), ("values", "{} values")],
+                 "regression": [("x_dim", "x of dimension {}"), ("queries", "{} queries")]}.get(task, [])
+        sig = ", ".join(fmt.format(st[k]) for k, fmt in named + [("dim", "width {}"), ("steps", "{} steps")]
+                        if st.get(k) is not None)
         refs: dict[str, str] = {}
         for mi, (model, r) in enumerate(models.items()):
             ev = (r or {}).get("eval") if isinstance(r, dict) else None
@@ -637,11 +643,11 @@ def _layers_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry
                         refs[t] = f"{point['least_squares_mse']:.3f}"
             tr = r.get("train") or {}
             out.append(Entry(
-                TTT, group="layers", key=f"layers {task} {model}", label=model, file=file,
+                TTT, group="layers", key=f"layers {task} {sig} {model}", label=model, file=file,
                 when=ctx.commit_time(commit), commit=commit, dirty=dirty, machine=d["machine"],
                 commands=[d["command"]], n=n, steps=tr.get("steps"), train_s=tr.get("cpu_s"), sort=(ti, mi),
                 config=f"{task}, batch {tr.get('batch_size')}",
-                cells={"task": task, "by_len": by_len, "params": str(tr.get("params", "—")),
+                cells={"task": task, "sig": sig, "by_len": by_len, "params": str(tr.get("params", "—")),
                        "budget": f"{tr.get('steps')} × batch {tr.get('batch_size')}"},
                 extra={"refs": refs}))
     return out
@@ -828,6 +834,31 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
     return out
 
 
+def _distributed_entries(d: dict, path: Path, file: str) -> list[Entry]:
+    """benchmarks/distributed_throughput.py: episodes per second with 1, 2, ... processes (DDP, gloo on the CPU)."""
+    _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict}, "distributed_throughput result")
+    dev = d.get("device", "cpu")
+    note = str(d.get("note") or "")
+    base = dict(file=file, when=_utc(d.get("timestamp")), commit=d["git"].get("commit"), dirty=d["git"].get("dirty"),
+                machine=d["machine"], commands=[d["command"]],
+                note=(f"Recorded with it: {note[0].upper() + note[1:]}." if note else ""))
+    out = []
+    for i, r in enumerate(d["rows"]):
+        if not isinstance(r, dict) or "workload" not in r or "processes" not in r:
+            _fail(path, f"rows[{i}]: expected a mapping with 'workload' and 'processes', got {r!r}")
+
+        def f(x, fmt):
+            return "—" if not isinstance(x, (int, float)) else format(x, fmt)
+        eff = r.get("scaling_efficiency")
+        out.append(Entry(
+            SPEED, group="distributed", key=f"distributed {dev} {r['workload']} {r['processes']}",
+            label=str(r["workload"]), sort=(str(r["workload"]), int(r["processes"])),
+            cells={"procs": str(r["processes"]), "batch": str(r.get("meta_batch", "—")),
+                   "eps": f(r.get("episodes_per_s"), ".2f"), "ratio": f(r.get("speedup"), ".2f") + "×",
+                   "eff": f(100 * eff if isinstance(eff, (int, float)) else None, ".0f") + "%"}, **base))
+    return out
+
+
 def _precision_entries(d: dict, path: Path, file: str) -> list[Entry]:
     _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict}, "precision_check result")
     base = dict(file=file, when=_utc(d.get("timestamp")), commit=d["git"].get("commit"),
@@ -890,7 +921,7 @@ def _kind(data) -> str | None:
         return None
     kind = data.get("kind")
     known = {RESULT_KIND: "bench", "metalearn-maml-sinusoid": "sinusoid", "metalearn-cpu-throughput": "throughput",
-             "metalearn-precision-check": "precision"}
+             "metalearn-precision-check": "precision", "metalearn-distributed-throughput": "distributed"}
     if kind is not None:
         return known.get(kind)
     keys = data.keys()
@@ -921,8 +952,8 @@ def _kind(data) -> str | None:
 
 KNOWN_FILES = ("metalearn bench results, metalearn eval --json outputs, and the JSON files of "
                "benchmarks/maml_sinusoid.py, lstm_optimizer.py, searched_optim.py, ttt_eval.py, ttt_tasks.py, "
-               "ttt_layers.py, "
-               "ttt_speed.py, maml_speed.py, cpu_throughput.py, precision_check.py and vmap_norm_check.py")
+               "ttt_layers.py, ttt_speed.py, maml_speed.py, cpu_throughput.py, distributed_throughput.py, "
+               "precision_check.py and vmap_norm_check.py")
 
 
 def _display(p: Path, base: Path) -> str:
@@ -1011,6 +1042,8 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
                 entries += _throughput_entries(data, p, file)
             elif kind == "precision":
                 entries += _precision_entries(data, p, file)
+            elif kind == "distributed":
+                entries += _distributed_entries(data, p, file)
             elif kind == "vmap_norm":
                 entries += _vmap_norm_entries(data, p, file)
         except ConfigError as e:
@@ -1240,15 +1273,16 @@ def render_ttt(rows: list[Entry], images: dict | None) -> str:
         lines += ["**TTT layers for sequences** (Sun et al. 2024; benchmarks/ttt_layers.py): one residual block with "
                   "each sequence mixer, trained for the same steps on synthetic in-context tasks, then scored by "
                   "sequence length T. There is no published number for these tasks.", ""]
-        for task in _unique(e.cells["task"] for _, e in layers):
-            g = [(i, e) for i, e in layers if e.cells["task"] == task]
+        for task, sig in _unique((e.cells["task"], e.cells["sig"]) for _, e in layers):
+            g = [(i, e) for i, e in layers if (e.cells["task"], e.cells["sig"]) == (task, sig)]
             lengths = sorted({t for _, e in g for t in e.cells["by_len"]}, key=lambda t: (t is None, t))
             body = [[_linked(e, TTT, i), *(e.cells["by_len"].get(t, "—") for t in lengths), e.cells["params"],
                      e.cells["budget"]] for i, e in g]
             refs = {t: r for _, e in g for t, r in e.extra["refs"].items()}
             if refs:
-                body.append(["least squares (same contexts)", *(refs.get(t, "—") for t in lengths), "—", "—"])
-            lines += [f"{task}: {LAYER_TASKS.get(task, task)}.", "",
+                body.append(["least squares", *(refs.get(t, "—") for t in lengths), "—", "—"])
+            lines += [f"{task} ({sig}): {LAYER_TASKS.get(task, task)}." if sig else
+                      f"{task}: {LAYER_TASKS.get(task, task)}.", "",
                       *_table(["mixer", *(f"T = {t}" for t in lengths), "params", "training"], body), ""]
     return "\n".join(lines)
 
@@ -1265,6 +1299,10 @@ SPEED_TABLES = [
                    "(benchmarks/cpu_throughput.py): median ms, and GFLOP/s as a % of the machine's bf16 conv ceiling",
      [("threads", "threads"), ("off ms", "off"), ("default ms", "default"), ("speed-up", "ratio"),
       ("GFLOP/s", "gflops"), ("% of ceiling", "pct")]),
+    ("distributed", "Data-parallel training (benchmarks/distributed_throughput.py; the meta-batch split over processes, "
+                    "one thread each): episodes per second against one process",
+     [("processes", "procs"), ("meta-batch", "batch"), ("episodes/s", "eps"), ("speed-up", "ratio"),
+      ("efficiency", "eff")]),
     ("precision", "The same training budget in fp32 and bf16 (benchmarks/precision_check.py): test accuracy % "
                   "± 95% CI and the training speed-up",
      [("steps", "steps"), ("fp32", "fp32"), ("bf16", "bf16"), ("in each other's CI", "inside"),

@@ -424,7 +424,7 @@ def test_ttt_layers_table_by_sequence_length(tmp_path, docs):
     s = block((docs / "results.md").read_text(), report.TTT)
     assert table(s, "| mixer | T = 8") == ["| ttt_linear | 100.0 | 99.5 | 57572 | 500 × batch 32 |"]
     assert table(s, "| mixer | T = 16") == ["| ttt_mlp | 0.512 | 57572 | 500 × batch 32 |",
-                                          "| least squares (same contexts) | 0.400 | — | — |"]
+                                          "| least squares | 0.400 | — | — |"]
     assert "commit `99999999` (dirty)" in block((docs / "results.md").read_text(), "ttt-runs")
 
 
@@ -484,6 +484,14 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
         "command": "python benchmarks/ttt_speed.py --device cpu", "model": "ResNet-26 GN", "steps": 10, "copies": 32,
         "loop_images": 8, "batched_images": 8, "loop_s": 63.6, "batched_s": 82.3, "loop_images_per_s": 0.1258,
         "batched_images_per_s": 0.0972, "speedup": 0.7732, "predictions_agree": "8/8"}))
+    (res / "distributed_throughput_cpu.json").write_text(json.dumps({
+        "kind": "metalearn-distributed-throughput", "command": "python benchmarks/distributed_throughput.py --procs 1 2",
+        "git": {"commit": "d" * 40, "dirty": True}, "machine": dict(MACHINE, torch_threads=1), "device": "cpu",
+        "note": "measured on a loaded machine", "rows": [
+            {"workload": "maml", "processes": 2, "meta_batch": 8, "episodes_per_s": 3.24, "speedup": 1.957,
+             "scaling_efficiency": 0.979},
+            {"workload": "maml", "processes": 1, "meta_batch": 8, "episodes_per_s": 1.65, "speedup": 1.0,
+             "scaling_efficiency": 1.0}]}))
     (res / "vmap_norm_check.json").write_text(json.dumps({"torch": "2.13.0+cpu", "rows": [
         {"model": "conv + nn.GroupNorm", "dtype": "float64", "inner_steps": 2, "rel_diff": 6.47e-16}]}))
     assert run_report(tmp_path, docs, "--no-plots") == 0
@@ -494,19 +502,22 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
     assert table(s, "| measurement | threads", links=True) == [
         "| [protonet_train](#speed-2) | 1 | 515.0 | 130.0 | 3.96× | 161 | 32 |",
         "| [maml2_vmap](#speed-2) | 1 | — | — | error | — | — |"]
+    assert table(s, "| measurement | processes", links=True) == [
+        "| [maml](#speed-3) | 1 | 8 | 1.65 | 1.00× | 100% |", "| [maml](#speed-3) | 2 | 8 | 3.24 | 1.96× | 98% |"]
     assert table(s, "| measurement | steps", links=True) == [
-        "| [protonet_omniglot_5w1s](#speed-3) | 1000 | 97.10 ± 0.30 | 97.00 ± 0.30 | yes / yes | 2.00× |"]
+        "| [protonet_omniglot_5w1s](#speed-4) | 1000 | 97.10 ± 0.30 | 97.00 ± 0.30 | yes / yes | 2.00× |"]
     assert table(s, "| measurement | images", links=True) == [
-        "| [ResNet-26 GN, 10 steps × 32](#speed-4) | 8 / 8 | 0.126 | 0.097 | 0.77× | 8/8 |"]
-    assert table(s, "| measurement | dtype", links=True) == ["| [conv + nn.GroupNorm](#speed-5) | float64 | 2 | 6.5e-16 |"]
+        "| [ResNet-26 GN, 10 steps × 32](#speed-5) | 8 / 8 | 0.126 | 0.097 | 0.77× | 8/8 |"]
+    assert table(s, "| measurement | dtype", links=True) == ["| [conv + nn.GroupNorm](#speed-6) | float64 | 2 | 6.5e-16 |"]
     runs = block((docs / "results.md").read_text(), "speed-runs")
     assert ('<a id="speed-1"></a>**1.** `results/speed/maml_speed_cpu-551b716.json` · commit `551b716` · time not '
             "recorded · CPU (x86_64), 1 thread, torch 2.13.0+cpu. The command is rebuilt") in runs
     assert report.wrap_command("python benchmarks/maml_speed.py --device cpu --tasks 8 --repeats 3 --json runs/m.json"
                                ) in runs
     assert "**2.** `results/speed/cpu_throughput-abcdef12.json` · commit `abcdef12` · 2026-12-01 · AMD EPYC" in runs
-    assert ('<a id="speed-5"></a>**5.** `results/speed/vmap_norm_check.json`. This file records no command, commit or '
+    assert ('<a id="speed-6"></a>**6.** `results/speed/vmap_norm_check.json`. This file records no command, commit or '
             "machine (torch 2.13.0+cpu).\n") in runs
+    assert "commit `dddddddd` (dirty)" in runs and "Recorded with it: Measured on a loaded machine." in runs
 
 
 # -------------------------------------------------------------------------------------------- the pages
