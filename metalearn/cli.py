@@ -53,6 +53,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     results = run_demo(out, steps=steps, episodes=episodes, seed=args.seed, progress=not args.quiet,
                        dataset=args.dataset)
     print(format_results(results, episodes))
+    if args.json:
+        import shlex
+
+        from metalearn.bench import git_state, machine_info
+        from metalearn.data.cache import atomic_write
+        rec = {"kind": "metalearn-demo", "schema": 1, "dataset": args.dataset, "steps": steps, "episodes": episodes,
+               "seed": args.seed, "smoke": args.smoke, "threads": torch.get_num_threads(),
+               "results": {k: {m: {"accuracy": a, "ci95": c} for m, (a, c) in v.items()}
+                           for k, v in results.items() if not k.startswith("_")},
+               "time": results["_time"], "command": shlex.join(["metalearn", *args.argv]),
+               "git": git_state(), "machine": machine_info("cpu"),
+               "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(Path(args.json), mode="w") as f:
+            json.dump(rec, f, indent=1)
     return 0
 
 
@@ -414,6 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=_positive, default=None, help="meta-training steps (default 800; digits 600)")
     d.add_argument("--episodes", type=_positive, default=None, help="test episodes per setting (default 600)")
     d.add_argument("--smoke", action="store_true", help="a few steps and episodes: checks the install, not a result")
+    d.add_argument("--json", metavar="FILE", default=None,
+                   help="also write the results (with the command, commit and machine) to FILE")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default=None, help="run directory (default runs/demo-<time>)")
     d.add_argument("--threads", type=int, default=0)

@@ -13,8 +13,12 @@ TINY = ["--set", "train.steps=4", "--set", "train.ways=5", "--set", "train.shots
 
 def test_demo_smoke(tmp_path, capsys):
     """The default demo: bundled Omniglot, 5-way and 20-way 1-shot against 1-NN on pixels."""
-    assert main(["demo", "--smoke", "--quiet", "--out", str(tmp_path / "d")]) == 0
+    assert main(["demo", "--smoke", "--quiet", "--out", str(tmp_path / "d"), "--json", str(tmp_path / "demo.json")]) == 0
     out = capsys.readouterr().out
+    rec = json.loads((tmp_path / "demo.json").read_text())
+    assert rec["kind"] == "metalearn-demo" and rec["smoke"] and rec["steps"] == 20 and rec["episodes"] == 20
+    assert set(rec["results"]) == {"5-way 1-shot", "20-way 1-shot"}
+    assert 0 <= rec["results"]["5-way 1-shot"]["protonet"]["accuracy"] <= 100 and rec["command"].startswith("metalearn demo")
     assert "smoke mode" in out and "Omniglot" in out
     assert "5-way 1-shot" in out and "20-way 1-shot" in out and "1-NN on pixels" in out and "±" in out
 
