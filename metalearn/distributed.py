@@ -84,14 +84,17 @@ def active() -> bool:
 
 
 def rank() -> int:
+    """This process's rank in the process group (0 without one)."""
     return _dist().get_rank() if active() else 0
 
 
 def world_size() -> int:
+    """The number of processes in the group (1 without one)."""
     return _dist().get_world_size() if active() else 1
 
 
 def local_rank() -> int:
+    """This process's rank on its node (``LOCAL_RANK``; 0 without a process group)."""
     return int(os.environ.get("LOCAL_RANK", "0")) if active() else 0
 
 
