@@ -40,11 +40,12 @@ from metalearn.config import ConfigError
 
 # ------------------------------------------------------------------------------------------- constants
 
-SUMMARY, FEWSHOT, SINUSOID, LSTM, TTT, SPEED, HISTORY = (
-    "summary", "fewshot", "sinusoid", "lstm", "ttt", "speed", "history")
+SUMMARY, FEWSHOT, SINUSOID, LSTM, TTT, DISTILL, SPEED, HISTORY = (
+    "summary", "fewshot", "sinusoid", "lstm", "ttt", "distill", "speed", "history")
 #: the generated blocks of docs/results.md, in page order, with the heading a new page gives each
 PAGE_BLOCKS = [(SUMMARY, None), (FEWSHOT, "Few-shot classification"), (SINUSOID, "MAML sinusoid regression"),
-               (LSTM, "Learned optimizers"), (TTT, "Test-Time Training"), (SPEED, "Speed")]
+               (LSTM, "Learned optimizers"), (TTT, "Test-Time Training"), (DISTILL, "Dataset distillation"),
+               (SPEED, "Speed")]
 #: blocks an earlier version of this report wrote; a page that still has them is refused (remove them by hand)
 LEGACY_BLOCKS = ("bench-table", "bench-plots")
 IMG_PREFIX = "results-"
@@ -388,7 +389,8 @@ def _bench_entry(r: dict, file: str, ctx: _Context) -> Entry:
     note = ""
     if r.get("model_from"):
         mf = r["model_from"]
-        note = f"The model of {_code(mf.get('task') or '?')} ({_code(mf.get('run_dir') or '?')}) evaluated here."
+        note = (f"The model of {_code(mf.get('task') or '?')} (run `{Path(str(mf.get('run_dir') or '?')).name}`) "
+                "evaluated here.")
     return Entry(
         FEWSHOT, key=label, label=label, file=file, when=_utc(r["created"]), commit=r["git"].get("commit"),
         dirty=r["git"].get("dirty"), machine=r["machine"], commands=[r["command"]], value=float(r["accuracy"]),
@@ -653,6 +655,71 @@ def _layers_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry
     return out
 
 
+def _demo_entries(d: dict, path: Path, file: str) -> list[Entry]:
+    """``metalearn demo --json``: ProtoNet and 1-NN on pixels on the bundled data, per setting."""
+    _need(d, path, {"results": dict, "command": str, "git": dict, "machine": dict}, "metalearn demo result")
+    out = []
+    for i, (setting, r) in enumerate(d["results"].items()):
+        if not isinstance(r, dict) or not isinstance(r.get("protonet"), dict):
+            _fail(path, f"results.{setting}: expected 'protonet' (and 'pixel_1nn') accuracies, got {r!r}")
+        p, nn = r["protonet"], r.get("pixel_1nn") or {}
+        smoke = bool(d.get("smoke"))
+        out.append(Entry(
+            FEWSHOT, group="demo", key=f"demo {d.get('dataset')} {setting}" + (" smoke" if smoke else ""),
+            label=f"{d.get('dataset')} {setting}" + (" (smoke)" if smoke else ""), file=file,
+            when=_utc(d.get("timestamp")), commit=d["git"].get("commit"), dirty=d["git"].get("dirty"),
+            machine=d["machine"], commands=[d["command"]], value=float(p["accuracy"]), ci=p.get("ci95"),
+            n=d.get("episodes"), steps=d.get("steps"), train_s=(d.get("time") or {}).get("train_s"), sort=(i,),
+            cells={"nn": "—" if "accuracy" not in nn else fmt_acc(nn["accuracy"], nn.get("ci95"))}))
+    return out
+
+
+def _distill_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry]:
+    """benchmarks/distill.py (dataset distillation, Wang et al. 2018): test accuracy after training on the
+    distilled images, beside the untrained model and the published number."""
+    _need(d, path, {"config": dict, "test": dict, "command": str, "machine": dict}, "distill result")
+    test = d["test"]
+    if not isinstance(test.get("distilled"), dict):
+        _fail(path, "test: expected 'distilled' (and 'untrained') accuracies")
+    ours, untrained = test["distilled"], test.get("untrained") or {}
+    cfg = d["config"]
+    pub = d.get("published") or {}
+    name = str(d.get("name") or path.stem)
+    info = None
+    task = ctx.roots[0] / "tasks" / "distill" / f"{name}.yaml"
+    for root in ctx.roots:
+        t = root / "tasks" / "distill" / f"{name}.yaml"
+        if t.is_file():
+            task = t
+            break
+    try:
+        import yaml
+        info = yaml.safe_load(task.read_text()) if task.is_file() else None
+    except Exception:  # noqa: BLE001 - an unreadable task file: no recipe to show
+        info = None
+    recipe = (info or {}).get("outer_steps") if isinstance(info, dict) else None
+    commit, dirty = d.get("commit"), d.get("dirty")
+    sd = ours.get("std")
+    label = f"{cfg.get('dataset', '?')}, {d.get('setting', cfg.get('init'))} init, {d.get('images')} images"
+    base = d.get("baselines") if isinstance(d.get("baselines"), dict) else {}
+
+    def acc(x):
+        return "—" if not isinstance(x, dict) or "mean" not in x else (
+            f"{x['mean']:.1f}" + (f" ± {x['std']:.1f}" if x.get("std") else ""))
+    return [Entry(
+        DISTILL, key=f"distill {name}", label=label, file=file, when=ctx.commit_time(commit), commit=commit,
+        dirty=dirty, machine=d["machine"], commands=[d["command"]], value=float(ours["mean"]), ci=None,
+        n=ours.get("n"), published=pub.get("accuracy"), published_ci=None, digits=1,
+        source="Wang et al. 2018" if pub else "", steps=d.get("outer_steps_done"), recipe=recipe,
+        train_s=d.get("distill_wall_s"), sort=(name,), config=f"{d.get('inner_steps')} inner steps",
+        cells={"ours": acc(ours), "pub": "—" if not pub else f"{pub['accuracy']:g}" + (
+                   f" ± {pub['std']:g}" if pub.get("std") else ""),
+               "untrained": acc(untrained) + " / " + (f"{pub['untrained']:g}" if pub.get("untrained") else "—"),
+               "baselines": "; ".join(f"{k} {acc(v.get('test') if isinstance(v, dict) and 'test' in v else v)}"
+                                      for k, v in base.items() if isinstance(v, dict)) or "—"},
+        extra={"std": sd})]
+
+
 # ---------------------------------------------------------------------------------------- TTT and Tent
 
 def _mean_ci(values: list[float]) -> tuple[float, float]:
@@ -815,7 +882,9 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
                 note="A smoke run (--quick): smaller data, fewer calls." if d.get("quick") else "")
 
     def f(x, digits=1):
-        return "—" if not isinstance(x, (int, float)) else f"{x:.{digits}f}"
+        if not isinstance(x, (int, float)):
+            return "—"
+        return f"{x:.0f}" if digits == 1 and abs(x) >= 100 else f"{x:.{digits}f}"
 
     out = []
     for i, r in enumerate(d["rows"]):
@@ -856,6 +925,53 @@ def _distributed_entries(d: dict, path: Path, file: str) -> list[Entry]:
             cells={"procs": str(r["processes"]), "batch": str(r.get("meta_batch", "—")),
                    "eps": f(r.get("episodes_per_s"), ".2f"), "ratio": f(r.get("speedup"), ".2f") + "×",
                    "eff": f(100 * eff if isinstance(eff, (int, float)) else None, ".0f") + "%"}, **base))
+    return out
+
+
+def _threads_policy_entries(d: dict, path: Path, file: str) -> list[Entry]:
+    """benchmarks/threads_policy.py: one training step at 1 and 2 threads, OMP_WAIT_POLICY ACTIVE and PASSIVE,
+    on a quiet machine and beside a busy neighbour; ms against 1 thread ACTIVE on the same machine state."""
+    _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict}, "threads_policy result")
+    base = dict(file=file, when=_utc(d.get("timestamp")), commit=d["git"].get("commit"), dirty=d["git"].get("dirty"),
+                machine=d["machine"], commands=[d["command"]],
+                note=f"Workload: {d['workload']}." if d.get("workload") else "")
+    rows = [r for r in d["rows"] if isinstance(r, dict)]
+    if len(rows) != len(d["rows"]) or not all({"neighbour", "threads", "wait_policy"} <= r.keys() for r in rows):
+        _fail(path, "rows: expected mappings with 'neighbour', 'threads', 'wait_policy' and 'ms'")
+    ref = {r["neighbour"]: r.get("ms") for r in rows if r["threads"] == 1 and r["wait_policy"] == "ACTIVE"}
+    out = []
+    for i, r in enumerate(rows):
+        ms, r0 = r.get("ms"), ref.get(r["neighbour"])
+        out.append(Entry(
+            SPEED, group="threads",
+            key=f"threads {d.get('workload')} {r['neighbour']} {r['threads']} {r['wait_policy']}",
+            label=f"{r['neighbour']} machine" if r["neighbour"] == "quiet" else f"{r['neighbour']} neighbour",
+            sort=(i,), cells={"threads": str(r["threads"]), "policy": str(r["wait_policy"]),
+                              "ms": "—" if not isinstance(ms, (int, float)) else f"{ms:.0f}",
+                              "ratio": f"{r0 / ms:.2f}×" if isinstance(ms, (int, float)) and isinstance(
+                                  r0, (int, float)) and ms > 0 else "—"}, **base))
+    return out
+
+
+def _layers_time_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry]:
+    """benchmarks/ttt_layers.py's time per token: parallel form over T tokens, one recurrent step after T."""
+    commit, dirty = d["git"].get("commit"), d["git"].get("dirty")
+    st = d.get("settings") if isinstance(d.get("settings"), dict) else {}
+    out = []
+    for i, (mixer, by_t) in enumerate(d["time"].items()):
+        if not isinstance(by_t, dict):
+            _fail(path, f"time.{mixer}: expected a mapping of lengths, got {by_t!r}")
+        cells = {}
+        for t, v in by_t.items():
+            if isinstance(v, dict) and isinstance(v.get("parallel_s_per_token"), (int, float)):
+                cells[f"T{t}"] = (f"{1e6 * v['parallel_s_per_token']:.0f} / "
+                                  + (f"{1e6 * v['step_s_per_token']:.0f}" if isinstance(
+                                      v.get("step_s_per_token"), (int, float)) else "—"))
+        out.append(Entry(
+            SPEED, group="layers_time", key=f"layers_time {mixer} {st.get('dim')} {st.get('time_batch')}",
+            label=mixer, file=file, when=ctx.commit_time(commit), commit=commit, dirty=dirty, machine=d["machine"],
+            commands=[d["command"]], sort=(i,), cells=cells,
+            note=f"Width {st.get('dim')}, batch {st.get('time_batch')}." if st else ""))
     return out
 
 
@@ -921,7 +1037,8 @@ def _kind(data) -> str | None:
         return None
     kind = data.get("kind")
     known = {RESULT_KIND: "bench", "metalearn-maml-sinusoid": "sinusoid", "metalearn-cpu-throughput": "throughput",
-             "metalearn-precision-check": "precision", "metalearn-distributed-throughput": "distributed"}
+             "metalearn-precision-check": "precision", "metalearn-distributed-throughput": "distributed",
+             "metalearn-threads-policy": "threads", "metalearn-demo": "demo", "distill": "distill"}
     if kind is not None:
         return known.get(kind)
     keys = data.keys()
@@ -936,7 +1053,7 @@ def _kind(data) -> str | None:
     if {"command", "tasks", "settings", "budget"} <= keys and isinstance(data["tasks"], dict):
         return "ssl"
     if {"command", "tasks", "settings", "git"} <= keys and isinstance(data["tasks"], dict) and (
-            set(data["tasks"]) & set(LAYER_TASKS)):
+            set(data["tasks"]) & set(LAYER_TASKS) or data["tasks"] == {} and isinstance(data.get("time"), dict)):
         return "layers"
     if {"runs", "command"} <= keys and isinstance(data["runs"], dict):
         return "ttt"
@@ -951,8 +1068,9 @@ def _kind(data) -> str | None:
 
 
 KNOWN_FILES = ("metalearn bench results, metalearn eval --json outputs, and the JSON files of "
-               "benchmarks/maml_sinusoid.py, lstm_optimizer.py, searched_optim.py, ttt_eval.py, ttt_tasks.py, "
-               "ttt_layers.py, ttt_speed.py, maml_speed.py, cpu_throughput.py, distributed_throughput.py, "
+               "metalearn demo --json, benchmarks/maml_sinusoid.py, lstm_optimizer.py, searched_optim.py, distill.py, "
+               "ttt_eval.py, ttt_tasks.py, "
+               "ttt_layers.py, ttt_speed.py, maml_speed.py, cpu_throughput.py, threads_policy.py, distributed_throughput.py, "
                "precision_check.py and vmap_norm_check.py")
 
 
@@ -1032,6 +1150,14 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
                 entries += _ssl_entries(data, p, file, ctx)
             elif kind == "layers":
                 entries += _layers_entries(data, p, file, ctx)
+                if isinstance(data.get("time"), dict) and data["time"]:
+                    entries += _layers_time_entries(data, p, file, ctx)
+            elif kind == "threads":
+                entries += _threads_policy_entries(data, p, file)
+            elif kind == "demo":
+                entries += _demo_entries(data, p, file)
+            elif kind == "distill":
+                entries += _distill_entries(data, p, file, ctx)
             elif kind == "ttt":
                 entries += _ttt_entries(data, p, file, ctx)
             elif kind == "ttt_speed":
@@ -1050,6 +1176,11 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
             problems.append(str(e))
         except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
             problems.append(f"{p}: a {kind} result this report cannot read ({type(e).__name__}: {e})")
+    # paths inside the checkout the results belong to read relative to it (commands run from the repository root)
+    prefix = base.as_posix().rstrip("/") + "/"
+    for e in entries:
+        e.commands = [c.replace(prefix, "") for c in e.commands]
+        e.note = e.note.replace(prefix, "")
     if problems and not skip_invalid:
         head = "a result file cannot be used" if len(problems) == 1 else f"{len(problems)} result files cannot be used"
         raise ConfigError(f"{head} (pass --skip-invalid to leave them out):\n  " + "\n  ".join(problems))
@@ -1057,7 +1188,7 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
 
 
 #: the order of a family's sub-tables (row numbers follow it)
-GROUP_ORDER = {"": 0, "searched": 1, "ssl": 2, "layers": 3}
+GROUP_ORDER = {"": 0, "searched": 1, "ssl": 2, "layers": 3, "demo": 4}
 
 
 def select(entries: list[Entry]) -> tuple[dict[str, list[Entry]], set[int]]:
@@ -1168,10 +1299,12 @@ def render_fewshot(rows: list[Entry], images: dict | None) -> str:
     if not rows:
         return ("_No few-shot results yet: run `metalearn bench SUITE` (for example `metalearn bench "
                 "tasks/suites/protonet_omniglot.yaml`) and then `metalearn report`._")
+    demo = [(i, e) for i, e in enumerate(rows, 1) if e.group == "demo"]
+    main = [(i, e) for i, e in enumerate(rows, 1) if e.group != "demo"]
     t1 = [[_linked(e, FEWSHOT, i), _ours(e), _n(e), _published(e), fmt_delta(e.value, e.published),
-           fmt_inside(e.value, e.ci, e.published)] for i, e in enumerate(rows, 1)]
+           fmt_inside(e.value, e.ci, e.published)] for i, e in main]
     t2 = [[_linked(e, FEWSHOT, i), _budget_cell(e), fmt_duration(e.train_s), machine_label(e.machine)]
-          for i, e in enumerate(rows, 1)]
+          for i, e in main]
     lines = [_lead_in("Test accuracy % (mean ± 95% CI over n test episodes of 15 queries per class).", False), "",
              *_table(["task", "ours", "n", "published", "Δ", "in CI?"], t1), "",
              "How each row was trained: steps against the recipe (the task file's `train.steps`), time and machine"
@@ -1179,7 +1312,13 @@ def render_fewshot(rows: list[Entry], images: dict | None) -> str:
                  e.extra.get("model_from") for e in rows) else "."), "",
              *_table(["task", "train steps / recipe", "train time", "machine"], t2), "",
              *_image("fewshot", "Few-shot test accuracy, ours with 95% CI and the published value", images),
-             *_image("fewshot_curves", "Training curves of the few-shot rows", images)]
+             *_image("fewshot_curves", "Training curves of the few-shot rows", images)] if main else []
+    if demo:
+        t3 = [[_linked(e, FEWSHOT, i), _ours(e), e.cells["nn"], _n(e), f"{e.steps}", fmt_duration(e.train_s),
+               machine_label(e.machine)] for i, e in demo]
+        lines += ["**`metalearn demo`** on the bundled data (test accuracy % ± 95% CI; no published number: its "
+                  "own setting, beside 1-NN on raw pixels as a floor):", "",
+                  *_table(["setting", "ProtoNet", "1-NN on pixels", "n", "steps", "time", "machine"], t3), ""]
     return "\n".join(lines)
 
 
@@ -1287,6 +1426,27 @@ def render_ttt(rows: list[Entry], images: dict | None) -> str:
     return "\n".join(lines)
 
 
+def render_distill(rows: list[Entry], images: dict | None) -> str:
+    if not rows:
+        return ("_No dataset-distillation results yet: run `python benchmarks/distill.py tasks/distill/NAME.yaml "
+                "--out runs/distill/NAME` and then `metalearn report`._")
+    t1 = [[_linked(e, DISTILL, i), e.cells["ours"], _n(e), e.cells["pub"], fmt_delta(e.value, e.published, 1),
+           e.cells["untrained"]] for i, e in enumerate(rows, 1)]
+    t2 = [[_linked(e, DISTILL, i), fmt_budget(e.steps, e.recipe), fmt_duration(e.train_s), machine_label(e.machine)]
+          for i, e in enumerate(rows, 1)]
+    t3 = [[_linked(e, DISTILL, i), e.cells["baselines"]] for i, e in enumerate(rows, 1) if e.cells["baselines"] != "—"]
+    lines = ["Test accuracy % of the model trained on the distilled images alone (mean ± std over n initialisations, "
+             "as the paper reports it), beside the published number (Wang et al. 2018) and the untrained model "
+             "(ours / published). Each name links to the row's command.", "",
+             *_table(["setting", "ours", "n", "published", "Δ", "untrained"], t1), "",
+             "Outer steps against the task file's `outer_steps`, time and machine:", "",
+             *_table(["setting", "outer steps / recipe", "time", "machine"], t2), ""]
+    if t3:
+        lines += ["The same budget on real images (test accuracy %, the lr tuned on validation images):", "",
+                  *_table(["setting", "baselines"], t3), ""]
+    return "\n".join(lines)
+
+
 #: speed sub-tables: (group, title, columns as (header, cell key))
 SPEED_TABLES = [
     ("maml", "One second-order MAML meta-iteration (benchmarks/maml_speed.py): median ms, against the loop over "
@@ -1296,9 +1456,13 @@ SPEED_TABLES = [
                  "against the loop, median ms",
      [("vmap ms", "vmap"), ("loop ms", "loop"), ("vmap speed-up", "ratio")]),
     ("throughput", "Training and evaluation steps with the performance levers off and with the default policy "
-                   "(benchmarks/cpu_throughput.py): median ms, and GFLOP/s as a % of the machine's bf16 conv ceiling",
-     [("threads", "threads"), ("off ms", "off"), ("default ms", "default"), ("speed-up", "ratio"),
-      ("GFLOP/s", "gflops"), ("% of ceiling", "pct")]),
+                   "(benchmarks/cpu_throughput.py): median ms of each, the speed-up, and the default's GFLOP/s and their % of "
+                   "the machine's bf16 conv ceiling",
+     [("threads", "threads"), ("levers off", "off"), ("default", "default"), ("speed-up", "ratio"),
+      ("GFLOP/s", "gflops"), ("% ceiling", "pct")]),
+    ("threads", "Threads and the OpenMP wait policy (benchmarks/threads_policy.py): one ProtoNet training step, median "
+                "ms, on a quiet machine and next to a busy neighbour, against 1 thread with ACTIVE waiting",
+     [("threads", "threads"), ("OMP_WAIT_POLICY", "policy"), ("ms", "ms"), ("vs 1 thread ACTIVE", "ratio")]),
     ("distributed", "Data-parallel training (benchmarks/distributed_throughput.py; the meta-batch split over processes, "
                     "one thread each): episodes per second against one process",
      [("processes", "procs"), ("meta-batch", "batch"), ("episodes/s", "eps"), ("speed-up", "ratio"),
@@ -1312,10 +1476,21 @@ SPEED_TABLES = [
                   "agree: the same predictions)",
      [("images", "images"), ("loop img/s", "loop"), ("batched img/s", "batched"),
       ("vs loop", "ratio"), ("agree", "agree")]),
+    ("layers_time", "Time per token of the sequence mixers (benchmarks/ttt_layers.py), microseconds: the parallel form "
+                    "over T tokens / one recurrent step after T tokens",
+     None),                                               # one column per sequence length T the file measured
     ("vmap_norm", "vmap against the loop over tasks, second order, per normalisation layer "
                   "(benchmarks/vmap_norm_check.py): largest meta-gradient difference relative to its largest entry",
      [("dtype", "dtype"), ("inner steps", "steps"), ("vmap vs loop", "diff")]),
 ]
+
+
+def _speed_cols(cols, g: list[Entry]) -> list[tuple[str, str]]:
+    """A sub-table's columns; ``None``: one per ``T<length>`` cell of its rows (time per token by length)."""
+    if cols is not None:
+        return cols
+    keys = sorted({k for e in g for k in e.cells if k.startswith("T") and k[1:].isdigit()}, key=lambda k: int(k[1:]))
+    return [(f"T = {k[1:]}", k) for k in keys]
 
 
 def render_speed(rows: list[Entry], images: dict | None) -> str:
@@ -1329,6 +1504,7 @@ def render_speed(rows: list[Entry], images: dict | None) -> str:
         g = [e for e in rows if e.group == group]
         if not g:
             continue
+        cols = _speed_cols(cols, g)
         body = [[_linked(e, SPEED, files.index(e.file) + 1), *(e.cells.get(k, "—") for _, k in cols)] for e in g]
         lines += [f"**{title}.**", "", *_table(["measurement", *(h for h, _ in cols)], body), ""]
     return "\n".join(lines)
@@ -1354,14 +1530,15 @@ def render_runs(fam: str, rows: list[Entry]) -> str:
 
 
 RENDER = {FEWSHOT: render_fewshot, SINUSOID: render_sinusoid, LSTM: render_lstm, TTT: render_ttt,
-          SPEED: render_speed}
+          DISTILL: render_distill, SPEED: render_speed}
 TITLES = dict((k, v) for k, v in PAGE_BLOCKS if v)
 
 
 def render_summary(n_files: int, results_label: str) -> str:
     files = f"{n_files} result file{'s' * (n_files != 1)}"
     return (f"_Generated by `metalearn report` from {files} in `{results_label}` and `docs/img/lstm_*.json`; do "
-            "not edit the generated parts by hand. **Each row is the newest result of its task**: newest by the "
+            "not edit the generated parts by hand; commands run from the repository root. **Each row is the newest "
+            "result of its task**: newest by the "
             "time its file records (files that record none: the time of their commit), then the one with more "
             "test episodes, images or tasks. Every result, including the ones a newer run replaced, is on the "
             f"[history page]({HISTORY_PAGE})._")
@@ -1389,6 +1566,7 @@ def render_history(entries: list[Entry], chosen: set[int]) -> str:
                                                 key=lambda e: (e.sort, e.key)))
                 if not g:
                     continue
+                cols = _speed_cols(cols, g)
                 body = []
                 for e in g:
                     if e.file not in [x.file for x in numbered]:
@@ -1399,8 +1577,8 @@ def render_history(entries: list[Entry], chosen: set[int]) -> str:
                 lines += [f"**{gtitle}.**", "", *_table(["measurement", *(h for h, _ in cols), "status"], body), ""]
             lines += ["Runs:", "", *_commands(numbered, f"h-{fam}", with_source=False, label=False)]
             continue
-        keys = sorted({e.key for e in fam_entries},
-                      key=lambda k: min((e.sort, e.key) for e in fam_entries if e.key == k))
+        keys = sorted({e.key for e in fam_entries}, key=lambda k: min(
+            (GROUP_ORDER.get(e.group, 9), e.group, e.sort, e.key) for e in fam_entries if e.key == k))
         for key in keys:
             group = sorted((e for e in fam_entries if e.key == key), key=lambda e: e.order, reverse=True)
             head = group[0]

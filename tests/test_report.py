@@ -215,6 +215,7 @@ def test_fewshot_tables_budget_eval_rows_plots_and_idempotence(tmp_path, docs, c
     write_task(tmp_path, "omni_20w1s", ways=20, ref=96.0)
     res = tmp_path / "results"
     run = make_result("omni_5w1s", 98.70, 0.18, 98.8, steps=2500, overrides=["train.steps=2500"])
+    run["command"] = f"metalearn bench {tmp_path}/tasks/omni_5w1s.yaml"           # run from elsewhere: shown relative
     write(res,
           run,                                                                   # recipe from the task file
           make_result("mini_5w5s", 66.004, 0.655, 68.20, 0.66, commit="d" * 40, dirty=True, steps=1000,
@@ -428,6 +429,38 @@ def test_ttt_layers_table_by_sequence_length(tmp_path, docs):
     assert "commit `99999999` (dirty)" in block((docs / "results.md").read_text(), "ttt-runs")
 
 
+def test_demo_and_dataset_distillation_tables(tmp_path, docs):
+    res = tmp_path / "results"
+    write(res, make_result("omni_5w1s", 98.70, 0.18, 98.8))          # beside a bench row (and its history)
+    (res / "demo").mkdir(parents=True)
+    (res / "demo" / "demo_omniglot-0805ff18.json").write_text(json.dumps({
+        "kind": "metalearn-demo", "schema": 1, "dataset": "omniglot", "steps": 800, "episodes": 600, "smoke": False,
+        "results": {"5-way 1-shot": {"protonet": {"accuracy": 96.531, "ci95": 0.384},
+                                     "pixel_1nn": {"accuracy": 37.382, "ci95": 0.639}}},
+        "time": {"train_s": 135.8}, "command": "metalearn demo --json x.json", "git": {"commit": "0" * 40, "dirty": False},
+        "machine": MACHINE, "timestamp": "2026-12-01T09:47:43+0000"}))
+    (res / "distill").mkdir()
+    (res / "distill" / "mnist_fixed_10.json").write_text(json.dumps({
+        "kind": "distill", "name": "mnist_fixed_10", "config": {"dataset": "mnist", "init": "fixed"}, "setting": "fixed",
+        "images": 10, "inner_steps": 3, "outer_steps_done": 6000, "distill_wall_s": 540.0,
+        "test": {"untrained": {"mean": 11.2, "n": 1}, "distilled": {"mean": 88.43, "n": 1}},
+        "baselines": {"random real": {"lr": 0.1, "test": {"mean": 40.1, "std": 5.2, "n": 20}}, "cpu_s": 30.0},
+        "command": "python benchmarks/distill.py tasks/distill/mnist_fixed_10.yaml --out runs/distill/x",
+        "commit": "1" * 40, "dirty": False, "machine": MACHINE, "published": {"accuracy": 93.8, "untrained": 12.9}}))
+    (tmp_path / "tasks" / "distill").mkdir(parents=True)
+    (tmp_path / "tasks" / "distill" / "mnist_fixed_10.yaml").write_text("dataset: mnist\nouter_steps: 6000\n")
+    assert run_report(tmp_path, docs, "--no-plots") == 0
+    text = (docs / "results.md").read_text()
+    assert table(block(text, report.FEWSHOT), "| setting | ProtoNet") == [
+        "| omniglot 5-way 1-shot | 96.53 ± 0.38 | 37.38 ± 0.64 | 600 | 800 | 2 min | AMD EPYC, 2 threads |"]
+    d = block(text, report.DISTILL)
+    assert table(d, "| setting | ours") == ["| mnist, fixed init, 10 images | 88.4 | 1 | 93.8 | -5.4 | 11.2 / 12.9 |"]
+    assert table(d, "| setting | outer steps") == [
+        "| mnist, fixed init, 10 images | 6000 / 6000 (100%) | 9 min | AMD EPYC, 2 threads |"]
+    assert table(d, "| setting | baselines") == ["| mnist, fixed init, 10 images | random real 40.1 ± 5.2 |"]
+    assert "Published: Wang et al. 2018." in block(text, "distill-runs")
+
+
 def test_ttt_table_cis_same_images_row_and_recipe(tmp_path, docs):
     res = tmp_path / "results" / "ttt"
     write(res.parent, make_ttt(n=10, ttt_n=4), sub="ttt")
@@ -492,6 +525,16 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
              "scaling_efficiency": 0.979},
             {"workload": "maml", "processes": 1, "meta_batch": 8, "episodes_per_s": 1.65, "speedup": 1.0,
              "scaling_efficiency": 1.0}]}))
+    (res / "threads_policy-abcdef12.json").write_text(json.dumps({
+        "kind": "metalearn-threads-policy", "schema": 1, "workload": "protonet_train", "command": "python x.py",
+        "git": {"commit": "abcdef12" * 5, "dirty": False}, "machine": MACHINE, "timestamp": "2026-12-01T09:41:37+0000",
+        "rows": [{"neighbour": "quiet", "threads": 1, "wait_policy": "ACTIVE", "ms": 180.0},
+                 {"neighbour": "quiet", "threads": 2, "wait_policy": "PASSIVE", "ms": 150.0}]}))
+    (res / "time_per_token_cpu.json").write_text(json.dumps({
+        "command": "python benchmarks/ttt_layers.py --time-only", "git": {"commit": "9" * 40, "dirty": False},
+        "machine": MACHINE, "settings": {"dim": 64, "time_batch": 4}, "tasks": {},
+        "time": {"ttt_linear": {"128": {"parallel_s_per_token": 4.78e-05, "step_s_per_token": 5.07e-04},
+                                "2048": {"parallel_s_per_token": 4.96e-05, "step_s_per_token": 5.28e-04}}}}))
     (res / "vmap_norm_check.json").write_text(json.dumps({"torch": "2.13.0+cpu", "rows": [
         {"model": "conv + nn.GroupNorm", "dtype": "float64", "inner_steps": 2, "rel_diff": 6.47e-16}]}))
     assert run_report(tmp_path, docs, "--no-plots") == 0
@@ -500,22 +543,25 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
         "| [5w1s-1step, 8 tasks](#speed-1) | vmap | 3617 | 1474 | 0.41× | 1.4e-03 |",
         "| [5w1s-1step, 8 tasks](#speed-1) | bf16 | CUDA only | 1474 | — | — |"]
     assert table(s, "| measurement | threads", links=True) == [
-        "| [protonet_train](#speed-2) | 1 | 515.0 | 130.0 | 3.96× | 161 | 32 |",
+        "| [protonet_train](#speed-2) | 1 | 515 | 130 | 3.96× | 161 | 32 |",
         "| [maml2_vmap](#speed-2) | 1 | — | — | error | — | — |"]
+    assert table(s, "| measurement | threads | OMP_WAIT_POLICY", links=True) == [
+        "| [quiet machine](#speed-3) | 1 | ACTIVE | 180 | 1.00× |", "| [quiet machine](#speed-3) | 2 | PASSIVE | 150 | 1.20× |"]
     assert table(s, "| measurement | processes", links=True) == [
-        "| [maml](#speed-3) | 1 | 8 | 1.65 | 1.00× | 100% |", "| [maml](#speed-3) | 2 | 8 | 3.24 | 1.96× | 98% |"]
+        "| [maml](#speed-4) | 1 | 8 | 1.65 | 1.00× | 100% |", "| [maml](#speed-4) | 2 | 8 | 3.24 | 1.96× | 98% |"]
     assert table(s, "| measurement | steps", links=True) == [
-        "| [protonet_omniglot_5w1s](#speed-4) | 1000 | 97.10 ± 0.30 | 97.00 ± 0.30 | yes / yes | 2.00× |"]
+        "| [protonet_omniglot_5w1s](#speed-5) | 1000 | 97.10 ± 0.30 | 97.00 ± 0.30 | yes / yes | 2.00× |"]
     assert table(s, "| measurement | images", links=True) == [
-        "| [ResNet-26 GN, 10 steps × 32](#speed-5) | 8 / 8 | 0.126 | 0.097 | 0.77× | 8/8 |"]
-    assert table(s, "| measurement | dtype", links=True) == ["| [conv + nn.GroupNorm](#speed-6) | float64 | 2 | 6.5e-16 |"]
+        "| [ResNet-26 GN, 10 steps × 32](#speed-6) | 8 / 8 | 0.126 | 0.097 | 0.77× | 8/8 |"]
+    assert table(s, "| measurement | T = 128", links=True) == ["| [ttt_linear](#speed-7) | 48 / 507 | 50 / 528 |"]
+    assert table(s, "| measurement | dtype", links=True) == ["| [conv + nn.GroupNorm](#speed-8) | float64 | 2 | 6.5e-16 |"]
     runs = block((docs / "results.md").read_text(), "speed-runs")
     assert ('<a id="speed-1"></a>**1.** `results/speed/maml_speed_cpu-551b716.json` · commit `551b716` · time not '
             "recorded · CPU (x86_64), 1 thread, torch 2.13.0+cpu. The command is rebuilt") in runs
     assert report.wrap_command("python benchmarks/maml_speed.py --device cpu --tasks 8 --repeats 3 --json runs/m.json"
                                ) in runs
     assert "**2.** `results/speed/cpu_throughput-abcdef12.json` · commit `abcdef12` · 2026-12-01 · AMD EPYC" in runs
-    assert ('<a id="speed-6"></a>**6.** `results/speed/vmap_norm_check.json`. This file records no command, commit or '
+    assert ('<a id="speed-8"></a>**8.** `results/speed/vmap_norm_check.json`. This file records no command, commit or '
             "machine (torch 2.13.0+cpu).\n") in runs
     assert "commit `dddddddd` (dirty)" in runs and "Recorded with it: Measured on a loaded machine." in runs
 
