@@ -10,6 +10,7 @@ difference).  Written to one JSON file with the command, the commit and the mach
     python benchmarks/ttt_tasks.py --steps 400 --batch-size 32 --depth 8 --images 200 \\
         --corruptions gaussian_noise,defocus_blur,fog --ttt-steps 3 --copies 8 --ttt-lr 0.01 \\
         --runs runs/ttt_tasks --out results/ttt_tasks/cifar10c_l5_cpu.json
+    python benchmarks/ttt_tasks.py ... --ttt-lr 0.1 --eval-only --out FILE   # the same runs, other TTT settings
     python benchmarks/ttt_tasks.py --report results/ttt_tasks/cifar10c_l5_cpu.json   # the table again
 """
 from __future__ import annotations
@@ -86,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs", default="runs/ttt_tasks", help="run directories (one per task; reused when complete)")
     p.add_argument("--out", default="results/ttt_tasks/cifar10c_l5_cpu.json")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--eval-only", action="store_true",
+                   help="evaluate the finished runs in --runs (other test-time settings), without training")
     p.add_argument("--report", default=None, metavar="FILE", help="print the table of an existing results file")
     args = p.parse_args(argv)
     if args.report:
@@ -140,6 +143,17 @@ def main(argv: list[str] | None = None) -> int:
             continue
         cfg = load_ttt_config(args.config, [*common, f"ssl.task={task}"])
         run_dir = Path(args.runs) / task
+        if args.eval_only and "train" not in entry:
+            from metalearn.ttt.train import load_model
+            if not (run_dir / "last.pt").is_file():
+                p.error(f"--eval-only: {run_dir / 'last.pt'} does not exist; train the runs first")
+            _, ck = load_model(run_dir / "last.pt")
+            if ck["step"] != args.steps:
+                p.error(f"--eval-only: {run_dir} was trained for {ck['step']} steps, not --steps {args.steps}")
+            lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+            entry["train"] = {"steps": ck["step"], "batch_size": args.batch_size, "run_dir": str(run_dir),
+                              "reused": True, "cpu_s": 0.0, "last": json.loads(lines[-1]) if lines else {},
+                              "ssl": cfg.ssl.make().settings()}
         if "train" not in entry:
             t0 = time.process_time()
             state = train_run(cfg, run_dir, device="cpu",
