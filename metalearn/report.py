@@ -1590,7 +1590,7 @@ def render_history(entries: list[Entry], chosen: set[int]) -> str:
             body = []
             for e in group:
                 numbered.append(e)
-                budget = f"{e.steps} iterations" if fam == LSTM else _budget_cell(e)
+                budget = (("—" if e.steps is None else f"{e.steps} iterations") if fam == LSTM else _budget_cell(e))
                 written = e.when[:16].replace("T", " ") or "not recorded"
                 body.append([f"[{written}](#h-{fam}-{len(numbered)})", _ours(e), _n(e), budget,
                              fmt_duration(e.train_s), "summary" if id(e) in chosen else "superseded"])
