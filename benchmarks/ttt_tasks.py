@@ -109,12 +109,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, key) < 1:
             p.error(f"--{key.replace('_', '-')}: expected >= 1, got {getattr(args, key)}")
     torch.set_num_threads(args.threads)
+    adapt = [f"ttt.steps={args.ttt_steps}", f"ttt.online_steps={args.online_steps}", f"ttt.copies={args.copies}",
+             f"ttt.lr={args.ttt_lr}", f"ttt.chunk_size={args.chunk_size}"]
     common = [f"model.depth={args.depth}", f"train.max_steps={args.steps}", f"train.batch_size={args.batch_size}",
               f"train.lr={args.lr}", "train.log_every=25", f"train.checkpoint_every={args.steps}",
-              "data.device=cpu", f"ttt.steps={args.ttt_steps}", f"ttt.online_steps={args.online_steps}",
-              f"ttt.copies={args.copies}", f"ttt.lr={args.ttt_lr}", f"ttt.chunk_size={args.chunk_size}"]
+              "data.device=cpu", *adapt]
+    # the test-time settings are passed to the evaluation too: a run's config.yaml holds those it was trained with
     evals = [f"eval.images={args.images}", f"eval.corruptions=clean,{args.corruptions}",
-             f"eval.severity={args.severity}", "eval.methods=" + ",".join(METHODS), "eval.ttt_images=0"]
+             f"eval.severity={args.severity}", "eval.methods=" + ",".join(METHODS), "eval.ttt_images=0", *adapt]
     out = Path(args.out)
     res = {"command": "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
            "git": git_state(), "machine": machine_info("cpu"),
@@ -183,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 wrong_s = [p != y for n in corrupted for p, y in zip(sets[n]["source"]["pred"], labels)]
                 mean[m] = {"error": 100 * sum(wrong_m) / len(wrong_m), "vs_source": paired(wrong_m, wrong_s)}
         entry["eval"] = {"cpu_s": time.process_time() - t0, "checkpoint_step": ev["step"], "sets": sets,
-                         "mean_corrupted": mean}
+                         "mean_corrupted": mean, "ttt": ev["config"]["ttt"]}   # the settings evaluate_run used
         res["labels"] = labels
         save()
     res["cpu_s_total"] = sum(t.get("train", {}).get("cpu_s", 0) + t.get("eval", {}).get("cpu_s", 0)
