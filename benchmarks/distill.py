@@ -44,6 +44,7 @@ def main() -> None:
     cfg = load_distill_config(args.config, args.set)
     torch.set_num_threads(max(cfg.threads, 1))
     name = args.name or Path(args.config).stem
+    git = git_state()                      # the commit of the code that runs (not of the tree at the end)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     data = load_data(cfg)
     res = distill(cfg, args.out, resume=args.resume, data=data)
@@ -60,7 +61,7 @@ def main() -> None:
                       title=f"baseline: {key} ({cfg.total_images} images)")
         res["baselines"] = b
     res.update({"name": name, "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-                **git_state(), "machine": machine_info("cpu"),
+                **git, "machine": machine_info("cpu"),
                 "published": PUBLISHED.get((cfg.init, cfg.total_images)),
                 "process_cpu_s": round(time.process_time() - cpu0, 1),
                 "process_wall_s": round(time.perf_counter() - wall0, 1)})

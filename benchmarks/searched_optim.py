@@ -8,7 +8,7 @@ Families (each run writes results/searched_optim/<family>.json and docs/img/sear
   tuning optimisees; every optimizer then runs on the same 100 test optimisees; loss after the horizon as
   mean ± 1.96·std/√n, and paired differences. The LSTM row of docs/img/lstm_<family>.json (its own run) is
   quoted next to ours when that file is there.
-* ``cifar10``: a small CNN (conv 8-16-32, 3x3, ReLU, max-pool; 23 k parameters) trained from scratch for a fixed
+* ``cifar10``: a small CNN (conv 8-16-32, 3x3, ReLU, max-pool; 11 k parameters) trained from scratch for a fixed
   short budget (300 steps of batch 64, no augmentation) on CIFAR-10 train images 0-44999; each optimizer's lr
   is chosen from a 3-point grid (extended while the best is at an edge) by validation accuracy (images
   45000-49999, 2000 of them) at seed 0; test accuracy (10000 test images) over seeds 1..S at that lr,
@@ -18,6 +18,8 @@ Families (each run writes results/searched_optim/<family>.json and docs/img/sear
     METALEARN_DATA=../shared/data python benchmarks/searched_optim.py mnist
     METALEARN_DATA=../shared/data python benchmarks/searched_optim.py cifar10 --seeds 3
     ... --smoke                                             # seconds: a check that it runs
+    python benchmarks/searched_optim.py table results/searched_optim/mnist.json     # the docs table
+    python benchmarks/searched_optim.py plot results/searched_optim/mnist.json docs/img/searched_mnist.png
 """
 from __future__ import annotations
 
@@ -247,7 +249,15 @@ def plot(res: dict, path: Path, family: str) -> None:
     if ref:
         ax.plot(range(len(ref["LSTM_curve_mean"])), ref["LSTM_curve_mean"], color="black", lw=1.0, ls=":",
                 label=f"LSTM ({ref['file']})")
-    ax.set_yscale("log")
+    if family == "cifar10":
+        ax.set_ylim(top=2.45)
+    else:
+        ax.set_yscale("log")
+        first = max(rec[key][0] for rec in res["optimizers"].values())
+        top = 30 * first                    # a run that blows up mid-way would hide the others: clip the axis
+        if any(max(c for c in rec[key] if math.isfinite(c)) > top for rec in res["optimizers"].values()):
+            ax.set_ylim(top=top)
+            ax.text(0.01, 0.99, f"clipped at {top:.3g}", transform=ax.transAxes, va="top", fontsize=7)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss (running mean of 20)" if family == "cifar10" else "loss (mean over test optimisees)")
     n = f"{len(res['seeds'])} seeds" if family == "cifar10" else f"n={res['test_optimisees']}"
@@ -300,6 +310,10 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "table":
         print(markdown(Path(sys.argv[2])))
         return
+    if len(sys.argv) == 4 and sys.argv[1] == "plot":          # redraw a result JSON's plot: plot JSON PNG
+        rec = json.loads(Path(sys.argv[2]).read_text())
+        plot(rec["result"], Path(sys.argv[3]), rec["family"])
+        return
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("family", choices=["quadratic", "mnist", "cifar10"])
     p.add_argument("--decays", default=None,
@@ -327,11 +341,12 @@ def main() -> None:
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')}: expected an integer >= 1, got {getattr(args, name)}")
     torch.set_num_threads(args.threads)
+    git = git_state()                      # the commit of the code that runs (not of the tree at the end)
     c0, w0 = time.process_time(), time.perf_counter()
     res = cifar_family(args) if args.family == "cifar10" else optimisee_family(args)
     tag = args.family + ("_smoke" if args.smoke else "")
     record = {"family": args.family, "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
-              **git_state(), "machine": machine_info("cpu"), "cpu_s": round(time.process_time() - c0, 1),
+              **git, "machine": machine_info("cpu"), "cpu_s": round(time.process_time() - c0, 1),
               "wall_s": round(time.perf_counter() - w0, 1), "result": res}
     path = write_json(record, Path(args.results) / f"{tag}.json")
     plot(res, Path(args.img) / f"searched_{tag}.png", args.family)

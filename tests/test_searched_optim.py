@@ -229,3 +229,25 @@ def test_in_the_benchmark_tables():
     assert losses.shape == (21, 3) and bool((losses[-1] < losses[0]).all())
     with pytest.raises(ValueError, match="name"):
         tune_lr("PowerSign-ld", batch, 20, grid=(1e-3,), log=None)     # not in the default table
+
+
+def test_benchmark_script_smoke(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    script = root / "benchmarks" / "searched_optim.py"
+    proc = subprocess.run([sys.executable, str(script), "quadratic", "--smoke", "--results", str(tmp_path),
+                           "--img", str(tmp_path)], capture_output=True, text=True, timeout=900, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    import json
+    rec = json.loads((tmp_path / "quadratic_smoke.json").read_text())
+    assert rec["family"] == "quadratic" and rec["command"].startswith("python") and "machine" in rec
+    assert {"SGD", "Adam", "PowerSign", "AddSign-ld", "AddSign-rd"} <= set(rec["result"]["optimizers"])
+    assert (tmp_path / "searched_quadratic_smoke.png").is_file()
+    table = subprocess.run([sys.executable, str(script), "table", str(tmp_path / "quadratic_smoke.json")],
+                           capture_output=True, text=True, timeout=600, cwd=root).stdout
+    assert "| PowerSign |" in table and "Paired on the same optimisees" in table
+    bad = subprocess.run([sys.executable, str(script), "quadratic", "--decays", "xd"], capture_output=True,
+                         text=True, timeout=600, cwd=root)
+    assert bad.returncode == 2 and "--decays" in bad.stderr

@@ -2,14 +2,16 @@
 ``metalearn.config`` (unknown keys and wrong types are errors that name the key; ``--set key=value``
 overrides one value).
 
-Example (``tasks/distill/mnist_fixed_10.yaml``)::
+A task file (``tasks/distill/mnist_fixed_10.yaml``, shortened):
 
-    dataset: mnist
-    init: fixed            # fixed | random (a fresh initialisation per outer step)
-    images_per_class: 1    # per distilled batch
-    steps: 1               # distilled batches = inner GD steps per epoch
-    epochs: 3              # passes over the batches (steps * epochs step sizes are learned)
-    outer_steps: 3000
+```yaml
+dataset: mnist
+init: fixed            # fixed | random (a fresh initialisation per outer step)
+images_per_class: 1    # per distilled batch
+steps: 1               # distilled batches = inner GD steps per epoch
+epochs: 3              # passes over the batches (steps * epochs step sizes are learned)
+outer_steps: 6000
+```
 """
 from __future__ import annotations
 
@@ -29,7 +31,35 @@ RESUME_FREE = ("outer_steps", "eval_every", "checkpoint_every", "eval_models", "
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Settings of one distillation run (defaults: the reference code's, at a CPU-sized budget)."""
+    """Settings of one distillation run (Wang et al. 2018; defaults follow the authors' code where it has one).
+
+    Attributes:
+        dataset: ``mnist`` (LeNet on 28x28 digits).
+        data_root: folder holding ``mnist/mnist.npz`` (default ``$METALEARN_DATA``).
+        arch: ``lenet``.
+        init: ``fixed`` (one known initialisation, drawn from ``seed``) or ``random`` (a fresh initialisation
+            every outer step; scored on ``eval_models`` held-out ones).
+        init_scheme: ``xavier`` (Glorot normal weights, zero biases) or ``default`` (PyTorch's).
+        images_per_class: distilled images of each class in one batch.
+        steps: distilled batches, i.e. inner GD steps per epoch.
+        epochs: passes over the batches; ``steps * epochs`` step sizes are learned.
+        distill_lr: initial value of every step size.
+        outer_steps: Adam steps on the distilled set (may grow on ``--resume``).
+        outer_lr: Adam's learning rate.
+        outer_beta1: Adam's first beta (the second is 0.999).
+        outer_lr_decay: factor applied to ``outer_lr`` every ``outer_lr_decay_every`` steps.
+        outer_lr_decay_every: steps between decays (0: a constant outer lr).
+        batch_size: real training images per outer step.
+        inits_per_step: random init: initialisations averaged per outer step.
+        eval_every: outer steps between validation scores (each writes ``last.pt``).
+        checkpoint_every: extra ``last.pt`` writes every N steps (0: only at evaluations).
+        eval_models: random init: held-out initialisations per evaluation.
+        val_images: training images held out (from the end) for validation and the baselines' lr tuning.
+        baseline_draws: independent draws of the random-real-image baseline.
+        baseline_lrs: comma-separated constant step sizes tried for the baselines.
+        seed: seeds the distilled images, the fixed initialisation, the batches and the random inits.
+        threads: torch CPU threads (0: torch's default).
+    """
 
     dataset: str = "mnist"
     data_root: str | None = None         # default $METALEARN_DATA

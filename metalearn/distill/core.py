@@ -12,7 +12,7 @@ and the distilled set is learned by minimising the loss of the trained network `
 (second order: the inner gradients stay on the autograd graph). With a fixed ``θ_0`` the set is learned for
 that initialisation; with a fresh ``θ_0 ~ p(θ_0)`` per outer step it must work for unseen initialisations.
 
-Step sizes are stored unconstrained: ``η̃ = softplus(raw)`` (:func:`step_lrs`), so they stay positive.
+Step sizes are stored unconstrained: ``η̃ = softplus(raw)`` (`step_lrs`), so they stay positive.
 
 The inner loop runs on the functional core (``metalearn.functional.call`` with ``torch.func.grad``, as in
 ``metalearn.inner.adapt``); nothing here mutates its inputs.

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from metalearn.checks import ArgumentError, check_choice, check_int
 from metalearn.types import Params
 
-#: initialisation schemes of :func:`init_params`
+#: initialisation schemes of `init_params`
 INITS = ("xavier", "default")
 
 

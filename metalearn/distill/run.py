@@ -8,7 +8,7 @@ A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line pe
 
 Data (MNIST): the last ``val_images`` training images are the validation split (the learning curve, the
 baselines' step-size tuning); distillation and the baselines draw from the others; accuracies at the end are
-on the 10000 test images.
+on the test split (all of it: the project's shared copy holds the first 3000 official MNIST test images).
 """
 from __future__ import annotations
 
@@ -227,6 +227,7 @@ def distill(cfg: DistillConfig, out: str | Path | None = None, *, resume: bool =
     untrained = [accuracy(model, p, data.test_x, data.test_y) for p in test_inits]
     trained = score(cfg, model, test_inits, images.detach(), lrs, data.test_x, data.test_y)
     result["test"] = {"untrained": _summary(untrained), "distilled": _summary(trained)}
+    result["test_images"] = int(data.test_x.shape[0])
     say(f"test accuracy: {_fmt(result['test']['untrained'])} untrained -> {_fmt(result['test']['distilled'])} "
         f"after {n_inner} steps on the {cfg.total_images} distilled images")
     if out is not None:
@@ -301,7 +302,7 @@ def baselines(cfg: DistillConfig, data: DistillData | None = None,
               log: Callable[[str], None] | None = print) -> dict:
     """The paper's baselines on the distilled set's budget: the same number of images, the same inits and the
     same ``steps * epochs`` GD steps, with one constant step size tuned on the validation split over
-    ``baseline_lrs`` (the lr with the best mean validation accuracy). Test accuracy as in :func:`distill`."""
+    ``baseline_lrs`` (the lr with the best mean validation accuracy). Test accuracy as in `distill`."""
     say = log or (lambda s: None)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -366,9 +367,10 @@ def save_grid(images: Tensor, lrs: Tensor | None, cfg: DistillConfig, path: str 
                     ax.set_title(str(c), fontsize=9)
         if lrs is not None:
             etas = [float(lrs[e * steps + s]) for e in range(cfg.epochs)]
-            axes[s * ipc][0].set_ylabel("η " + ", ".join(f"{v:.3g}" for v in etas), fontsize=6)
-    fig.suptitle(title or f"{cfg.total_images} distilled MNIST images ({cfg.init} init, {steps} step(s) x "
-                          f"{cfg.epochs} epochs)", fontsize=9)
+            axes[s * ipc][0].set_ylabel("η " + ", ".join(f"{v:.3g}" for v in etas), fontsize=7)
+    fig.suptitle(title or f"{cfg.total_images} distilled MNIST images ({cfg.init} init, {steps} batch"
+                          f"{'es' if steps > 1 else ''} x {cfg.epochs} epochs; η: the step sizes of each batch)",
+                 fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

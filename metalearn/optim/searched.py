@@ -29,7 +29,7 @@ Two interfaces share the same math:
   ``params, state = rule.update(params, grads, state)`` (new dicts, inputs never mutated; written for one task,
   so it runs under ``torch.func.vmap``). ``adapt_stateful`` is ``metalearn.inner.adapt`` for such rules.
 
-Example:
+Examples:
     >>> import torch
     >>> from metalearn.optim.searched import PowerSign
     >>> w = torch.nn.Parameter(torch.tensor([1.0]))
@@ -77,10 +77,11 @@ def sign_decay(decay: str, t: int | float | Tensor, total_steps: int | None = No
 
     ``t``: steps taken so far (0 for the first update); a tensor works elementwise and under autograd/vmap.
 
-    >>> [round(float(sign_decay("linear", t, 10)), 2) for t in (0, 5, 10, 20)]
-    [1.0, 0.5, 0.0, 0.0]
-    >>> [round(float(sign_decay("restart", t, 8, periods=2)), 3) for t in (0, 2, 4, 6)]
-    [1.0, 0.5, 1.0, 0.5]
+    Examples:
+        >>> [round(float(sign_decay("linear", t, 10)), 2) for t in (0, 5, 10, 20)]
+        [1.0, 0.5, 0.0, 0.0]
+        >>> [round(float(sign_decay("restart", t, 8, periods=2)), 3) for t in (0, 2, 4, 6)]
+        [1.0, 0.5, 1.0, 0.5]
     """
     decay, T, n = _check_decay(decay, total_steps, periods)
     t = torch.as_tensor(t, dtype=torch.float64)
@@ -227,7 +228,7 @@ def powersign_rule(lr: float, beta: float = 0.9, alpha: float = math.e, decay: s
                    total_steps: int | None = None, periods: float | None = None) -> StatefulRule:
     """PowerSign as a functional rule (the math of ``PowerSign``; arguments the same).
 
-    Example:
+    Examples:
         >>> rule = powersign_rule(0.1)
         >>> p = {"w": torch.tensor([1.0])}
         >>> state = rule.init(p)
