@@ -29,7 +29,6 @@ import ctypes
 import ctypes.util
 import os
 import sys
-from typing import Iterator
 
 import torch
 from torch import nn
@@ -208,15 +207,3 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     for p in folded.parameters():
         p.requires_grad_(False)
     return folded
-
-
-@contextlib.contextmanager
-def precision_of(learner: nn.Module, precision: str) -> Iterator[None]:
-    """Temporarily set ``learner.precision`` (a [`metalearn.Learner`][metalearn.learners.base.Learner]) to
-    ``precision``."""
-    old = getattr(learner, "precision", "fp32")
-    learner.precision = precision
-    try:
-        yield
-    finally:
-        learner.precision = old
