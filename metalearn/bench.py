@@ -544,12 +544,14 @@ def execute_from(plan: PlannedRun, model_dir: Path, *, progress: bool, git: dict
     return result
 
 
-def _describe(i: int, n: int, plan: PlannedRun) -> str:
+def _describe(i: int, n: int, plan: PlannedRun, model_from: str | os.PathLike | None = None) -> str:
     head = f"[{i}/{n}] {plan.name} (config {plan.config_hash})"
     if plan.status == "done":
         return f"{head}: skipped, {plan.existing} exists for this config hash and commit"
     if plan.status == "duplicate":
         return f"{head}: skipped, the same config appears earlier in the suite"
+    if model_from is not None:
+        return f"{head}: evaluate the model of {model_from} (nothing is trained)"
     if plan.status == "resume":
         at = f" from step {plan.resume_step}" if plan.resume_step is not None else ""
         return f"{head}: resume{at} in {plan.run_dir}"
@@ -586,14 +588,14 @@ def run_suite(suite: str, *, out_root: str | os.PathLike = "runs/bench", results
           + (" (dry run)" if dry_run else ""), flush=True)
     if dry_run:
         for i, plan in enumerate(plans, 1):
-            print(_describe(i, n, plan))
-            if plan.status in ("new", "resume"):
+            print(_describe(i, n, plan, model_from))
+            if plan.status in ("new", "resume") and model_from is None:
                 print(f"    {plan.train_command()}" + (" --resume" if plan.status == "resume" else ""))
         return 0
     t0 = time.perf_counter()
     done = 0
     for i, plan in enumerate(plans, 1):
-        print(_describe(i, n, plan), flush=True)
+        print(_describe(i, n, plan, model_from), flush=True)
         if plan.status in ("done", "duplicate"):
             continue
         try:

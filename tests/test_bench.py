@@ -269,6 +269,8 @@ def test_model_from_evaluates_another_runs_model_as_this_tasks_row(tmp_path, com
     other.write_text(DIGITS.read_text().replace("name: protonet_digits_5w5s", "name: protonet_digits_5w1s"))
     capsys.readouterr()
     assert main(bench_args(tmp_path, other, "--set", "eval.shots=1", "--model-from", str(run))) == 0
+    out = capsys.readouterr().out
+    assert f"evaluate the model of {run}" in out and "train in" not in out
     new = [json.loads(p.read_text()) for p in results(tmp_path) if "5w1s" in p.name]
     assert len(new) == 1
     res = new[0]
