@@ -1,7 +1,9 @@
 """The CPU engine: allocator setting, precision policy, channels-last weights, folded BatchNorm for inference."""
+import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,6 +19,8 @@ from metalearn.learners.siamese import Siamese
 from metalearn.nn import Conv4
 from metalearn.train.evaluator import evaluate
 from metalearn.types import Episode
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def episode(ways=5, shots=1, queries=3, batch=None, seed=0, size=28):
@@ -188,3 +192,21 @@ def test_trainer_sets_the_policy_and_maml_stays_fp32(tmp_path):
     mm = MAML(MamlConv4(1, 3, hidden=4, pool="stride"), 3)
     train(mm, EpisodeSampler(data, 3, 1, 1, batch_size=2, seed=0), cfg, tmp_path / "mm", progress=False)
     assert mm.precision == "fp32"
+
+
+def test_maml_variants_benchmark_smoke(tmp_path):
+    """benchmarks/maml_variants.py --quick: every variant's meta-gradient matches the float64 loop."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("maml_variants", ROOT / "benchmarks" / "maml_variants.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--quick", "--tasks", "2", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("maml_variants_1t-*.json")
+    res = json.loads(path.read_text())
+    rows = {r["variant"]: r for r in res["rows"]}
+    assert set(rows) == set(mod.VARIANTS)
+    assert rows["loop_nchw"]["speedup_vs_loop_nchw"] == 1.0
+    for name, r in rows.items():
+        assert r["meta_grad_rel_err_vs_fp64"] < 1e-3, name
+        assert len(r["samples_ms"]) == 2 and r["ms"] > 0
+    assert res["command"].startswith("python benchmarks/maml_variants.py") and res["profiles"] == {}
