@@ -57,9 +57,21 @@ KOCH = AffineRanges()
 
 def affine_matrices(n: int, ranges: AffineRanges = KOCH, size: tuple[int, int] = (105, 105), *,
                     generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
-    """``n`` random 2x3 matrices in ``F.affine_grid``'s normalised coordinates -> (n, 2, 3), on the generator's
-    device.  A = R(theta) @ Shear(rho_x, rho_y) @ Scale(s_x, s_y), plus translation; each component is the
-    identity with probability 1 - ``ranges.p``.  ``size`` = (H, W) converts pixel translations."""
+    """``n`` random 2x3 matrices in ``F.affine_grid``'s normalised coordinates, on the generator's device.
+
+    A = R(theta) @ Shear(rho_x, rho_y) @ Scale(s_x, s_y), plus translation; each component is the identity with
+    probability 1 - ``ranges.p``.
+
+    Args:
+        n: The number of matrices.
+        ranges: The ranges of the distortions.
+        size: (H, W) of the images; converts pixel translations.
+        generator: The generator of the draws (default: the global CPU one).
+        dtype: The dtype of the matrices.
+
+    Returns:
+        (n, 2, 3) matrices.
+    """
     dev = generator.device if generator is not None else torch.device("cpu")
     u = torch.rand(n, 7, generator=generator, device=dev, dtype=dtype)          # the parameters
     on = torch.rand(n, 4, generator=generator, device=dev, dtype=dtype) < ranges.p  # rot, shear, scale, shift
@@ -80,8 +92,16 @@ def affine_matrices(n: int, ranges: AffineRanges = KOCH, size: tuple[int, int] =
 
 
 def warp(x: Tensor, matrices: Tensor, fill: float | None = None) -> Tensor:
-    """Apply 2x3 ``matrices`` (M, 2, 3) to images x (M, C, H, W) (output pixel p samples the input at A p + t,
-    normalised coordinates).  Outside the image: ``fill`` if given, else the nearest border pixel."""
+    """Apply 2x3 matrices to images: output pixel p samples the input at A p + t (normalised coordinates).
+
+    Args:
+        x: (M, C, H, W) images.
+        matrices: (M, 2, 3) matrices.
+        fill: The value outside the image (None: the nearest border pixel).
+
+    Raises:
+        ValueError: Shapes other than (M, C, H, W) and (M, 2, 3).
+    """
     if x.dim() != 4 or matrices.shape != (x.shape[0], 2, 3):
         raise ValueError(f"x, matrices: expected (M, C, H, W) and (M, 2, 3), got {tuple(x.shape)} and "
                          f"{tuple(matrices.shape)}")
@@ -95,8 +115,17 @@ def random_affine(x: Tensor, ranges: AffineRanges = KOCH, *, generator: torch.Ge
                   fill: float | None = None) -> Tensor:
     """Koch's random affine distortion of every image in x (..., C, H, W) -> a new tensor of the same shape.
 
-    The parameters are drawn with ``generator`` (on its own device, default CPU: a few numbers per image) and
-    moved to x's device; the warp runs where x lives.  x is not modified.
+    The warp runs where x lives.  x is not modified.
+
+    Args:
+        x: (..., C, H, W) images.
+        ranges: The ranges of the distortions.
+        generator: The generator the parameters are drawn with, on its own device (default CPU: a few numbers per
+            image); they are moved to x's device.
+        fill: The value outside the image (None: the nearest border pixel).
+
+    Raises:
+        ValueError: ``x`` has fewer than 4 dimensions.
 
     Examples:
         >>> g = torch.Generator().manual_seed(0)

@@ -274,9 +274,24 @@ def result_index(results_dir: Path) -> tuple[dict[tuple[str, str], Path], list[s
 
 def plan_suite(entries: list[SuiteEntry], overrides: list[str], out_root: Path, results_dir: Path,
                commit: str | None) -> tuple[list[PlannedRun], list[str]]:
-    """Load every task config (so a bad one stops the suite before anything trains) and decide per run:
-    ``done`` (a result exists for this hash and commit), ``duplicate`` (same config earlier in the suite),
-    ``resume`` (an unfinished run directory) or ``new``."""
+    """Load every task config (so a bad one stops the suite before anything trains) and decide what each run does.
+
+    A run is ``done`` (a result exists for this hash and commit), ``duplicate`` (same config earlier in the
+    suite), ``resume`` (an unfinished run directory) or ``new``.
+
+    Args:
+        entries: The suite's tasks.
+        overrides: ``key=value`` overrides for every task (after the suite's own).
+        out_root: The folder of the run directories.
+        results_dir: The folder of the result files.
+        commit: The current git commit (None: no result counts as done).
+
+    Returns:
+        The planned runs, and one note per result file left out.
+
+    Raises:
+        ConfigError: A task config does not load (the message names the suite entry).
+    """
     index, notes = result_index(results_dir)
     tag = commit[:8] if commit else "nocommit"
     plans, seen = [], {}
@@ -358,9 +373,15 @@ def _round(x: float, digits: int = 5) -> float | None:
 
 
 def read_curve(run_dir: Path, points: int = CURVE_POINTS) -> dict:
-    """The compact training curve of a run directory's metrics.jsonl: columns ``step``, ``loss``,
-    ``train_accuracy`` (thinned to at most ``points`` rows, the last row always kept) and ``val_step``,
-    ``val_accuracy`` (every validation)."""
+    """The compact training curve of a run directory's metrics.jsonl.
+
+    Columns ``step``, ``loss``, ``train_accuracy`` (thinned to at most ``points`` rows, the last row always
+    kept) and ``val_step``, ``val_accuracy`` (every validation).
+
+    Args:
+        run_dir: The run directory.
+        points: The most training rows kept.
+    """
     train, val = [], []
     path = run_dir / "metrics.jsonl"
     if path.is_file():
@@ -493,6 +514,20 @@ def execute_from(plan: PlannedRun, model_dir: Path, *, progress: bool, git: dict
     ``reference``, ...): one trained model serving several rows, as the papers report them. The result is this
     task's own file and records ``model_from``: the run directory and the task whose validation picked the
     checkpoint.
+
+    Args:
+        plan: This task's planned run.
+        model_dir: The finished run directory whose model is evaluated.
+        progress: Show progress bars.
+        git: The repository's commit and dirty flag, recorded in the result.
+        command: The command line, recorded in the result.
+        suite: The suite file, recorded in the result.
+
+    Returns:
+        The result (also written to the plan's result file).
+
+    Raises:
+        ConfigError: ``model_dir`` is not a finished run directory, or its config differs from this task's.
     """
     import torch
 
@@ -563,8 +598,17 @@ def run_suite(suite: str, *, out_root: str | os.PathLike = "runs/bench", results
               tensorboard: bool = False, command: str = "", model_from: str | os.PathLike | None = None) -> int:
     """``metalearn bench``: returns the exit code (0 done, 130 interrupted by Ctrl-C).
 
-    model_from: a finished run directory whose model every task of the suite evaluates instead of training
-    its own (`execute_from`).
+    Args:
+        suite: The suite file.
+        out_root: The folder of the run directories.
+        results: The folder of the result files.
+        overrides: ``key=value`` overrides for every task.
+        dry_run: Print the plan and the training commands; run nothing.
+        progress: Show progress bars.
+        tensorboard: Write TensorBoard logs.
+        command: The command line, recorded in each result.
+        model_from: A finished run directory whose model every task of the suite evaluates instead of training
+            its own (`execute_from`).
     """
     from metalearn import distributed
     out_root, results_dir = Path(out_root), Path(results)

@@ -50,8 +50,16 @@ def check_episode_fit(data: ClassImages, where: str, ways: tuple[str, int], shot
                       queries: tuple[str, int]) -> None:
     """ConfigError naming the setting when episodes of (ways, shots, queries) cannot be drawn from ``data``.
 
-    Each argument is ``(name, value)``, e.g. ``("eval.ways", 2000)``; ``where`` says which split it is
-    ("the test split of omniglot")."""
+    Args:
+        data: The split's images.
+        where: Which split it is ("the test split of omniglot").
+        ways: ``(name, value)`` of the setting, e.g. ``("eval.ways", 2000)``.
+        shots: ``(name, value)`` of the setting.
+        queries: ``(name, value)`` of the setting.
+
+    Raises:
+        ConfigError: More ways than classes, or more shots + queries than the smallest class has images.
+    """
     (wk, w), (sk, k), (qk, q) = ways, shots, queries
     if w > data.num_classes:
         raise ConfigError(f"{wk}={w} but {where} has only {data.num_classes} classes")
@@ -63,9 +71,18 @@ def check_episode_fit(data: ClassImages, where: str, ways: tuple[str, int], shot
 
 
 def check_splits(cfg: TaskConfig, splits: list[tuple[str, str]]) -> None:
-    """Check, before any training, that every split a run will draw episodes from fits the episodes asked of it:
-    ``splits`` pairs a split with the config section whose ways/shots/queries it serves (``[("train", "train"),
-    ("val", "eval"), ("test", "eval")]``). Splits the dataset does not have are left out."""
+    """Check, before any training, that every split a run will draw episodes from fits the episodes asked of it.
+
+    Splits the dataset does not have are left out.
+
+    Args:
+        cfg: The task config.
+        splits: Pairs of a split and the config section whose ways/shots/queries it serves (``[("train",
+            "train"), ("val", "eval"), ("test", "eval")]``).
+
+    Raises:
+        ConfigError: An unknown dataset, or a split the episodes do not fit.
+    """
     if cfg.dataset not in DATASETS:
         raise ConfigError(f"dataset: unknown {cfg.dataset!r}; expected one of {sorted(DATASETS)}")
     for split, section in dict.fromkeys(splits):

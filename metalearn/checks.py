@@ -25,8 +25,17 @@ class ArgumentError(ValueError, TypeError):
 
 
 def check_int(name: str, value: object, minimum: int | None = None, maximum: int | None = None) -> int:
-    """``value`` as a Python int (Python, numpy and 0-d integer tensor ints; not bool, not float), in
-    ``[minimum, maximum]``."""
+    """``value`` as a Python int (Python, numpy and 0-d integer tensor ints; not bool, not float).
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        minimum: The smallest value allowed (None: no bound).
+        maximum: The largest value allowed (None: no bound).
+
+    Raises:
+        ArgumentError: Not an integer, or outside ``[minimum, maximum]``.
+    """
     if isinstance(value, bool) or isinstance(value, float) or (isinstance(value, torch.Tensor)
                                                               and value.is_floating_point()):
         raise ArgumentError(f"{name}: expected an integer, got {value!r}")
@@ -43,8 +52,19 @@ def check_int(name: str, value: object, minimum: int | None = None, maximum: int
 
 def check_float(name: str, value: object, minimum: float | None = None, maximum: float | None = None, *,
                 strict: bool = False, finite: bool = True) -> float:
-    """``value`` as a Python float (any real number; not bool, not a string), finite unless ``finite=False``,
-    ``>= minimum`` (``> minimum`` with ``strict``) and ``<= maximum``."""
+    """``value`` as a Python float (any real number; not bool, not a string).
+
+    Args:
+        name: The argument's name, for the message.
+        value: The value to check.
+        minimum: The smallest value allowed (None: no bound).
+        maximum: The largest value allowed (None: no bound).
+        strict: ``> minimum`` instead of ``>= minimum``.
+        finite: Refuse infinities (NaN is always refused).
+
+    Raises:
+        ArgumentError: Not a real number, NaN, infinite (with ``finite``), or out of range.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise ArgumentError(f"{name}: expected a number, got {value!r} ({type(value).__name__})")
     number = float(value)
@@ -78,8 +98,16 @@ def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
 
 
 def check_device(name: str, value: object) -> torch.device:
-    """A device spec -> ``torch.device``: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
-    ``"cuda:N"`` or a ``torch.device``; CUDA only when it is available, and N below the number of GPUs."""
+    """A device spec -> ``torch.device``.
+
+    Args:
+        name: The argument's name, for the message.
+        value: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
+            ``torch.device``.
+
+    Raises:
+        ArgumentError: Another spec, CUDA when it is not available, or N not below the number of GPUs.
+    """
     if isinstance(value, torch.device):
         spec = str(value)
     elif isinstance(value, str):

@@ -73,7 +73,18 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _episode_sampler(cfg: TaskConfig, split: str, ways: int, shots: int, queries: int, batch: int, seed: int,
                      keys: tuple[str, str, str] = ("ways", "shots", "queries")):
-    """A sampler of ``split``; ``keys`` name the settings ways/shots/queries came from (for messages)."""
+    """A sampler of ``split``, checked against the episodes asked of it; None when the dataset has no such split.
+
+    Args:
+        cfg: The task config.
+        split: The split.
+        ways: Classes per episode.
+        shots: Support images per class.
+        queries: Query images per class.
+        batch: Tasks per call.
+        seed: The sampler's seed.
+        keys: The names of the settings ways/shots/queries came from (for messages).
+    """
     from metalearn.builders import check_episode_fit, load_split
     from metalearn.episodes import EpisodeSampler
     data = load_split(cfg, split)
@@ -295,9 +306,26 @@ def evaluate_run(path: str | Path, ways: int | None = None, shots: int | None = 
 def evaluate_pretrained(name: str, ways: int | None = None, shots: int | None = None, queries: int | None = None,
                         episodes: int | None = None, split: str | None = None, progress: bool = False,
                         data_root: str | None = None) -> dict:
-    """Evaluate a model-zoo model ([`metalearn.pretrained`][metalearn.zoo.pretrained]) on its dataset's test
-    episodes, as ``metalearn eval --pretrained NAME`` does; arguments left at None come from the row it
-    reproduces. Returns the ``metalearn eval --json`` object."""
+    """Evaluate a model-zoo model ([`metalearn.pretrained`][metalearn.zoo.pretrained]) on its dataset's test episodes.
+
+    As ``metalearn eval --pretrained NAME`` does; arguments left at None come from the row it reproduces.
+
+    Args:
+        name: The model's name in the zoo.
+        ways: Classes per episode.
+        shots: Support images per class.
+        queries: Query images per class.
+        episodes: The number of episodes.
+        split: The split the episodes come from.
+        progress: Show a progress bar.
+        data_root: The data root (default: the model's config's).
+
+    Returns:
+        The ``metalearn eval --json`` object.
+
+    Raises:
+        ConfigError: The dataset has no such split.
+    """
     import dataclasses
 
     from metalearn.train.evaluator import evaluate

@@ -450,8 +450,15 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """A copy of ``data`` with each ``key=value`` of ``overrides`` set (see
-    [`parse_override`][metalearn.config.parse_override])."""
+    """A copy of ``data`` with each ``key=value`` of ``overrides`` set.
+
+    Args:
+        data: The config as plain data (not modified).
+        overrides: ``key=value`` items (see [`parse_override`][metalearn.config.parse_override]).
+
+    Raises:
+        ConfigError: An item is not ``key=value``, or a key runs through a value that is not a section.
+    """
     data = json.loads(json.dumps(data))  # deep copy of plain data
     for item in overrides:
         path, value = parse_override(item)

@@ -163,17 +163,32 @@ def _object_device() -> torch.device:
 # ------------------------------------------------------------------------------------------------ sharding
 
 def shard_range(total: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
-    """The contiguous share ``[lo, hi)`` of ``total`` items that ``rank_`` of ``world`` processes holds
-    (default: this process).  Shares differ in size by at most one; the whole range without a process group."""
+    """The contiguous share ``[lo, hi)`` of ``total`` items that one of ``world`` processes holds.
+
+    Shares differ in size by at most one; the whole range without a process group.
+
+    Args:
+        total: The number of items.
+        rank_: The process's rank (default: this process's).
+        world: The number of processes (default: this process group's).
+    """
     r = rank() if rank_ is None else rank_
     w = world_size() if world is None else world
     return r * total // w, (r + 1) * total // w
 
 
 def block_range(total: int, block: int, rank_: int | None = None, world: int | None = None) -> tuple[int, int]:
-    """Like [`shard_range`][metalearn.distributed.shard_range] over whole blocks of ``block`` items (the last block may
-    be short): the share ``[lo, hi)`` in items, starting and ending on block boundaries, so each process sees the same
-    blocks as one process would."""
+    """Like [`shard_range`][metalearn.distributed.shard_range] over whole blocks of ``block`` items.
+
+    The share ``[lo, hi)`` is in items, starting and ending on block boundaries (the last block may be short), so
+    each process sees the same blocks as one process would.
+
+    Args:
+        total: The number of items.
+        block: The number of items in a block.
+        rank_: The process's rank (default: this process's).
+        world: The number of processes (default: this process group's).
+    """
     nb = math.ceil(total / block)
     blo, bhi = shard_range(nb, rank_, world)
     return min(blo * block, total), min(bhi * block, total)
@@ -251,8 +266,14 @@ def all_gather(t: Tensor) -> Tensor:
 
 
 def gather_rows(local: Tensor, counts: Sequence[int]) -> Tensor:
-    """Concatenate every rank's ``local`` (``counts[r]`` rows on rank r, the same trailing shape) in rank order.
-    Rows are padded to the largest count for the collective and trimmed after."""
+    """Concatenate every rank's ``local`` in rank order.
+
+    Rows are padded to the largest count for the collective and trimmed after.
+
+    Args:
+        local: This rank's rows, ``counts[r]`` of them on rank r, the same trailing shape on every rank.
+        counts: The number of rows of each rank.
+    """
     if not active():
         return local
     most = max(counts)
@@ -263,9 +284,18 @@ def gather_rows(local: Tensor, counts: Sequence[int]) -> Tensor:
 
 def gather_draws(local: list[Tensor], draws: int, shape: tuple, dtype: torch.dtype = torch.float64,
                  device: torch.device | str | None = None) -> list[Tensor]:
-    """Reassemble results dealt out round-robin: rank r holds draws r, r + W, r + 2W, ... (``local``, one
-    tensor of ``shape`` per draw, in order; possibly none); returns all ``draws`` tensors in draw order on every
-    rank.  ``dtype`` / ``device``: of the tensors (default those of ``local[0]``, else float64 on the CPU)."""
+    """Reassemble results dealt out round-robin: rank r holds draws r, r + W, r + 2W, ... of W ranks.
+
+    Args:
+        local: This rank's draws, one tensor of ``shape`` per draw, in order; possibly none.
+        draws: The number of draws over all ranks.
+        shape: The shape of one draw's tensor.
+        dtype: The dtype of the tensors when ``local`` is empty (otherwise that of ``local[0]``).
+        device: Their device when ``local`` is empty (otherwise that of ``local[0]``; default the CPU).
+
+    Returns:
+        All ``draws`` tensors in draw order, on every rank.
+    """
     if not active():
         return local
     w = world_size()
@@ -283,8 +313,15 @@ def gather_draws(local: list[Tensor], draws: int, shape: tuple, dtype: torch.dty
 
 
 def first_failure(bad_step: Tensor | None, bad_value: Tensor | None) -> tuple[int, float, list[int]] | None:
-    """(step, value, ranks) of the earliest non-finite loss over the ranks (every rank that saw one at that
-    step), or None.  ``bad_step`` is 0 (or None) where this rank saw none.  One small collective."""
+    """The earliest non-finite loss over the ranks.  One small collective.
+
+    Args:
+        bad_step: The step of this rank's first non-finite loss; 0 (or None) where this rank saw none.
+        bad_value: That loss.
+
+    Returns:
+        (step, value, ranks): the step, the loss and every rank that saw one at that step; None when no rank saw one.
+    """
     dev = bad_step.device if bad_step is not None else torch.device("cpu")
     if active() and "gloo" not in str(_dist().get_backend()).lower() and dev.type != "cuda":
         dev = torch.device("cuda", torch.cuda.current_device())
@@ -316,10 +353,16 @@ def weight_of_share(total: int) -> float:
 
 
 def all_reduce_grads(params: Iterable[nn.Parameter], weight: float) -> None:
-    """Replace every parameter's ``.grad`` by the sum over the ranks of ``weight * grad`` (one coalesced
-    all-reduce).  With ``weight`` = this rank's share of the tasks and local gradients of the mean loss over its
-    tasks, the result is the gradient of the mean loss over the whole meta-batch.  Parameters without a
-    gradient count as zero (every rank then holds a gradient)."""
+    """Replace every parameter's ``.grad`` by the sum over the ranks of ``weight * grad`` (one coalesced all-reduce).
+
+    With ``weight`` = this rank's share of the tasks and local gradients of the mean loss over its tasks, the result
+    is the gradient of the mean loss over the whole meta-batch.  Parameters without a gradient count as zero (every
+    rank then holds a gradient).
+
+    Args:
+        params: The parameters (those that do not require a gradient are left alone).
+        weight: The factor of this rank's gradients.
+    """
     params = [p for p in params if p.requires_grad]
     if not params or not active():
         return
@@ -356,8 +399,15 @@ class LossModule(nn.Module):
 
 
 def ddp(module: nn.Module, fn: Callable[..., Any]) -> nn.Module:
-    """``DistributedDataParallel`` around ``LossModule(module, fn)`` (gradients averaged over the ranks while
-    the backward pass runs; parameters and buffers broadcast from rank 0 once, here)."""
+    """``DistributedDataParallel`` around ``LossModule(module, fn)``.
+
+    Gradients are averaged over the ranks while the backward pass runs; parameters and buffers are broadcast from
+    rank 0 once, here.
+
+    Args:
+        module: The module whose parameters are trained.
+        fn: The loss, ``fn(module, *args)``; the wrapper's ``forward(*args)`` calls it.
+    """
     import inspect
 
     from torch.nn.parallel import DistributedDataParallel
@@ -495,11 +545,19 @@ def sync_batchnorm(module: nn.Module) -> Iterator[nn.Module]:
 
 @contextlib.contextmanager
 def task_share(learner: nn.Module, lo: int, hi: int, total: int) -> Iterator[nn.Module]:
-    """A distributed training step of ``learner`` on tasks ``lo:hi`` of a meta-batch of ``total``: BatchNorm
-    statistics over the whole meta-batch ([`sync_batchnorm`][metalearn.distributed.sync_batchnorm]) and
-    ``learner.task_shard = (lo, hi, total)`` (a learner that draws random numbers per task, such as Siamese's
-    distortions, draws them for the whole meta-batch and keeps its share, so the draws do not depend on the number of
-    processes)."""
+    """A distributed training step of ``learner`` on tasks ``lo:hi`` of a meta-batch of ``total``.
+
+    Inside, BatchNorm statistics are over the whole meta-batch
+    ([`sync_batchnorm`][metalearn.distributed.sync_batchnorm]) and ``learner.task_shard = (lo, hi, total)``: a
+    learner that draws random numbers per task, such as Siamese's distortions, draws them for the whole meta-batch
+    and keeps its share, so the draws do not depend on the number of processes.
+
+    Args:
+        learner: The learner.
+        lo: The first task of this process.
+        hi: One past its last task.
+        total: The number of tasks of the meta-batch.
+    """
     old = getattr(learner, "task_shard", None)
     learner.task_shard = (lo, hi, total)
     try:

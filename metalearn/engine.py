@@ -143,6 +143,13 @@ def autocast(device: torch.device | str, precision: str) -> contextlib.AbstractC
     Inside, convolutions and matmuls run in bf16 (their fp32 weights are cast per call; the weights, their
     gradients and the optimizer state stay fp32).
 
+    Args:
+        device: The device whose type autocast is for.
+        precision: ``"bf16"`` or ``"fp32"`` (resolve ``"auto"`` first).
+
+    Raises:
+        ValueError: Another precision.
+
     Examples:
         ```python
         from metalearn.engine import autocast, resolve_precision

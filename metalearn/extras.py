@@ -10,10 +10,20 @@ class MissingExtraError(ImportError):
 
 
 def require(module: str, extra: str, purpose: str, package: str | None = None) -> ModuleType:
-    """Import ``module`` or raise [`MissingExtraError`][metalearn.extras.MissingExtraError] naming ``metalearn[extra]``.
+    """Import ``module`` or raise [`MissingExtraError`][metalearn.extras.MissingExtraError].
 
-    >>> require("yaml", "dev", "reading task files").__name__
-    'yaml'
+    Args:
+        module: The module to import.
+        extra: The extra that provides it; the error names ``metalearn[extra]``.
+        purpose: What needs it, for the message.
+        package: The package to name (default: the top-level name of ``module``).
+
+    Raises:
+        MissingExtraError: The module is not installed.
+
+    Examples:
+        >>> require("yaml", "dev", "reading task files").__name__
+        'yaml'
     """
     try:
         return importlib.import_module(module)

@@ -42,6 +42,8 @@ def call(model: nn.Module, params: Params, buffers: Params | None, *args, **kwar
         params: Every parameter of the model by name, exactly ([`combine`][metalearn.functional.combine] the
             adapted and the frozen ones first).
         buffers: Buffers by name (None: the module's own).
+        *args (object): Positional arguments of ``forward``.
+        **kwargs (object): Keyword arguments of ``forward``.
 
     Raises:
         ValueError: ``params`` misses a parameter of the model or names one it does not have.
@@ -60,7 +62,14 @@ def _prefix_match(name: str, prefix: str) -> bool:
 
 
 def select(params: Params, spec: ParamFilter = None) -> list[str]:
-    """Names in ``params`` (in order) chosen by ``spec`` (see [`ParamFilter`][metalearn.functional.ParamFilter]).
+    """Names in ``params`` (in order) chosen by ``spec``.
+
+    Args:
+        params: The parameters (name -> tensor).
+        spec: See [`ParamFilter`][metalearn.functional.ParamFilter]; None or ``"all"`` chooses every name.
+
+    Raises:
+        TypeError: A ``spec`` of another kind.
 
     Examples:
         >>> select({"body.w": w, "head.w": v, "head.b": b}, "head")

@@ -111,8 +111,18 @@ def published_inside_ci(accuracy: float, ci95: float | None, published: float | 
 
 
 def fmt_inside(value: float, ci: float | None, published: float | None, lower_better: bool = False) -> str:
-    """``yes`` when the published value lies inside ours ± CI; ``above`` (``below`` where lower is better) when
-    ours is better beyond the CI; ``no`` when ours is worse."""
+    """The "in CI?" cell: where the published value lies against ours ± CI.
+
+    Args:
+        value: Our value.
+        ci: Our 95% CI half-width (None: no interval).
+        published: The published value (None: none).
+        lower_better: Lower values are better (a loss, an error).
+
+    Returns:
+        ``yes`` when the published value lies inside ours ± CI; ``above`` (``below`` where lower is better) when
+        ours is better beyond the CI; ``no`` when ours is worse; an em dash without a CI or a published value.
+    """
     inside = published_inside_ci(value, ci, published)
     if inside is None:
         return "—"
@@ -205,8 +215,15 @@ def _code(text: str) -> str:
 
 
 def wrap_command(command: str, width: int = 84) -> str:
-    """A shell command over several lines (``\\`` continuations between arguments), each at most ``width``
-    characters where the arguments allow; the command is unchanged when it does not parse as shell words."""
+    """A shell command over several lines (``\\`` continuations between arguments).
+
+    Args:
+        command: The command.
+        width: The most characters a line has where the arguments allow.
+
+    Returns:
+        The wrapped command; the command unchanged when it fits in ``width`` or does not parse as shell words.
+    """
     if len(command) <= width:
         return command
     try:
@@ -492,8 +509,14 @@ def _sinusoid_entries(d: dict, path: Path, file: str) -> list[Entry]:
 # ----------------------------------------------------------------------------------------- LSTM optimizer
 
 def _short_setting(setting: str, width: int = 18) -> str:
-    """A setting's name for a table's first column: up to its first comma when it is long
-    (``MLP 20 sigmoid, 100 steps`` -> ``MLP 20 sigmoid``; the full name is on the history page)."""
+    """A setting's name for a table's first column: up to its first comma when it is long.
+
+    ``MLP 20 sigmoid, 100 steps`` -> ``MLP 20 sigmoid``; the full name is on the history page.
+
+    Args:
+        setting: The setting's full name.
+        width: Names longer than this are cut at their first comma.
+    """
     return setting.split(",")[0] if len(setting) > width and "," in setting else setting
 
 
@@ -675,8 +698,19 @@ def _demo_entries(d: dict, path: Path, file: str) -> list[Entry]:
 
 
 def _distill_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry]:
-    """benchmarks/distill.py (dataset distillation, Wang et al. 2018): test accuracy after training on the
-    distilled images, beside the untrained model and the published number."""
+    """The rows of a benchmarks/distill.py result (dataset distillation, Wang et al. 2018).
+
+    Test accuracy after training on the distilled images, beside the untrained model and the published number.
+
+    Args:
+        d: The result file's JSON object.
+        path: The file (named in errors).
+        file: The file's name as the page shows it.
+        ctx: Where task files and commits are looked up.
+
+    Raises:
+        ConfigError: A key is missing or of the wrong type.
+    """
     _need(d, path, {"config": dict, "test": dict, "command": str, "machine": dict}, "distill result")
     test = d["test"]
     if not isinstance(test.get("distilled"), dict):
@@ -929,8 +963,19 @@ def _distributed_entries(d: dict, path: Path, file: str) -> list[Entry]:
 
 
 def _threads_policy_entries(d: dict, path: Path, file: str) -> list[Entry]:
-    """benchmarks/threads_policy.py: one training step at 1 and 2 threads, OMP_WAIT_POLICY ACTIVE and PASSIVE,
-    on a quiet machine and beside a busy neighbour; ms against 1 thread ACTIVE on the same machine state."""
+    """The rows of a benchmarks/threads_policy.py result.
+
+    One training step at 1 and 2 threads, OMP_WAIT_POLICY ACTIVE and PASSIVE, on a quiet machine and beside a busy
+    neighbour; ms against 1 thread ACTIVE on the same machine state.
+
+    Args:
+        d: The result file's JSON object.
+        path: The file (named in errors).
+        file: The file's name as the page shows it.
+
+    Raises:
+        ConfigError: A key is missing or of the wrong type.
+    """
     _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict}, "threads_policy result")
     base = dict(file=file, when=_utc(d.get("timestamp")), commit=d["git"].get("commit"), dirty=d["git"].get("dirty"),
                 machine=d["machine"], commands=[d["command"]],
@@ -1095,6 +1140,17 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
     A file directly in ``results_dir`` that is not a bench result, or a result with missing or ill-typed keys,
     is an error naming it (all of them are listed), unless ``skip_invalid``, which leaves such files out and
     returns one note per file. A JSON file in a subfolder that no reader recognises is left out with a note.
+
+    Args:
+        results_dir: The folder of result files.
+        docs_dir: The docs folder whose ``img/lstm_*.json`` are read too (None: none).
+        skip_invalid: Leave unreadable result files out (with a note each) instead of raising.
+
+    Returns:
+        The entries, the number of files read and the notes.
+
+    Raises:
+        ConfigError: ``results_dir`` is not a directory, or (without ``skip_invalid``) a result file cannot be used.
     """
     results_dir = Path(results_dir)
     if not results_dir.is_dir():
@@ -1248,8 +1304,20 @@ def _unique(items) -> list:
 
 
 def _commands(entries: list[Entry], prefix: str, with_source: bool = True, label: bool = True) -> list[str]:
-    """One paragraph per result file and command: the row numbers (anchors), the rows' names, the file, commit,
-    date and machine, notes and published sources, and the command(s) in a shell block."""
+    """One paragraph per result file and command.
+
+    Each paragraph holds the row numbers (anchors), the rows' names, the file, commit, date and machine, notes and
+    published sources, and the command(s) in a shell block.
+
+    Args:
+        entries: The rows, numbered from 1 in this order.
+        prefix: The prefix of the anchors (``<prefix>-<row number>``).
+        with_source: Add the published sources.
+        label: Name the rows.
+
+    Returns:
+        The markdown lines.
+    """
     groups: dict[tuple, list[tuple[int, Entry]]] = {}
     for i, e in enumerate(entries, 1):
         groups.setdefault((e.file, tuple(e.commands)), []).append((i, e))
@@ -1618,8 +1686,21 @@ def _newest_first_within(g: list[Entry]) -> list[Entry]:
 
 def replace_blocks(text: str, blocks: dict[str, str], where: str = "results.md",
                    headings: dict[str, str] | None = None) -> str:
-    """Put each ``blocks[name]`` between its markers in ``text``; a block without markers is appended (under
-    ``headings[name]`` when given)."""
+    """Put each ``blocks[name]`` between its markers in ``text``; a block without markers is appended.
+
+    Args:
+        text: The page.
+        blocks: The new content of each block, by name.
+        where: The page's name in errors.
+        headings: A heading for each block appended (none where not given).
+
+    Returns:
+        The new page.
+
+    Raises:
+        ConfigError: The page holds a block an earlier report wrote and this one no longer does, or a block's
+            markers are not one begin marker followed by one end marker.
+    """
     for name in LEGACY_BLOCKS:
         if begin_marker(name) in text or end_marker(name) in text:
             raise ConfigError(f"{where}: holds the block {name!r} of an earlier metalearn report, which this one "
@@ -1663,11 +1744,25 @@ def _save(fig, path: Path) -> None:
 def _hbars(ax, rows: list[Entry], *, xmax: float | None, xlabel: str, marker_label: str, inside: bool,
            values=None, cis=None, marks=None, mark_cis=None, mark_color=C_PUB, n_unit: str = "",
            ns=None) -> None:
-    """Horizontal bars (ours ± CI, one per row, top to bottom) from 0, the reference as a marker with its CI,
-    and the value (with the sample size when it is below the protocol's) beside each bar.
+    """Horizontal bars (ours ± CI, one per row, top to bottom) from 0, the reference as a marker with its CI.
 
-    ``xmax`` fixes the scale's end (100 for percentages; the axis is drawn that far and the labels may use the
-    room to its right); ``inside`` writes the labels of long bars inside them.
+    The value (with the sample size when it is below the protocol's) is written beside each bar.
+
+    Args:
+        ax: The matplotlib axes to draw on.
+        rows: The rows, one bar each.
+        xmax: Fixes the scale's end (100 for percentages; the axis is drawn that far and the labels may use the
+            room to its right); None scales to the data.
+        xlabel: The label of the x axis.
+        marker_label: The legend's label of the reference markers.
+        inside: Write the labels of long bars inside them.
+        values: The bars' values (default: each row's value).
+        cis: Their CI half-widths (default: each row's).
+        marks: The reference values (default: each row's published value).
+        mark_cis: The references' CI half-widths (default: each row's published CI).
+        mark_color: The colour of the reference markers.
+        n_unit: The unit written after a sample size (``" episodes"``).
+        ns: ``(n, n_text)`` of each row, its sample size (default: each row's).
     """
     values = [e.value for e in rows] if values is None else values
     cis = [e.ci for e in rows] if cis is None else cis
@@ -1840,8 +1935,24 @@ def _default_page() -> str:
 
 def write_report(results: str | os.PathLike = "results", docs: str | os.PathLike = "docs", *, plots: bool = True,
                  skip_invalid: bool = False) -> ReportSummary:
-    """Regenerate docs/results.md (its generated blocks), docs/results_history.md and the ``results-*.png``
-    plots in docs/img/ (stale ones from earlier reports, ``bench-*.png`` included, are removed)."""
+    """Regenerate docs/results.md (its generated blocks), docs/results_history.md and the ``results-*.png`` plots.
+
+    The plots go to docs/img/; stale ones from earlier reports, ``bench-*.png`` included, are removed.
+
+    Args:
+        results: The folder of result files.
+        docs: The docs folder.
+        plots: Draw the plots (needs matplotlib, the ``report`` extra).
+        skip_invalid: Leave unreadable result files out instead of raising.
+
+    Returns:
+        What was written: the pages, the number of rows and files, the plots and the files left out.
+
+    Raises:
+        ConfigError: ``docs`` is not a directory, a result file cannot be used (without ``skip_invalid``), or a
+            page's markers are broken.
+        MissingExtraError: ``plots`` without matplotlib.
+    """
     from metalearn.data.cache import atomic_write
 
     docs = Path(docs)

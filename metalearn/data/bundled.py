@@ -38,8 +38,13 @@ def binarize(images: np.ndarray) -> np.ndarray:
 
 def build_bundle(root: str | os.PathLike | None = None, path: str | os.PathLike = BUNDLE,
                  cache_dir: str | os.PathLike | None = None) -> Path:
-    """Write the bundled file from the full Omniglot under ``root`` (default ``$METALEARN_DATA``); returns its
-    path."""
+    """Write the bundled file from the full Omniglot under ``root``; returns its path.
+
+    Args:
+        root: Data root holding ``omniglot/`` (default ``$METALEARN_DATA``).
+        path: The file written.
+        cache_dir: Where the decoded cache lives.
+    """
     from metalearn.data.cache import atomic_write
     from metalearn.data.omniglot import load_omniglot
     full = load_omniglot(root, split="all", image_size=SIZE, rotations=None, cache_dir=cache_dir)

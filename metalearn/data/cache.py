@@ -139,10 +139,17 @@ def _pid_alive(pid: int) -> bool:
 
 
 def stale_temporaries(path: str | os.PathLike, max_age_s: float = STALE_TEMP_AGE_S) -> list[Path]:
-    """The temporary files that interrupted [`atomic_write`][metalearn.data.cache.atomic_write] calls of ``path`` left behind (a ``kill -9``
-    during a checkpoint save or a cache build): ``.<name>.<pid>-<host>.XXXXXXXX.tmp`` of a process of this host
-    that no longer runs, and any ``.<name>[.<pid>-<host>].XXXXXXXX.tmp`` not modified for ``max_age_s``
-    seconds. Nothing else matches: other files, temporaries of other targets, and those of live writers stay."""
+    """The temporary files that interrupted [`atomic_write`][metalearn.data.cache.atomic_write] calls of ``path`` left.
+
+    Such files stay behind after a ``kill -9`` during a checkpoint save or a cache build. They are
+    ``.<name>.<pid>-<host>.XXXXXXXX.tmp`` of a process of this host that no longer runs, and any
+    ``.<name>[.<pid>-<host>].XXXXXXXX.tmp`` not modified for ``max_age_s`` seconds. Nothing else matches: other
+    files, temporaries of other targets, and those of live writers stay.
+
+    Args:
+        path: The target file the temporaries were written for.
+        max_age_s: A temporary not modified for this many seconds counts as stale whoever wrote it.
+    """
     path = Path(path)
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:(\d+)-([A-Za-z0-9_-]+)\.)?[a-z0-9_]{{8}}\.tmp")
     try:
@@ -185,8 +192,15 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     flushed, fsynced and renamed over ``path`` only when the block finishes without an exception. On an
     exception the temp file is removed and ``path`` keeps its previous content (or stays absent); the
     temporaries a crash (``kill -9``) left are removed by the next write of ``path``
-    ([`remove_stale_temporaries`][metalearn.data.cache.remove_stale_temporaries]). A full disk raises [`DiskFullError`][metalearn.data.cache.DiskFullError] naming ``path``.
-    ``mode`` is ``"wb"`` (default) or ``"w"`` (text, UTF-8).
+    ([`remove_stale_temporaries`][metalearn.data.cache.remove_stale_temporaries]).
+
+    Args:
+        path: The file to write.
+        mode: ``"wb"`` (default) or ``"w"`` (text, UTF-8).
+
+    Raises:
+        ValueError: Another ``mode``.
+        DiskFullError: The disk is full ([`DiskFullError`][metalearn.data.cache.DiskFullError] names ``path``).
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"mode: expected 'wb' or 'w', got {mode!r}")
@@ -237,9 +251,23 @@ def _paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def save_uint8_cache(path: str | os.PathLike, images: np.ndarray, meta: dict, *, key: str = "") -> Path:
-    """Store ``images`` (uint8, any shape) + ``meta`` (JSON-serialisable) as ``<path>.npy`` + ``<path>.json``.
+    """Store ``images`` and ``meta`` as ``<path>.npy`` + ``<path>.json``.
 
-    ``path`` has no extension. Returns the ``.npy`` path. Both writes are atomic; the json is written last.
+    Both writes are atomic; the json is written last.
+
+    Args:
+        path: The entry's path, without an extension.
+        images: A uint8 array of any shape.
+        meta: JSON-serialisable metadata.
+        key: The key [`load_uint8_cache`][metalearn.data.cache.load_uint8_cache] checks.
+
+    Returns:
+        The ``.npy`` path.
+
+    Raises:
+        ValueError: ``images`` is not uint8.
+        SettingError: The cache directory is not writable.
+        DiskFullError: The disk is full.
     """
     images = np.asarray(images)
     if images.dtype != np.uint8:
@@ -270,10 +298,18 @@ def load_uint8_cache(path: str | os.PathLike, key: str | None = None,
                      verify: bool = True) -> tuple[np.ndarray, dict] | None:
     """Load a cache entry written by [`save_uint8_cache`][metalearn.data.cache.save_uint8_cache].
 
-    Returns ``(images, meta)`` with ``images`` a copy-on-write memory map (uint8, the saved shape), or ``None``
-    when the entry is absent or its key differs from ``key`` (stale: rebuild). ``key=None`` skips the key check.
-    ``verify=True`` checks the sha256 of the ``.npy`` (reads the whole file once); ``False`` checks sizes,
-    shape and dtype only. Raises ``ValueError`` naming the file if the entry is truncated or corrupted.
+    Args:
+        path: The entry's path, without an extension.
+        key: The expected key; ``None`` skips the key check.
+        verify: Check the sha256 of the ``.npy`` (reads the whole file once); ``False`` checks sizes, shape and
+            dtype only.
+
+    Returns:
+        ``(images, meta)`` with ``images`` a copy-on-write memory map (uint8, the saved shape), or ``None`` when
+        the entry is absent or its key differs from ``key`` (stale: rebuild).
+
+    Raises:
+        ValueError: The entry is truncated or corrupted (a ``CacheDamagedError`` naming the file).
     """
     npy, js = _paths(path)
     if not js.is_file():
@@ -316,8 +352,17 @@ class _NoBar:
 
 @contextlib.contextmanager
 def progress(total: int, desc: str, unit: str = "it", enabled: bool = True):
-    """A tqdm progress bar for long decodes (a no-op object if disabled, turned off by [`progress_bars`][metalearn.data.cache.progress_bars],
-    or tqdm is not installed)."""
+    """A tqdm progress bar for long decodes.
+
+    A no-op object if disabled, turned off by [`progress_bars`][metalearn.data.cache.progress_bars], or tqdm is
+    not installed.
+
+    Args:
+        total: The number of steps.
+        desc: The bar's label.
+        unit: The unit of a step.
+        enabled: False gives the no-op object.
+    """
     enabled = enabled and _PROGRESS
     if enabled:
         try:
@@ -446,7 +491,13 @@ def load_or_build(path: str | os.PathLike, key: str, build: Callable[[], tuple[n
     """The cached ``(images, meta)`` under ``path`` if its key matches, else ``build()`` them and cache them.
 
     A damaged entry is rebuilt (the caller has the sources: ``build`` reads them), with a
-    [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning] naming the file."""
+    [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning] naming the file.
+
+    Args:
+        path: The entry's path, without an extension.
+        key: The key the entry must have.
+        build: Makes ``(images, meta)`` from the sources.
+    """
     try:
         hit = load_uint8_cache(path, key)
     except CacheDamagedError as e:

@@ -72,8 +72,19 @@ _ERRORS = (tarfile.TarError, zlib.error, EOFError, OSError, ValueError, SyntaxEr
 
 
 def normalize(images: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD) -> torch.Tensor:
-    """(x - mean) / std per channel.  images: (..., 3, H, W) uint8 (scaled by 1/255) or float in [0, 1]
-    -> float (float32 for uint8 input, else the input's float dtype), same device."""
+    """(x - mean) / std per channel.
+
+    Args:
+        images: (..., 3, H, W) uint8 (scaled by 1/255) or float in [0, 1].
+        mean (Sequence[float]): The per-channel means.
+        std (Sequence[float]): The per-channel standard deviations.
+
+    Returns:
+        Float (float32 for uint8 input, else the input's float dtype), same device.
+
+    Raises:
+        ValueError: Not (..., C, H, W) with one channel per mean, or neither uint8 nor float.
+    """
     if images.ndim < 3 or images.shape[-3] != len(mean):
         raise ValueError(f"images: expected (..., {len(mean)}, H, W), got shape {tuple(images.shape)}")
     x = images.float() / 255.0 if images.dtype == torch.uint8 else images
@@ -214,8 +225,19 @@ def _locate(root) -> tuple[Path, str]:
 
 
 def source_key(root: str | os.PathLike | None, split: str) -> tuple[Path, str, list[Path], str]:
-    """(folder, source kind 'jpeg'|'python', source files, cache key) of one split; the key changes when any
-    source file's bytes or this loader's version change (also used by the CIFAR-10-C cache)."""
+    """(folder, source kind 'jpeg'|'python', source files, cache key) of one split.
+
+    The key changes when any source file's bytes or this loader's version change (also used by the CIFAR-10-C
+    cache).
+
+    Args:
+        root: Data root holding ``cifar10/`` (default $METALEARN_DATA).
+        split: "train" or "test".
+
+    Raises:
+        ValueError: Another split.
+        FileNotFoundError: Neither archive exists.
+    """
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     folder, kind = _locate(root)

@@ -100,14 +100,18 @@ def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.Pa
     Args:
         root: data root holding ``cifar10/`` (default $METALEARN_DATA).
         cache_dir: cache directory (default $METALEARN_CACHE or ~/.cache/metalearn).
-        severities: levels 1..5 to build. corruptions: names from `CORRUPTIONS` (standard order).
-        seed: the generation seed. limit: only the first ``limit`` test images (smoke tests).
+        severities: levels 1..5 to build.
+        corruptions: names from `CORRUPTIONS` (standard order).
+        seed: the generation seed.
+        limit: only the first ``limit`` test images (smoke tests).
         device: where the corruptions run ("cpu", "cuda"); the output does not depend on it.
         progress: show a tqdm bar.
         verify: check the sha256 of entries already built (else only their sizes).
 
-    Returns the ``.npy`` paths of all requested entries. Entries already built with the same key are skipped; a
-    damaged one is rebuilt, with a [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning] naming it.
+    Returns:
+        The ``.npy`` paths of all requested entries. Entries already built with the same key are skipped; a
+        damaged one is rebuilt, with a [`CacheRebuildWarning`][metalearn.data.cache.CacheRebuildWarning] naming
+        it.
     """
     names, sev, limit = _check_names(corruptions), _check_severities(severities), _check_limit(limit)
     device = check_device("device", device)
@@ -146,9 +150,23 @@ def build_cifar10c(root: str | os.PathLike | None = None, cache_dir: str | os.Pa
 def load_cifar10c(name: str, severity: int, root: str | os.PathLike | None = None,
                   cache_dir: str | os.PathLike | None = None, seed: int = 0, limit: int | None = None,
                   device: str | torch.device = "cpu", progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(images uint8 (N, 3, 32, 32), labels int64 (N,))`` of corruption ``name`` at ``severity`` (1..5),
-    N = 10000 (or ``limit``); built on demand (see [`build_cifar10c`][metalearn.data.cifar10c.build_cifar10c]),
-    memory-mapped from the cache."""
+    """Images and labels of corruption ``name`` at ``severity``, memory-mapped from the cache.
+
+    Built on demand (see [`build_cifar10c`][metalearn.data.cifar10c.build_cifar10c]).
+
+    Args:
+        name: The corruption, one of `CORRUPTIONS`.
+        severity: 1..5.
+        root: Data root holding ``cifar10/`` (default $METALEARN_DATA).
+        cache_dir: Cache directory (default $METALEARN_CACHE or ~/.cache/metalearn).
+        seed: The generation seed.
+        limit: Only the first ``limit`` test images (smoke tests).
+        device: Where the corruptions run when the entry is built; the output does not depend on it.
+        progress: Show a tqdm bar.
+
+    Returns:
+        ``(images uint8 (N, 3, 32, 32), labels int64 (N,))``, N = 10000 (or ``limit``).
+    """
     (name,), (severity,) = _check_names((name,)), _check_severities((severity,))
     limit = _check_limit(limit)
     build_cifar10c(root, cache_dir, (severity,), (name,), seed=seed, limit=limit, device=device, progress=progress,

@@ -105,8 +105,15 @@ def _randn(g: torch.Generator, shape, like: Tensor, mean: float = 0.0, std: floa
 
 
 def _pad_index(n: int, pad: int, mode: str, device) -> Tensor:
-    """Indices into [0, n) for positions -pad .. n+pad-1. mode: 'replicate' (a a | a b c | c c),
-    'reflect101' (c b | a b c | b a; OpenCV's default), 'symmetric' (b a | a b c | c b; scipy 'reflect')."""
+    """Indices into [0, n) for positions -pad .. n+pad-1.
+
+    Args:
+        n: The length of the axis.
+        pad: The padding on each side.
+        mode: 'replicate' (a a | a b c | c c), 'reflect101' (c b | a b c | b a; OpenCV's default) or 'symmetric'
+            (b a | a b c | c b; scipy 'reflect').
+        device: The device of the indices.
+    """
     i = torch.arange(-pad, n + pad, device=device)
     return _fold(i, n, mode)
 
@@ -175,8 +182,17 @@ def _bilinear(x: Tensor, ys: Tensor, xs: Tensor, mode: str) -> Tensor:
 
 
 def _zoom_matrix(n: int, z: float, device, dtype) -> Tensor:
-    """(n, n) linear map of one axis for the reference's clipped zoom: crop the central ceil(n / z) pixels, zoom
-    them by z with linear interpolation (scipy.ndimage.zoom, order 1, corners aligned), keep the central n."""
+    """(n, n) linear map of one axis for the reference's clipped zoom.
+
+    Crop the central ceil(n / z) pixels, zoom them by z with linear interpolation (scipy.ndimage.zoom, order 1,
+    corners aligned), keep the central n.
+
+    Args:
+        n: The length of the axis.
+        z: The zoom factor (>= 1).
+        device: The device of the map.
+        dtype: Its dtype.
+    """
     ch = int(math.ceil(n / z - 1e-9))
     top = (n - ch) // 2
     out = int(round(ch * z))
@@ -226,8 +242,16 @@ def _motion_kernel(radius: float, sigma: float) -> tuple[Tensor, int]:
 
 
 def _motion_blur(x: Tensor, radius: float, sigma: float, angle_deg: Tensor) -> Tensor:
-    """One-sided line blur of (N, C, H, W) along per-image angles (degrees, (N,)); edge pixels replicated.
-    out(y, x) = sum_i w_i img(y + round(i sin a), x + round(i cos a)) as in ImageMagick (rounding: ceil(v - .5))."""
+    """One-sided line blur along per-image angles; edge pixels replicated.
+
+    out(y, x) = sum_i w_i img(y + round(i sin a), x + round(i cos a)) as in ImageMagick (rounding: ceil(v - .5)).
+
+    Args:
+        x: (N, C, H, W) images.
+        radius: The radius of the kernel (``2 * ceil(radius) + 1`` taps).
+        sigma: The Gaussian width of the weights ``w_i``.
+        angle_deg: (N,) angles ``a`` in degrees.
+    """
     n, _, h, w = x.shape
     k, width = _motion_kernel(radius, sigma)
     a = torch.deg2rad(angle_deg.to(torch.float64))
@@ -245,8 +269,16 @@ def _motion_blur(x: Tensor, radius: float, sigma: float, angle_deg: Tensor) -> T
 
 
 def _plasma(n: int, size: int, decay: float, g: torch.Generator) -> Tensor:
-    """(n, size, size) float64 diamond-square fractal in [0, 1] (toroidal; size a power of two), with the
-    reference's perturbation: wibble^2 * U(-1, 1), wibble starting at 100 and divided by ``decay`` per level."""
+    """(n, size, size) float64 diamond-square fractal in [0, 1] (toroidal).
+
+    The reference's perturbation: wibble^2 * U(-1, 1), wibble starting at 100 and divided by ``decay`` per level.
+
+    Args:
+        n: The number of fractals.
+        size: Their side, a power of two.
+        decay: The factor wibble is divided by per level.
+        g: The generator of the perturbations.
+    """
     m = torch.zeros(n, size, size, dtype=torch.float64)
     step, wibble = size, 100.0
 
@@ -277,9 +309,22 @@ def _gray(x: Tensor) -> Tensor:
 
 def frost_texture(n: int, height: int, width: int, seed: int = 0, device=None,
                   dtype: torch.dtype = torch.float32) -> Tensor:
-    """Procedural frost layers (n, 3, height, width) in [0, 1]: our stand-in for the six frost photographs of
-    Hendrycks & Dietterich (not shipped). Multi-octave value noise (cloudy ice) plus sparse seeds smeared into
-    short streaks along four random directions (crystal needles), tinted bluish white. Seeded, deterministic."""
+    """Procedural frost layers in [0, 1]: our stand-in for the six frost photographs of Hendrycks & Dietterich.
+
+    The photographs are not shipped. Multi-octave value noise (cloudy ice) plus sparse seeds smeared into short
+    streaks along four random directions (crystal needles), tinted bluish white. Seeded, deterministic.
+
+    Args:
+        n: The number of layers.
+        height: Their height.
+        width: Their width.
+        seed: The seed of the texture.
+        device (torch.device | str | None): The device of the result.
+        dtype: Its dtype.
+
+    Returns:
+        (n, 3, height, width) layers.
+    """
     g = _generator(seed, "frost_texture")
     like = torch.empty(0, dtype=torch.float64)
     base = torch.zeros(n, 1, height, width, dtype=torch.float64)
@@ -501,9 +546,22 @@ def _check(images, name, severity) -> None:
 def corrupt(images: Tensor, name: str, severity: int, seed: int = 0) -> Tensor:
     """Apply corruption ``name`` (one of `CORRUPTIONS`) at ``severity`` 1..5 to RGB images.
 
-    images: uint8 (N, 3, H, W) / (3, H, W) in 0..255, or float in [0, 1]  ->  same dtype, shape and device,
-    values in range. H, W >= 8. Deterministic in ``(seed, name, N)``; see the module docstring for the
-    parameters (`PARAMS`, Hendrycks & Dietterich 2019, CIFAR-10 values) and the deviations.
+    Deterministic in ``(seed, name, N)``; see the module docstring for the parameters (`PARAMS`, Hendrycks &
+    Dietterich 2019, CIFAR-10 values) and the deviations.
+
+    Args:
+        images: uint8 (N, 3, H, W) / (3, H, W) in 0..255, or float in [0, 1]; H, W >= 8.
+        name: The corruption.
+        severity: 1..5.
+        seed: The seed of the random draws.
+
+    Returns:
+        The corrupted images: same dtype, shape and device, values in range.
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: An unknown ``name``, a ``severity`` outside 1..5, or images of the wrong shape, size, dtype or
+            range.
     """
     _check(images, name, severity)
     single = images.ndim == 3

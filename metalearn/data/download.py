@@ -194,9 +194,19 @@ def _open(url: str, start: int, timeout: float):
 
 
 def _fetch(url: str, part: Path, size: int | None, timeout: float, bar) -> None:
-    """Bring ``part`` to the full content of ``url``, appending to what it holds (HTTP Range).  Raises
-    `_Retry` on a transient failure (``part`` keeps what arrived) and
-    [`DownloadError`][metalearn.data.download.DownloadError] otherwise."""
+    """Bring ``part`` to the full content of ``url``, appending to what it holds (HTTP Range).
+
+    Args:
+        url: The file's address.
+        part: The partial file.
+        size: The full file's size in bytes, if known.
+        timeout: Seconds to wait for an answer.
+        bar: The progress bar.
+
+    Raises:
+        _Retry: A transient failure (``part`` keeps what arrived).
+        DownloadError: Any other failure ([`DownloadError`][metalearn.data.download.DownloadError]).
+    """
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # longer than the real file: cannot be a prefix of it
         part.unlink()
@@ -371,10 +381,23 @@ def _progress_bytes(total: int | None, desc: str, enabled: bool):
 # ----------------------------------------------------------------------------- archives
 def extract_npy_members(archive: str | os.PathLike, folder: str | os.PathLike, progress: bool = True
                         ) -> list[Path]:
-    """Extract every ``*.npy`` member of a (plain or compressed) tar into ``folder`` by its base name
-    (``CIFAR-10-C/fog.npy`` -> ``folder/fog.npy``), each written atomically; other members are skipped and names
-    that are not plain lower-case file names are refused.  Records their sha256 in ``folder/SHA256SUMS``.
-    Returns the extracted paths."""
+    """Extract every ``*.npy`` member of a (plain or compressed) tar into ``folder`` by its base name.
+
+    ``CIFAR-10-C/fog.npy`` -> ``folder/fog.npy``, each written atomically; other members are skipped.  Records
+    their sha256 in ``folder/SHA256SUMS``.
+
+    Args:
+        archive: The tar file.
+        folder: Where the members go.
+        progress: Show a progress bar.
+
+    Returns:
+        The extracted paths.
+
+    Raises:
+        ValueError: A member whose name is not a plain lower-case file name, an unreadable archive, or one without
+            ``.npy`` files.
+    """
     archive, folder = Path(archive), Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out, sums = [], {}

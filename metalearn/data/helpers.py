@@ -96,8 +96,12 @@ class MetaDataset:
                            self.shuffle, self.seed)
 
     def sampler(self, batch_size: int = 1, seed: int | None = None) -> EpisodeSampler:
-        """An [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] drawing ``batch_size`` tasks of this shape per
-        call."""
+        """An [`EpisodeSampler`][metalearn.episodes.EpisodeSampler] drawing ``batch_size`` tasks of this shape per call.
+
+        Args:
+            batch_size: Tasks per call.
+            seed: The sampler's seed (default: the dataset's).
+        """
         return EpisodeSampler(self.data, ways=self.ways, shots=self.shots, queries=self.test_shots,
                               batch_size=batch_size, seed=self.seed if seed is None else seed)
 
@@ -196,10 +200,32 @@ def omniglot(folder: str | os.PathLike | None, shots: int, ways: int, shuffle: b
              cache_dir=None, hf_name=None, device: torch.device | str | None = None, **kwargs) -> MetaDataset:
     """Omniglot meta-split as torchmeta's ``omniglot`` helper (same positional order: folder, shots, ways).
 
-    ``meta_split`` in {"train", "val", "test"} (default "train"), or torchmeta's ``meta_train=True`` /
-    ``meta_val=True`` / ``meta_test=True``. Images (1, image_size, image_size); each character is one class
-    per rotation (torchmeta's ``class_augmentations=[Rotation([90, 180, 270])]``). ``test_shots`` defaults to
-    ``shots``. ``device`` moves the images there (sampling then happens on it).
+    Images (1, image_size, image_size); each character is one class per rotation (torchmeta's
+    ``class_augmentations=[Rotation([90, 180, 270])]``).
+
+    Args:
+        folder: The data root (see [`load_omniglot`][metalearn.data.omniglot.load_omniglot]).
+        shots: Support images per class.
+        ways: Classes per task.
+        shuffle: Shuffle the examples inside each task's train/test sets.
+        test_shots: Query images per class (default ``shots``).
+        seed: The seed of the task stream.
+        meta_split: "train", "val" or "test" (default "train"); torchmeta's ``meta_train=True`` /
+            ``meta_val=True`` / ``meta_test=True`` work too.
+        download: Download the official files when they are missing.
+        image_size: The side of the square images.
+        rotations (Sequence[int] | None): The class-augmentation angles.
+        source: Where the images are read from (see [`load_omniglot`][metalearn.data.omniglot.load_omniglot]).
+        cache_dir (str | os.PathLike | None): Where the decoded cache lives.
+        hf_name (str | os.PathLike | None): A ``save_to_disk`` folder or a Hub id for the "hf" source.
+        device: Moves the images there (sampling then happens on it).
+        **kwargs (object): torchmeta's ``meta_train`` / ``meta_val`` / ``meta_test``; its ``transform``,
+            ``target_transform``, ``dataset_transform`` and ``class_augmentations`` are ignored with a warning.
+
+    Raises:
+        TypeError: An unexpected keyword argument.
+        ValueError: Contradicting splits, or ``use_vinyals_split`` other than True.
+        FileNotFoundError: The files are missing (and ``download`` is off).
     """
     split = _meta_split(meta_split, kwargs)
     _pop_ignored(kwargs, "omniglot")
@@ -218,7 +244,29 @@ def miniimagenet(folder: str | os.PathLike | None, shots: int, ways: int, shuffl
                  device: torch.device | str | None = None, **kwargs) -> MetaDataset:
     """miniImageNet meta-split as torchmeta's ``miniimagenet`` helper (folder, shots, ways, ...).
 
-    Images (3, 84, 84); ``meta_split`` / ``meta_train`` ... as in [`omniglot`][metalearn.data.helpers.omniglot].
+    Images (3, 84, 84).
+
+    Args:
+        folder: The data root (see [`load_miniimagenet`][metalearn.data.miniimagenet.load_miniimagenet]).
+        shots: Support images per class.
+        ways: Classes per task.
+        shuffle: Shuffle the examples inside each task's train/test sets.
+        test_shots: Query images per class (default ``shots``).
+        seed: The seed of the task stream.
+        meta_split: As in [`omniglot`][metalearn.data.helpers.omniglot].
+        download: Accepted; miniImageNet has no official download, so nothing is downloaded (the error of a
+            missing file says so).
+        source: Where the images are read from (see
+            [`load_miniimagenet`][metalearn.data.miniimagenet.load_miniimagenet]).
+        cache_dir (str | os.PathLike | None): Where the decoded cache lives.
+        hf_name (str | os.PathLike | None): A ``save_to_disk`` folder or a Hub id for the "hf" source.
+        device: Moves the images there (sampling then happens on it).
+        **kwargs (object): As in [`omniglot`][metalearn.data.helpers.omniglot].
+
+    Raises:
+        TypeError: An unexpected keyword argument.
+        ValueError: Contradicting splits, or ``use_vinyals_split`` other than True.
+        FileNotFoundError: The files are missing.
     """
     split = _meta_split(meta_split, kwargs)
     _pop_ignored(kwargs, "miniimagenet")
@@ -252,8 +300,16 @@ def _check_targets(name: str, targets: Tensor, like: Tensor, num_classes: int) -
 
 
 def get_num_samples(targets: Tensor, num_classes: int, dtype: torch.dtype | None = None) -> Tensor:
-    """Examples per class.  targets (B, N) int in [0, num_classes)  ->  (B, num_classes) (``dtype``, default that
-    of ``targets``).  As ``torchmeta.utils.prototype.get_num_samples``."""
+    """Examples per class, as ``torchmeta.utils.prototype.get_num_samples``.
+
+    Args:
+        targets: (B, N) int class indices in [0, num_classes).
+        num_classes: The number of classes.
+        dtype: The dtype of the counts (default that of ``targets``).
+
+    Returns:
+        (B, num_classes) counts.
+    """
     return F.one_hot(targets.long(), num_classes).sum(1).to(targets.dtype if dtype is None else dtype)
 
 
@@ -305,8 +361,18 @@ def prototypical_loss(prototypes: Tensor, embeddings: Tensor, targets: Tensor, *
 
 
 def pairwise_cosine_similarity(embeddings1: Tensor, embeddings2: Tensor, eps: float = 1e-8) -> Tensor:
-    """Cosine similarity of every pair.  (B, N, D), (B, M, D)  ->  (B, N, M):
-    ``x1 . x2 / max(||x1|| ||x2||, eps)``, as ``torchmeta.utils.matching.pairwise_cosine_similarity``."""
+    """Cosine similarity of every pair, as ``torchmeta.utils.matching.pairwise_cosine_similarity``.
+
+    ``x1 . x2 / max(||x1|| ||x2||, eps)``.
+
+    Args:
+        embeddings1: (B, N, D) embeddings.
+        embeddings2: (B, M, D) embeddings.
+        eps: The floor of the norm product.
+
+    Returns:
+        (B, N, M) similarities.
+    """
     _check_batched("embeddings1", embeddings1)
     _check_batched("embeddings2", embeddings2)
     sq1 = (embeddings1 ** 2).sum(2, keepdim=True)                              # (B, N, 1)
@@ -343,8 +409,18 @@ def matching_log_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Te
 
 def matching_probas(embeddings: Tensor, targets: Tensor, test_embeddings: Tensor, num_classes: int,
                     eps: float = 1e-8) -> Tensor:
-    """``exp`` of [`matching_log_probas`][metalearn.data.helpers.matching_log_probas]: (B, num_classes, M)
-    probabilities."""
+    """``exp`` of [`matching_log_probas`][metalearn.data.helpers.matching_log_probas].
+
+    Args:
+        embeddings: (B, N, D) support embeddings.
+        targets: (B, N) int64 support classes in [0, num_classes).
+        test_embeddings: (B, M, D) query embeddings.
+        num_classes: Classes per task.
+        eps: The floor of the norm product in the cosine similarity.
+
+    Returns:
+        (B, num_classes, M) probabilities.
+    """
     return matching_log_probas(embeddings, targets, test_embeddings, num_classes, eps).exp()
 
 

@@ -279,8 +279,18 @@ def _l2l_split(folder: Path, split: str) -> _Split:
 
 
 def _read_h5(data_path: Path, labels_path: Path) -> tuple[np.ndarray, list[str], list[int]]:
-    """torchmeta's ``<split>_data.hdf5`` + ``<split>_labels.json`` -> (images (M, 3, 84, 84) uint8 grouped by
-    class, sorted WordNet ids, counts); rows of a class keep their order in the file."""
+    """Read torchmeta's ``<split>_data.hdf5`` + ``<split>_labels.json``; rows of a class keep their order in the file.
+
+    Args:
+        data_path: The ``<split>_data.hdf5`` file.
+        labels_path: The ``<split>_labels.json`` file (the class list).
+
+    Returns:
+        (images (M, 3, 84, 84) uint8 grouped by class, sorted WordNet ids, counts).
+
+    Raises:
+        ValueError: A file that cannot be read or does not hold what torchmeta writes.
+    """
     import json
 
     from metalearn.extras import require
@@ -438,6 +448,18 @@ def export_miniimagenet_hf(out_dir: str | os.PathLike, root: str | os.PathLike |
     Keys = ``splits``; columns ``image`` (the original JPEG bytes, not re-encoded), ``label`` (WordNet id string),
     ``filename``; rows in csv order. ``load_miniimagenet(source="hf", hf_name=out_dir)`` then gives tensors
     identical to the archives. The folder is replaced atomically.
+
+    Args:
+        out_dir: The folder written.
+        root: Data root holding ``miniimagenet/`` (default $METALEARN_DATA).
+        splits: The splits exported.
+        source: "auto", "tar" or "folder": where the JPEG files are read from.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        ValueError: Another ``source``, or an unknown split.
     """
     datasets = _cache.import_datasets()
     if source not in ("auto", "tar", "folder"):

@@ -463,6 +463,16 @@ def export_omniglot_hf(out_dir: str | os.PathLike, root: str | os.PathLike | Non
     One ``datasets.Dataset`` with the columns of `HF_SCHEMA` (image = lossless grayscale PNG 105x105,
     alphabet, character, split, drawing), one row per drawing, in Vinyals order. ``load_omniglot(source="hf",
     hf_name=out_dir)`` gives tensors identical to the npz source. The folder is replaced atomically.
+
+    Args:
+        out_dir: The folder written.
+        root: Data root holding ``omniglot/`` in its npz form (default $METALEARN_DATA).
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FileNotFoundError: The npz form is missing.
     """
     datasets = _cache.import_datasets()
     folder = _omniglot_dir(root)

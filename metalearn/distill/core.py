@@ -61,6 +61,7 @@ def train_on_distilled(model: nn.Module, params: Params, images: Tensor, labels:
         labels: ``(n,)``, the labels of every batch.
         lrs: ``(S * epochs,)`` step sizes, one per inner step (tensors: gradients flow into them).
         epochs: passes over the batches.
+        buffers: the model's buffers, passed to ``call`` (None: the module's own).
 
     Returns:
         The trained parameters ``θ_{S·E}``, a new dict, differentiable in ``images``, ``lrs`` and ``params``
@@ -93,8 +94,22 @@ def train_on_distilled(model: nn.Module, params: Params, images: Tensor, labels:
 
 def distill_loss(model: nn.Module, init: Params, images: Tensor, labels: Tensor, raw_lrs: Tensor, epochs: int,
                  real_x: Tensor, real_y: Tensor, buffers: Params | None = None) -> Tensor:
-    """The outer objective ``L(x̃, η̃)``: cross-entropy on the real batch ``(real_x, real_y)`` of the network
-    trained on the distilled set from ``init``. Scalar, differentiable in ``images`` and ``raw_lrs``."""
+    """The outer objective ``L(x̃, η̃)``: cross-entropy on a real batch of the network trained on the distilled set.
+
+    Args:
+        model: Called as ``call(model, params, buffers, x) -> logits``.
+        init: The initialisation the network is trained from.
+        images: ``(S, n, C, H, W)`` distilled images.
+        labels: ``(n,)``, the labels of every batch.
+        raw_lrs: ``(S * epochs,)`` raw step sizes (the step sizes are their softplus).
+        epochs: Passes over the batches.
+        real_x: The real batch's images.
+        real_y: Their labels.
+        buffers: The model's buffers, passed to ``call`` (None: the module's own).
+
+    Returns:
+        The scalar loss, differentiable in ``images`` and ``raw_lrs``.
+    """
     trained = train_on_distilled(model, init, images, labels, step_lrs(raw_lrs), epochs, buffers)
     return F.cross_entropy(call(model, trained, buffers or {}, real_x), real_y)
 
@@ -102,7 +117,19 @@ def distill_loss(model: nn.Module, init: Params, images: Tensor, labels: Tensor,
 @torch.no_grad()
 def accuracy(model: nn.Module, params: Params, x: Tensor, y: Tensor, batch_size: int = 2000,
              buffers: Params | None = None) -> float:
-    """Top-1 accuracy (%) of ``call(model, params, buffers, x)`` on ``(x, y)``, evaluated in batches."""
+    """Top-1 accuracy (%) of ``call(model, params, buffers, x)`` on ``(x, y)``, evaluated in batches.
+
+    Args:
+        model: The network.
+        params: Its parameters.
+        x: The images.
+        y: Their labels.
+        batch_size: Images per forward pass.
+        buffers: The model's buffers, passed to ``call`` (None: the module's own).
+
+    Raises:
+        ArgumentError: ``x`` holds no image.
+    """
     if x.shape[0] == 0:
         raise ArgumentError("x: expected at least one image to evaluate on")
     correct = 0
@@ -115,7 +142,20 @@ def accuracy(model: nn.Module, params: Params, x: Tensor, y: Tensor, batch_size:
 def train_and_score(model: nn.Module, init: Params, images: Tensor, labels: Tensor, lrs: Tensor, epochs: int,
                     x: Tensor, y: Tensor, buffers: Params | None = None) -> float:
     """Train from ``init`` on a (distilled or baseline) set, then the accuracy (%) on ``(x, y)``; no meta-graph.
-    A diverged network (non-finite parameters) scores 0."""
+
+    A diverged network (non-finite parameters) scores 0.
+
+    Args:
+        model: Called as ``call(model, params, buffers, x) -> logits``.
+        init: The initialisation.
+        images: ``(S, n, C, H, W)`` training images.
+        labels: ``(n,)``, the labels of every batch.
+        lrs: ``(S * epochs,)`` step sizes.
+        epochs: Passes over the batches.
+        x: The evaluation images.
+        y: Their labels.
+        buffers: The model's buffers, passed to ``call`` (None: the module's own).
+    """
     with torch.enable_grad():
         trained = train_on_distilled(model, {n: p.detach() for n, p in init.items()}, images.detach(), labels,
                                      lrs.detach(), epochs, buffers)

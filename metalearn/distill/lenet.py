@@ -43,12 +43,19 @@ class LeNet(nn.Module):
 
 def init_params(model: nn.Module, scheme: str = "xavier", generator: torch.Generator | None = None,
                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> Params:
-    """Fresh parameters for ``model`` (a new dict; the module's own tensors are not touched), drawn from
-    ``generator`` so that a run is reproducible and resumable.
+    """Fresh parameters for ``model`` (a new dict; the module's own tensors are not touched).
 
-    * ``xavier``: weights ``N(0, 2 / (fan_in + fan_out))`` (Glorot normal, gain 1), biases 0 (the initialisation
-      of the dataset-distillation reference code).
-    * ``default``: PyTorch's default for Linear/Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+    Args:
+        model: The network whose parameters are drawn.
+        scheme: ``xavier``: weights ``N(0, 2 / (fan_in + fan_out))`` (Glorot normal, gain 1), biases 0 (the
+            initialisation of the dataset-distillation reference code); ``default``: PyTorch's default for
+            Linear/Conv: weights and biases ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``.
+        generator: The draws come from it, so that a run is reproducible and resumable.
+        dtype: The dtype of the parameters.
+        device: Their device.
+
+    Raises:
+        ArgumentError: An unknown ``scheme``.
     """
     scheme = check_choice("scheme", scheme, INITS)
     out: Params = {}

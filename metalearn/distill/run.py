@@ -75,8 +75,14 @@ def build_model(cfg: DistillConfig) -> LeNet:
 
 
 def _eval_inits(cfg: DistillConfig, model: LeNet, which: str) -> list[dict]:
-    """The initialisations an evaluation trains from: the fixed one, or ``eval_models`` held-out random ones
-    (their own seeds, never seen in training; ``which`` = val or test gives a different set)."""
+    """The initialisations an evaluation trains from.
+
+    Args:
+        cfg: The distillation config: the fixed init, or ``eval_models`` held-out random ones (their own seeds,
+            never seen in training).
+        model: The network.
+        which: ``"val"`` or ``"test"``: each gives a different set of random inits.
+    """
     if cfg.init == "fixed":
         return [fixed_init(cfg, model)]
     g = torch.Generator().manual_seed(cfg.seed + (1_000 if which == "val" else 2_000))
@@ -101,10 +107,21 @@ def distill(cfg: DistillConfig, out: str | Path | None = None, *, resume: bool =
             data: DistillData | None = None, log: Callable[[str], None] | None = print) -> dict:
     """Learn a distilled set for ``cfg``; returns the result dict (also ``out/result.json``).
 
-    ``out``: run directory (``None``: no files). Without ``resume`` an existing ``out/last.pt`` is an error;
-    with it the run continues from there (only the keys in ``RESUME_FREE`` may change). Ctrl-C returns the
-    partial result with ``"interrupted": True``; ``last.pt`` then holds the last checkpoint (written at every
-    evaluation, and every ``checkpoint_every`` steps).
+    Ctrl-C returns the partial result with ``"interrupted": True``; ``last.pt`` then holds the last checkpoint
+    (written at every evaluation, and every ``checkpoint_every`` steps).
+
+    Args:
+        cfg: The distillation config.
+        out: Run directory (``None``: no files).
+        resume: Continue the run in ``out`` (only the keys in ``RESUME_FREE`` may change); without it an
+            existing ``out/last.pt`` is an error.
+        data: The data (default: loaded for ``cfg``).
+        log: Gets each progress line (None: quiet).
+
+    Raises:
+        ConfigError: ``resume`` without a checkpoint, with a checkpoint of another kind, or with a config that
+            differs in a key that may not change.
+        FileExistsError: ``out`` already holds a run and ``resume`` is off.
     """
     say = log or (lambda s: None)
     if cfg.threads > 0:
@@ -283,8 +300,15 @@ def random_real_sets(cfg: DistillConfig, data: DistillData, draws: int, seed: in
 
 
 def kmeans_set(cfg: DistillConfig, data: DistillData, seed: int) -> Tensor:
-    """k-means centres (k = images_per_class * steps) of each class's real training images, distilled layout
-    (with k = 1: the class means)."""
+    """k-means centres (k = images_per_class * steps) of each class's real training images, distilled layout.
+
+    With k = 1: the class means.
+
+    Args:
+        cfg: The distillation config.
+        data: The data.
+        seed: The seed of k-means.
+    """
     from sklearn.cluster import KMeans
     per = cfg.images_per_class * cfg.steps
     chosen = []
@@ -300,9 +324,17 @@ def kmeans_set(cfg: DistillConfig, data: DistillData, seed: int) -> Tensor:
 
 def baselines(cfg: DistillConfig, data: DistillData | None = None,
               log: Callable[[str], None] | None = print) -> dict:
-    """The paper's baselines on the distilled set's budget: the same number of images, the same inits and the
-    same ``steps * epochs`` GD steps, with one constant step size tuned on the validation split over
-    ``baseline_lrs`` (the lr with the best mean validation accuracy). Test accuracy as in `distill`."""
+    """The paper's baselines on the distilled set's budget.
+
+    The same number of images, the same inits and the same ``steps * epochs`` GD steps, with one constant step size
+    tuned on the validation split over ``baseline_lrs`` (the lr with the best mean validation accuracy). Test
+    accuracy as in `distill`.
+
+    Args:
+        cfg: The distillation config.
+        data: The data (default: loaded for ``cfg``).
+        log: Gets each progress line (None: quiet).
+    """
     say = log or (lambda s: None)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
@@ -348,8 +380,18 @@ def write_json(obj: dict, path: str | Path) -> Path:
 
 def save_grid(images: Tensor, lrs: Tensor | None, cfg: DistillConfig, path: str | Path,
               title: str | None = None) -> Path:
-    """The distilled images as a PNG grid: one column per class, one row per (batch, image of its class);
-    each batch's row names its step sizes (one per epoch)."""
+    """The distilled images as a PNG grid: one column per class, one row per (batch, image of its class).
+
+    Args:
+        images: The distilled images, one batch per step.
+        lrs: The step sizes; each batch's row names its own (one per epoch).  None: no step sizes.
+        cfg: The distillation config.
+        path: The PNG file.
+        title: The figure's title (default: one describing the set).
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

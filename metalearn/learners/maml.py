@@ -77,9 +77,19 @@ def meta_batch(model: nn.Module, params: Params, buffers: Params, hyper: Params,
                chunk_size: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """[`task_loss`][metalearn.learners.maml.task_loss] for every task of a batched ``episode``.
 
-    The arguments are [`task_loss`][metalearn.learners.maml.task_loss]'s, with the episode in place of the four
-    tensors; ``vmap_tasks=False`` is the reference loop over tasks, and ``chunk_size`` vmaps that many tasks at
-    a time (None: all at once).
+    Args:
+        model: The classifier, called through ``torch.func.functional_call``.
+        params: All of the model's parameters by name.
+        buffers: The model's buffers by name.
+        hyper: The update rule's meta-parameters.
+        names: The parameters that adapt.
+        episode: A batch of tasks, in place of ``task_loss``'s four tensors.
+        steps: Inner steps.
+        rule: The update rule.
+        first_order: Detach the inner gradients (first-order MAML).
+        loss_fn: ``loss_fn(logits, labels) -> scalar``.
+        vmap_tasks: False is the reference loop over tasks.
+        chunk_size: Vmap that many tasks at a time (None: all at once).
 
     Returns:
         Per task: ``(query_losses (B,), query_logits (B, NQ, N), support_losses (B, steps))``.
@@ -122,6 +132,7 @@ class MAML(Learner):
             same), and [`loss`][metalearn.learners.maml.MAML.loss] / [`predict`][metalearn.learners.maml.MAML.predict]
             vmap chunk by chunk.
         check_finite: raise ``FloatingPointError`` naming the task and step of a non-finite support loss.
+        loss_fn: ``loss_fn(logits, labels) -> scalar``, for the support and the query loss.
 
     Examples:
         >>> from metalearn.nn import MamlConv4

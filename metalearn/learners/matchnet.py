@@ -29,9 +29,16 @@ from metalearn.types import Episode
 def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8, scale: float = 1.0) -> Tensor:
     """Attention of each query over the support: softmax over the support of cosine similarities.
 
-    query: ([B,] Q, D), support: ([B,] S, D) -> ([B,] Q, S), each row sums to one.  Vinyals et al. 2016, eq. 2.
-    ``eps`` bounds the norms away from zero (an all-zero embedding gets cosine 0 with everything).  ``scale``
-    multiplies the cosines before the softmax (an inverse temperature; 1 is the paper).
+    Vinyals et al. 2016, eq. 2.
+
+    Args:
+        query: ([B,] Q, D) query embeddings.
+        support: ([B,] S, D) support embeddings.
+        eps: Bounds the norms away from zero (an all-zero embedding gets cosine 0 with everything).
+        scale: Multiplies the cosines before the softmax (an inverse temperature; 1 is the paper).
+
+    Returns:
+        ([B,] Q, S) attention, each row sums to one.
 
     Examples:
         >>> a = cosine_attention(torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 3.0]]))
@@ -47,6 +54,13 @@ def check_support_labels(support_y: Tensor, ways: int) -> None:
     """ValueError naming ``support_y`` if a label lies outside [0, ways) or a class has no support example.
 
     Reads values back from the device (a host sync), so hot loops fed by EpisodeSampler skip it.
+
+    Args:
+        support_y: ([B,] S) support labels.
+        ways: N, the number of classes.
+
+    Raises:
+        ValueError: A label outside [0, ways), or a class without a support example.
     """
     if bool(((support_y < 0) | (support_y >= ways)).any()):
         bad = support_y[(support_y < 0) | (support_y >= ways)].flatten()[0].item()
@@ -60,10 +74,17 @@ def check_support_labels(support_y: Tensor, ways: int) -> None:
 def matching_logits(attention: Tensor, support_y: Tensor, ways: int) -> Tensor:
     """Log of the attention-weighted one-hot labels, ``log Σ_i a(x̂, x_i) y_i``.  Vinyals et al. 2016, eq. 1.
 
-    attention: ([B,] Q, S) rows summing to one, support_y: ([B,] S) in [0, ways) -> ([B,] Q, ways).  The rows
-    of ``exp(logits)`` are the predicted class distributions, so ``cross_entropy(logits, y)`` is
-    ``-log P(y | x̂, S)``.  A class without support examples has probability 0, clamped to the dtype's
-    smallest normal number before the log (logit about -87 in float32) so that the loss stays finite.
+    The rows of ``exp(logits)`` are the predicted class distributions, so ``cross_entropy(logits, y)`` is
+    ``-log P(y | x̂, S)``.  A class without support examples has probability 0, clamped to the dtype's smallest
+    normal number before the log (logit about -87 in float32) so that the loss stays finite.
+
+    Args:
+        attention: ([B,] Q, S) attention, rows summing to one.
+        support_y: ([B,] S) support labels in [0, ways).
+        ways: N, the number of classes.
+
+    Returns:
+        ([B,] Q, ways) logits.
     """
     onehot = F.one_hot(support_y, ways).to(attention.dtype)          # ([B,] S, N)
     p = attention @ onehot                                             # ([B,] Q, N)
@@ -219,8 +240,14 @@ class MatchingNet(Learner):
 
 @torch.no_grad()
 def embedding_dim(encoder: nn.Module, image_shape: tuple) -> int:
-    """The output size D of ``encoder`` on images of ``image_shape`` (C, H, W), from one forward pass of two
-    zero images in eval mode (the encoder's train/eval mode is restored)."""
+    """The output size D of ``encoder`` on images of ``image_shape``.
+
+    One forward pass of two zero images in eval mode (the encoder's train/eval mode is restored).
+
+    Args:
+        encoder: The embedding network.
+        image_shape: (C, H, W) of an image.
+    """
     was_training = encoder.training
     encoder.eval()
     try:

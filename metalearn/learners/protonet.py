@@ -51,7 +51,15 @@ def squared_euclidean(a: Tensor, b: Tensor) -> Tensor:
 
 
 def protonet_logits(support_z: Tensor, support_y: Tensor, query_z: Tensor, ways: int, check: bool = True) -> Tensor:
-    """Query logits = -||f(x) - c_k||^2.  ([B,] NK, D), ([B,] NK), ([B,] NQ, D) -> ([B,] NQ, ways)."""
+    """Query logits = -||f(x) - c_k||^2.  ([B,] NK, D), ([B,] NK), ([B,] NQ, D) -> ([B,] NQ, ways).
+
+    Args:
+        support_z: ([B,] N*K, D) support embeddings.
+        support_y: ([B,] N*K) support labels in [0, ways).
+        query_z: ([B,] N*Q, D) query embeddings.
+        ways: N, the number of classes.
+        check: Raise if a class has no support example (see [`prototypes`][metalearn.learners.protonet.prototypes]).
+    """
     return -squared_euclidean(query_z, prototypes(support_z, support_y, ways, check))
 
 

@@ -31,8 +31,14 @@ _CHUNK_ELEMENTS = 1 << 24   # pair differences materialised at once by SiameseHe
 
 
 def embedding_dim(encoder: nn.Module, image_shape: tuple) -> int:
-    """D, the size of ``encoder``'s output for one image of ``image_shape`` (C, H, W): one forward pass of two
-    zero images in eval mode (the encoder's mode is restored)."""
+    """D, the size of ``encoder``'s output for one image.
+
+    One forward pass of two zero images in eval mode (the encoder's mode is restored).
+
+    Args:
+        encoder: The embedding network.
+        image_shape: (C, H, W) of an image.
+    """
     was = encoder.training
     p = next(encoder.parameters(), None)
     x = torch.zeros(2, *image_shape, device=p.device if p is not None else None)
@@ -61,8 +67,18 @@ class SiameseHead(nn.Module):
     def pairwise(self, a: Tensor, b: Tensor) -> Tensor:
         """Logits of all pairs.  a: ([B,] P, D), b: ([B,] R, D) -> ([B,] P, R).
 
-        Materialises |a_p - b_r| in chunks of rows of ``a`` (bounded memory for wide embeddings such as
-        Koch's 4096-d)."""
+        Materialises |a_p - b_r| in chunks of rows of ``a`` (bounded memory for wide embeddings such as Koch's 4096-d).
+
+        Args:
+            a: ([B,] P, D) embeddings.
+            b: ([B,] R, D) embeddings.
+
+        Returns:
+            ([B,] P, R) logits of p(same).
+
+        Raises:
+            ValueError: An embedding size other than the head's.
+        """
         if a.shape[-1] != self.dim or b.shape[-1] != self.dim:
             raise ValueError(f"a, b: expected embeddings of size {self.dim}, got {a.shape[-1]} and {b.shape[-1]}")
         per_row = max(1, math.prod(b.shape[:-2]) * b.shape[-2] * self.dim)
@@ -75,9 +91,17 @@ class SiameseHead(nn.Module):
 def class_log_scores(pair_logits: Tensor, support_y: Tensor, ways: int, check: bool = True) -> Tensor:
     """log of the mean p(same) over each class's support images.
 
-    pair_logits: ([B,] NQ, NK) logits of p(same) for every (query, support) pair; support_y: ([B,] NK) in
-    [0, ways) -> ([B,] NQ, ways).  With ``check``, a class without a support image raises ValueError (one host
-    sync); without it such a class scores -inf.
+    Args:
+        pair_logits: ([B,] NQ, NK) logits of p(same) for every (query, support) pair.
+        support_y: ([B,] NK) support labels in [0, ways).
+        ways: N, the number of classes.
+        check: Raise if a class has no support image (one host sync); without it such a class scores -inf.
+
+    Returns:
+        ([B,] NQ, ways) log scores.
+
+    Raises:
+        ValueError: A class without a support image (with ``check``).
     """
     onehot = F.one_hot(support_y, ways).to(pair_logits.dtype)                      # ([B,] NK, N)
     counts = onehot.sum(-2)                                                         # ([B,] N)
@@ -92,8 +116,14 @@ def class_log_scores(pair_logits: Tensor, support_y: Tensor, ways: int, check: b
 def balanced_pair_bce(pair_logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Class-balanced BCE over the unordered pairs (i < j) of M labelled items.
 
-    pair_logits: ([B,] M, M) symmetric logits, y: ([B,] M) labels -> (loss, n_same, n_diff), the loss averaged
-    over tasks; n_same/n_diff ([B]) count the pairs.  Same pairs and different pairs weigh 1/2 each in total.
+    Same pairs and different pairs weigh 1/2 each in total.
+
+    Args:
+        pair_logits: ([B,] M, M) symmetric logits.
+        y: ([B,] M) labels.
+
+    Returns:
+        (loss, n_same, n_diff): the loss averaged over tasks; n_same/n_diff ([B]) count the pairs.
     """
     m = y.shape[-1]
     upper = torch.ones(m, m, dtype=torch.bool, device=y.device).triu(1)

@@ -129,9 +129,18 @@ _RESERVED = ("trunk", "head", "ssl", "main", "both")
 
 
 def register_ssl_head(name: str, build) -> None:
-    """Make ``ResNetCIFAR(ssl_head=name)`` build its self-supervised branch with ``build(net) -> nn.Module``
-    (the module takes the trunk's output; its parameters are named ``name.*``).  Register it before a
-    checkpoint of such a model is loaded."""
+    """Make ``ResNetCIFAR(ssl_head=name)`` build its self-supervised branch with ``build``.
+
+    Register it before a checkpoint of such a model is loaded.
+
+    Args:
+        name: The branch's name, an identifier; its parameters are named ``name.*``.
+        build (Callable[[nn.Module], nn.Module]): ``build(net) -> nn.Module``; the module takes the trunk's output.
+
+    Raises:
+        ValueError: ``name`` is not an identifier, or a reserved name.
+        TypeError: ``build`` is not callable.
+    """
     if not isinstance(name, str) or not name.isidentifier() or name in _RESERVED:
         raise ValueError(f"name: expected an identifier other than {list(_RESERVED)}, got {name!r}")
     if not callable(build):

@@ -181,8 +181,23 @@ class TTTLayer(nn.Module):
         return z, upd
 
     def _dual(self, inner, q, k, v, eta, ln_w, ln_b):
-        """One mini-batch (N, m, d) in the dual form: per-token gradients g_s of each linear layer's output at the
-        mini-batch's starting weights, and ``W_t h = W h - sum_{s <= t} eta_s g_s (x_s . h)`` for the queries."""
+        """One mini-batch (N, m, d) in the dual form.
+
+        Per-token gradients g_s of each linear layer's output at the mini-batch's starting weights, and
+        ``W_t h = W h - sum_{s <= t} eta_s g_s (x_s . h)`` for the queries.
+
+        Args:
+            inner: The inner weights ``(w, b)`` of each linear layer at the start of the mini-batch.
+            q: (N, m, d) queries.
+            k: (N, m, d) keys, the inner model's inputs.
+            v: (N, m, d) values, its targets.
+            eta: (N, m) per-token step sizes.
+            ln_w: The inner layer norm's weight, per head.
+            ln_b: Its bias, per head.
+
+        Returns:
+            The outputs (N, m, d) and the mini-batch's summed updates of each layer's ``(w, b)``.
+        """
         xs, deltas = self._layer_inputs(inner, k)
         g = grad(self._chunk_loss, argnums=0)(deltas, inner, k, v, ln_w, ln_b)         # each (N, m, out)
         m = q.shape[1]
@@ -200,8 +215,14 @@ class TTTLayer(nn.Module):
         return z, upd
 
     def _layer_inputs(self, inner, k):
-        """The input of each inner linear layer for the tokens k (N, m, d) at the weights ``inner``, and zero
-        offsets (one per layer output) to differentiate the mini-batch loss at."""
+        """The input of each inner linear layer for the tokens at the weights ``inner``, and zero offsets.
+
+        The offsets (one per layer output) are where the mini-batch loss is differentiated.
+
+        Args:
+            inner: The inner weights ``(w, b)`` of each linear layer.
+            k: (N, m, d) tokens (keys).
+        """
         xs, deltas, h = [], [], k
         for i, (w, b) in enumerate(inner):
             xs.append(h)
@@ -212,8 +233,18 @@ class TTTLayer(nn.Module):
         return xs, tuple(deltas)
 
     def _chunk_loss(self, deltas, inner, k, v, ln_w, ln_b):
-        """Sum over the mini-batch's tokens of the inner loss with ``deltas`` added to each layer's output: its
-        gradient in ``deltas`` at 0 is each token's gradient with respect to that output."""
+        """Sum over the mini-batch's tokens of the inner loss with ``deltas`` added to each layer's output.
+
+        Its gradient in ``deltas`` at 0 is each token's gradient with respect to that output.
+
+        Args:
+            deltas: The offsets added to each layer's output.
+            inner: The inner weights ``(w, b)`` of each linear layer.
+            k: (N, m, d) keys, the inner model's inputs.
+            v: (N, m, d) values, its targets.
+            ln_w: The inner layer norm's weight, per head.
+            ln_b: Its bias, per head.
+        """
         h = k
         for i, ((w, b), dl) in enumerate(zip(inner, deltas)):
             h = h @ w.transpose(1, 2) + b[:, None] + dl
@@ -225,10 +256,22 @@ class TTTLayer(nn.Module):
     # ------------------------------------------------------------------ recurrence
 
     def step(self, x: Tensor, state: dict | None = None) -> tuple[Tensor, dict]:
-        """One token x (B, D) -> (output (B, D), new state): one gradient step of each head's inner model on the
-        token (at the weights its mini-batch started with), then the output at the updated weights.  ``state``:
-        from [`init_state`][metalearn.nn.ttt_layers.TTTLayer.init_state], a previous ``step`` or
-        ``forward(..., return_state=True)``; the state passed in is not modified."""
+        """One token: one gradient step of each head's inner model on it, then the output at the updated weights.
+
+        The step is taken at the weights the token's mini-batch started with.
+
+        Args:
+            x: (B, D) the token.
+            state: From [`init_state`][metalearn.nn.ttt_layers.TTTLayer.init_state], a previous ``step`` or
+                ``forward(..., return_state=True)`` (default: the state before the first token); the state passed in is
+                not modified.
+
+        Returns:
+            (output (B, D), new state).
+
+        Raises:
+            ArgumentError: ``x`` is not a float (B, D) tensor, or ``state`` was made for another number of sequences.
+        """
         self._check(x, dims=2)
         batch = x.shape[0]
         state = self.init_state(batch) if state is None else state

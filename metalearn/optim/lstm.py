@@ -40,9 +40,17 @@ def preprocess_gradients(g: Tensor, p: float = 10.0) -> Tensor:
     ``(log|g| / p, sign g)`` where ``|g| >= e^-p``, else ``(-1, e^p · g)``: the first input carries the magnitude
     on a log scale, the second the sign (or, for tiny gradients, the scaled value).
 
-    >>> preprocess_gradients(torch.tensor([1.0, -1e-6]), p=10.0)
-    tensor([[ 0.0000,  1.0000],
-            [-1.0000, -0.0220]])
+    Args:
+        g: (N,) gradients.
+        p: The preprocessing constant (> 0).
+
+    Raises:
+        ValueError: ``p`` <= 0.
+
+    Examples:
+        >>> preprocess_gradients(torch.tensor([1.0, -1e-6]), p=10.0)
+        tensor([[ 0.0000,  1.0000],
+                [-1.0000, -0.0220]])
     """
     if p <= 0:
         raise ValueError(f"p: expected > 0, got {p}")
@@ -228,8 +236,15 @@ class LSTMOptimizer(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "LSTMOptimizer":
-        """The optimizer written by [`save`][metalearn.optim.lstm.LSTMOptimizer.save] (or a ``best.pt`` /
-        ``last.pt`` of [`meta_train`][metalearn.optim.meta.meta_train]), in the dtype it was saved in."""
+        """The optimizer written by [`save`][metalearn.optim.lstm.LSTMOptimizer.save], in the dtype it was saved in.
+
+        Args:
+            path: The file (or a ``best.pt`` / ``last.pt`` of [`meta_train`][metalearn.optim.meta.meta_train]).
+            map_location: Where the optimizer goes.
+
+        Raises:
+            ValueError: The checkpoint does not hold an LSTM optimizer.
+        """
         state = load_checkpoint(path, map_location=map_location)
         if state.get("kind") != KIND:
             raise ValueError(f"checkpoint {str(path)!r} holds {state.get('kind')!r}, not an LSTM optimizer")

@@ -106,11 +106,24 @@ def _leaves(params: dict) -> dict:
 
 def unroll(net: LSTMOptimizer, batch: ProblemBatch, params: dict, state: LSTMState, grads: dict, t0: int,
            length: int) -> tuple[Tensor, dict, LSTMState, dict, Tensor]:
-    """One truncated unroll of ``length`` steps from step ``t0`` (params/grads at step t0).
+    """One truncated unroll of ``length`` steps from step ``t0``.
 
-    Returns (meta_loss, params, state, grads, losses): ``meta_loss`` = Σ_{t=t0+1}^{t0+length} mean_M f(θ_t),
-    differentiable in the LSTM's weights; ``losses`` (length, M) detached; params/state/grads are those of the
-    last step (params and state still attached to the graph; detach them before the next unroll).
+    Args:
+        net: The LSTM optimizer.
+        batch: The optimisees.
+        params: Their parameters at step ``t0``.
+        state: The LSTM's state at step ``t0``.
+        grads: The gradients at step ``t0``.
+        t0: The step the unroll starts from.
+        length: The number of steps (>= 1).
+
+    Returns:
+        (meta_loss, params, state, grads, losses): ``meta_loss`` = Σ_{t=t0+1}^{t0+length} mean_M f(θ_t),
+        differentiable in the LSTM's weights; ``losses`` (length, M) detached; params/state/grads are those of the
+        last step (params and state still attached to the graph; detach them before the next unroll).
+
+    Raises:
+        ValueError: ``length`` < 1.
     """
     if length < 1:
         raise ValueError(f"unroll length: expected >= 1, got {length}")
@@ -247,10 +260,21 @@ def run_optimizer(make_opt: Callable[[list], torch.optim.Optimizer], batch: Prob
                   ) -> tuple[Tensor, dict]:
     """Run a ``torch.optim``-style optimizer on the stacked optimisees of ``batch`` for ``steps`` steps.
 
-    ``make_opt(list_of_leaf_tensors)`` builds it (e.g. ``lambda ps: torch.optim.Adam(ps, lr=1e-2)``); every
-    built-in rule is elementwise, so stacking M optimisees gives each its own run. Returns (losses, params):
-    losses (steps + 1, M) float64 on the CPU, losses[t] = f(θ_t) on the step-t batch; params: final, stacked.
-    A diverging run gives inf/nan losses, not an error.
+    Every built-in rule is elementwise, so stacking M optimisees gives each its own run. A diverging run gives
+    inf/nan losses, not an error.
+
+    Args:
+        make_opt: ``make_opt(list_of_leaf_tensors)`` builds the optimizer (e.g.
+            ``lambda ps: torch.optim.Adam(ps, lr=1e-2)``).
+        batch: The optimisees.
+        steps: The number of steps (>= 1).
+
+    Returns:
+        (losses, params): losses (steps + 1, M) float64 on the CPU, losses[t] = f(θ_t) on the step-t batch;
+        params: final, stacked.
+
+    Raises:
+        ValueError: ``steps`` < 1.
     """
     if steps < 1:
         raise ValueError(f"steps: expected >= 1, got {steps}")
@@ -289,10 +313,23 @@ def tune_lr(name: str, batch: ProblemBatch, steps: int, grid: Sequence[float] = 
             log: Callable[[str], None] | None = print,
             baselines: dict[str, Callable[[list, float], torch.optim.Optimizer]] | None = None,
             ) -> tuple[float, dict]:
-    """Grid search of baseline ``name``'s learning rate: the lr with the lowest mean loss after ``steps``
-    steps on ``batch`` (tuning optimisees, not the test ones). Returns (best lr, {lr: mean final loss}).
-    ``baselines``: where ``name`` is looked up (default ``BASELINES``; e.g. ``{**BASELINES,
-    **searched_baselines(steps)}`` for the decayed PowerSign / AddSign variants)."""
+    """Grid search of baseline ``name``'s learning rate: the lr with the lowest mean loss after ``steps`` steps.
+
+    Args:
+        name: The baseline, a key of ``baselines``.
+        batch: The tuning optimisees (not the test ones).
+        steps: The number of steps of each run.
+        grid: The learning rates tried.
+        log: Gets one line per learning rate (None: quiet).
+        baselines: Where ``name`` is looked up (default ``BASELINES``; e.g. ``{**BASELINES,
+            **searched_baselines(steps)}`` for the decayed PowerSign / AddSign variants).
+
+    Returns:
+        (best lr, {lr: mean final loss}).
+
+    Raises:
+        ValueError: An unknown ``name``.
+    """
     table = BASELINES if baselines is None else baselines
     if name not in table:
         raise ValueError(f"name: expected one of {sorted(table)}, got {name!r}")

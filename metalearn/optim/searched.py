@@ -75,7 +75,14 @@ def sign_decay(decay: str, t: int | float | Tensor, total_steps: int | None = No
                periods: float | None = None) -> Tensor:
     """``f(t)`` of the sign term (module docstring), as a float64 tensor (0-d for a number ``t``).
 
-    ``t``: steps taken so far (0 for the first update); a tensor works elementwise and under autograd/vmap.
+    Args:
+        decay: One of ``DECAYS``.
+        t: Steps taken so far (0 for the first update); a tensor works elementwise and under autograd/vmap.
+        total_steps: ``T`` of the linear / cyclic / restart decays (required for them).
+        periods: ``n`` of the cyclic and restart decays (default ``DEFAULT_PERIODS``).
+
+    Raises:
+        ArgumentError: An unknown ``decay``, a missing ``total_steps``, or a value out of range.
 
     Examples:
         >>> [round(float(sign_decay("linear", t, 10)), 2) for t in (0, 5, 10, 20)]
@@ -228,6 +235,14 @@ def powersign_rule(lr: float, beta: float = 0.9, alpha: float = math.e, decay: s
                    total_steps: int | None = None, periods: float | None = None) -> StatefulRule:
     """PowerSign as a functional rule (the math of ``PowerSign``; arguments the same).
 
+    Args:
+        lr: Learning rate (>= 0).
+        beta: Decay of the moving average ``m`` (in [0, 1)), 0.9 in the paper.
+        alpha: The base (> 0), e in the paper.
+        decay: ``f(t)``, one of ``DECAYS``.
+        total_steps: ``T`` of the linear / cyclic / restart decays (required for them).
+        periods: ``n`` of the cyclic and restart decays (default ``DEFAULT_PERIODS``).
+
     Examples:
         >>> rule = powersign_rule(0.1)
         >>> p = {"w": torch.tensor([1.0])}
@@ -241,18 +256,40 @@ def powersign_rule(lr: float, beta: float = 0.9, alpha: float = math.e, decay: s
 
 def addsign_rule(lr: float, beta: float = 0.9, alpha: float = 1.0, decay: str = "constant",
                  total_steps: int | None = None, periods: float | None = None) -> StatefulRule:
-    """AddSign as a functional rule (the math of ``AddSign``; arguments the same)."""
+    """AddSign as a functional rule (the math of ``AddSign``; arguments the same).
+
+    Args:
+        lr: Learning rate (>= 0).
+        beta: Decay of the moving average ``m`` (in [0, 1)), 0.9 in the paper.
+        alpha: The base (>= 0), 1 in the paper.
+        decay: ``f(t)``, one of ``DECAYS``.
+        total_steps: ``T`` of the linear / cyclic / restart decays (required for them).
+        periods: ``n`` of the cyclic and restart decays (default ``DEFAULT_PERIODS``).
+    """
     return _sign_rule("addsign", lr, beta, alpha, decay, total_steps, periods)
 
 
 def adapt_stateful(loss_fn: Callable[..., Tensor], params: Params, steps: int, rule: StatefulRule,
                    state: SignState | None = None, first_order: bool = False,
                    buffers: Params | None = None) -> tuple[Params, Tensor, SignState]:
-    """``steps`` updates of ``params`` on ``loss_fn(params) -> scalar`` with a ``StatefulRule``: what
-    ``metalearn.inner.adapt`` does for a stateless rule (same arguments; ``state`` defaults to
-    ``rule.init(params)``). Returns ``(adapted_params, losses, state)``; ``losses`` (steps,) detached, seen before
-    each update. Second order unless ``first_order`` (the sign terms are piecewise constant: the meta-gradient
-    flows through ``g`` and the parameters)."""
+    """``steps`` updates of ``params`` with a ``StatefulRule``: ``metalearn.inner.adapt`` for stateful rules.
+
+    Args:
+        loss_fn: ``loss_fn(params) -> scalar`` (``loss_fn(params, buffers)`` when ``buffers`` is given).
+        params: The parameters to adapt.
+        steps: Number of updates (>= 0).
+        rule: The stateful rule ([`powersign_rule`][metalearn.optim.searched.powersign_rule], ...).
+        state: The rule's state to start from (default ``rule.init(params)``).
+        first_order: Detach the inner gradients; second order otherwise (the sign terms are piecewise constant:
+            the meta-gradient flows through ``g`` and the parameters).
+        buffers: Passed to ``loss_fn`` as a non-differentiated input.
+
+    Returns:
+        ``(adapted_params, losses, state)``; ``losses`` (steps,) detached, seen before each update.
+
+    Raises:
+        ArgumentError: ``params`` is not a dict of tensors, or a bad ``steps``.
+    """
     steps = check_int("steps", steps, 0)
     if not isinstance(params, dict) or not all(isinstance(p, Tensor) for p in params.values()):
         raise ArgumentError(f"params: expected a dict of tensors (name -> Tensor), got {type(params).__name__}")
@@ -276,9 +313,15 @@ def adapt_stateful(loss_fn: Callable[..., Tensor], params: Params, steps: int, r
 
 def searched_baselines(total_steps: int, decays: Iterable[str] = DECAYS
                        ) -> dict[str, Callable[[list, float], torch.optim.Optimizer]]:
-    """``{name: make(params, lr)}`` for PowerSign and AddSign with each of ``decays`` over ``total_steps``
-    (names in the paper's notation: ``PowerSign``, ``PowerSign-ld``, ``AddSign-cd``, ...), for
-    ``metalearn.optim.tune_lr`` and ``metalearn.optim.run_optimizer``."""
+    """``{name: make(params, lr)}`` for PowerSign and AddSign with each of ``decays`` over ``total_steps``.
+
+    Names are in the paper's notation (``PowerSign``, ``PowerSign-ld``, ``AddSign-cd``, ...); the result is for
+    ``metalearn.optim.tune_lr`` and ``metalearn.optim.run_optimizer``.
+
+    Args:
+        total_steps: ``T`` of the decays.
+        decays: The decays, each of ``DECAYS``.
+    """
     total_steps = check_int("total_steps", total_steps, 1)
     out: dict[str, Callable[[list, float], torch.optim.Optimizer]] = {}
     for cls in (PowerSign, AddSign):

@@ -38,8 +38,15 @@ class _RecordingWriter:
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """``torch.save(obj)`` to ``path`` atomically; returns ``path``.
 
-    See [`atomic_write`][metalearn.data.cache.atomic_write]: an interrupted save keeps the previous file, a full
-    disk raises [`DiskFullError`][metalearn.data.cache.DiskFullError]."""
+    See [`atomic_write`][metalearn.data.cache.atomic_write]: an interrupted save keeps the previous file.
+
+    Args:
+        obj: What to save.
+        path: The file.
+
+    Raises:
+        DiskFullError: The disk is full ([`DiskFullError`][metalearn.data.cache.DiskFullError]).
+    """
     path = Path(path)
     with atomic_write(path, mode="wb") as f:
         w = _RecordingWriter(f)

@@ -39,8 +39,15 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 def truncate_metrics(path: str | os.PathLike, step: int) -> None:
-    """Keep the records of ``metrics.jsonl`` logged at or before ``step`` (what a run resumed from a checkpoint
-    of that step continues from); drops the interrupted tail and any cut-off line. Atomic."""
+    """Keep the records of ``metrics.jsonl`` logged at or before ``step``.
+
+    That is what a run resumed from a checkpoint of that step continues from; drops the interrupted tail and any
+    cut-off line. Atomic.
+
+    Args:
+        path: The ``metrics.jsonl`` file (nothing happens when it does not exist).
+        step: The last step kept.
+    """
     from metalearn.data.cache import atomic_write
     path = Path(path)
     if not path.exists():

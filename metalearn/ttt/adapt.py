@@ -45,8 +45,17 @@ from metalearn.types import Params
 
 
 def as_float_images(images: Tensor, model: nn.Module, what: str = "images") -> Tensor:
-    """Check a stream of images (N, C, H, W) (uint8 in [0, 255] or float in [0, 1]) and return float in [0, 1]
-    in the dtype of the model's parameters.  Names ``what`` in every error (wrong rank, channels, size, empty)."""
+    """Check a stream of images and return them as float in [0, 1], in the dtype of the model's parameters.
+
+    Args:
+        images: (N, C, H, W) uint8 in [0, 255] or float in [0, 1].
+        model: The model the images are for (its channels and the dtype of its parameters).
+        what: The name every error gives the images.
+
+    Raises:
+        TypeError: ``images`` is not a tensor.
+        ValueError: Wrong rank, channels, size or dtype, or an empty stream.
+    """
     if not isinstance(images, Tensor):
         raise TypeError(f"{what}: expected a tensor, got {type(images).__name__}")
     channels = getattr(model, "in_channels", None)
@@ -87,16 +96,37 @@ def image_generator(index: int, seed: int = 0) -> torch.Generator:
 
 
 def draws(index: int, steps: int, copies: int, seed: int = 0, pad: int = 4) -> tuple[Tensor, Tensor, Tensor]:
-    """The rotation task's random draws of image ``index`` of the stream: crop offsets (steps, copies, 2) in
-    [0, 2 pad], flips (steps, copies) bool and rotation labels (steps, copies) in [0, 4), from a CPU generator
-    seeded by ``(seed, index)``."""
+    """The rotation task's random draws of image ``index`` of the stream.
+
+    Drawn from a CPU generator seeded by ``(seed, index)``.
+
+    Args:
+        index: The image's position in the stream.
+        steps: The number of adaptation steps.
+        copies: The number of augmented copies per step.
+        seed: The seed of the stream's draws.
+        pad: The zero padding of the random crop.
+
+    Returns:
+        Crop offsets (steps, copies, 2) in [0, 2 pad], flips (steps, copies) bool and rotation labels
+        (steps, copies) in [0, 4).
+    """
     from metalearn.ttt.ssl import RotationTask
     return RotationTask(pad=pad).draws(image_generator(index, seed), steps, copies, (0, 0, 0))
 
 
 def task_draws(task: SelfSupervisedTask, index: int, steps: int, copies: int, seed: int,
                size: tuple[int, ...]) -> tuple[Tensor, ...]:
-    """``task``'s draws of image ``index`` of the stream (each (steps, copies, ...))."""
+    """``task``'s draws of image ``index`` of the stream (each (steps, copies, ...)).
+
+    Args:
+        task: The self-supervised task.
+        index: The image's position in the stream.
+        steps: The number of adaptation steps.
+        copies: The number of augmented copies per step.
+        seed: The seed of the stream's draws (the generator is seeded by ``(seed, index)``).
+        size: (C, H, W) of the images.
+    """
     return task.draws(image_generator(index, seed), steps, copies, tuple(size))
 
 
@@ -135,8 +165,21 @@ class TTTResult:
 
 def _one_step(model: nn.Module, slow: Params, rule, fast: Params, bufs: Params, xs: Tensor,
               ys: tuple, task: SelfSupervisedTask) -> tuple[Params, Params, Tensor]:
-    """One SGD step of ``fast`` on the task's loss of inputs xs (M, C, H, W) and targets ys for one image;
-    buffers updated in a copy."""
+    """One SGD step of ``fast`` on the task's loss for one image; buffers updated in a copy.
+
+    Args:
+        model: The model, called functionally.
+        slow: The parameters that are not adapted.
+        rule: The update rule (SGD).
+        fast: The adapted parameters.
+        bufs: The buffers.
+        xs: (M, C, H, W) inputs of the self-supervised task.
+        ys: Their targets.
+        task: The self-supervised task.
+
+    Returns:
+        The new ``fast``, the new buffers and the loss before the step.
+    """
     bufs = {n: b.clone() for n, b in bufs.items()}
 
     def loss(p: Params, b: Params) -> Tensor:
@@ -153,14 +196,33 @@ def _predict_one(model: nn.Module, slow: Params, fast: Params, bufs: Params, x: 
 def ttt(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, copies: int = 32,
         adapt: ParamFilter = "trunk", seed: int = 0, chunk_size: int = 64, first_index: int = 0,
         vmap_images: bool = True, keep_params: bool = False, task: SelfSupervisedTask | None = None) -> TTTResult:
-    """Standard TTT on every image of ``images`` (N, C, H, W), each image adapting its own copy of the weights.
+    """Standard TTT on every image of ``images``, each image adapting its own copy of the weights.
 
-    ``chunk_size`` images are adapted at once (vmapped; ``vmap_images=False`` loops over them with the same
-    functional code).  ``first_index``: position of ``images[0]`` in the stream (seeds the draws, so a stream
-    split into parts gives the same result as in one call).  ``keep_params``: return the adapted parameters
-    and buffers of every image (memory: N copies of the adapted parameters).  ``task``: the self-supervised
-    task (default: the one of the model's branch).  The model is not modified.
-    Sun et al. 2020, Sec. 2 (standard version).
+    Sun et al. 2020, Sec. 2 (standard version).  The model is not modified.
+
+    Args:
+        model: The trained model, with a self-supervised branch.
+        images: (N, C, H, W) test stream, uint8 in [0, 255] or float in [0, 1].
+        steps: SGD steps per image.
+        lr: The SGD step size.
+        copies: Augmented copies of the image per step.
+        adapt: The parameters adapted (see [`ParamFilter`][metalearn.functional.ParamFilter]).
+        seed: The seed of the draws.
+        chunk_size: How many images are adapted at once (vmapped).
+        first_index: Position of ``images[0]`` in the stream (seeds the draws, so a stream split into parts gives
+            the same result as in one call).
+        vmap_images: False loops over the images of a chunk with the same functional code.
+        keep_params: Return the adapted parameters and buffers of every image (memory: N copies of the adapted
+            parameters).
+        task: The self-supervised task (default: the one of the model's branch).
+
+    Returns:
+        The logits, the self-supervised losses before each step and (with ``keep_params``) the adapted parameters
+        and buffers.
+
+    Raises:
+        ValueError: A setting out of range, or images the model cannot take.
+        FloatingPointError: A non-finite self-supervised loss.
 
     Examples:
         >>> res = ttt(ResNetCIFAR(26), test_images_uint8[:100], chunk_size=50)
@@ -220,11 +282,23 @@ def ttt(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, 
 def ttt_loop(model: nn.Module, images: Tensor, *, steps: int = 10, lr: float = 1e-3, copies: int = 32,
              adapt: ParamFilter = "trunk", seed: int = 0, first_index: int = 0,
              keep_params: bool = False, task: SelfSupervisedTask | None = None) -> TTTResult:
-    """Standard TTT as a per-image loop over a module, the way the original code runs it: reload the trained
-    weights, ``torch.optim.SGD`` on the selected parameters, ``backward()``, ``step()``; predict in eval mode.
+    """Standard TTT as a per-image loop over a module, the way the original code runs it.
 
-    Works on a private copy of ``model`` (the model is not modified).  The reference for
-    [`ttt`][metalearn.ttt.adapt.ttt].
+    For each image: reload the trained weights, ``torch.optim.SGD`` on the selected parameters, ``backward()``,
+    ``step()``; predict in eval mode.  Works on a private copy of ``model`` (the model is not modified).  The
+    reference for [`ttt`][metalearn.ttt.adapt.ttt].
+
+    Args:
+        model: The trained model, with a self-supervised branch.
+        images: (N, C, H, W) test stream, uint8 in [0, 255] or float in [0, 1].
+        steps: SGD steps per image.
+        lr: The SGD step size.
+        copies: Augmented copies of the image per step.
+        adapt: The parameters adapted (see [`ParamFilter`][metalearn.functional.ParamFilter]).
+        seed: The seed of the draws.
+        first_index: Position of ``images[0]`` in the stream (seeds the draws).
+        keep_params: Return the adapted parameters and buffers of every image.
+        task: The self-supervised task (default: the one of the model's branch).
     """
     x = as_float_images(images, model)
     names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))
@@ -260,12 +334,32 @@ def ttt_online(model: nn.Module, images: Tensor, *, steps: int = 1, lr: float = 
                adapt: ParamFilter = "trunk", seed: int = 0, first_index: int = 0,
                params: Params | None = None, buffers: Params | None = None,
                task: SelfSupervisedTask | None = None) -> TTTResult:
-    """TTT-Online: for each image in stream order, ``steps`` SGD steps on its rotation loss starting from the
-    weights the previous image left, then predict it in eval mode.  Sun et al. 2020, Sec. 2 (online version).
+    """TTT-Online: each image in stream order adapts the weights the previous image left, then is predicted.
 
-    ``params`` / ``buffers``: the adapted parameters / buffers to start from (a previous call's ``result.params``
-    and ``result.buffers``, to continue a stream); default the model's own.  Returns the final carried
-    parameters and buffers; the model is not modified.
+    For each image, ``steps`` SGD steps on its self-supervised loss starting from the weights the previous image
+    left, then a prediction in eval mode.  Sun et al. 2020, Sec. 2 (online version).  The model is not modified.
+
+    Args:
+        model: The trained model, with a self-supervised branch.
+        images: (N, C, H, W) test stream, uint8 in [0, 255] or float in [0, 1].
+        steps: SGD steps per image.
+        lr: The SGD step size.
+        copies: Augmented copies of the image per step.
+        adapt: The parameters adapted (see [`ParamFilter`][metalearn.functional.ParamFilter]).
+        seed: The seed of the draws.
+        first_index: Position of ``images[0]`` in the stream (seeds the draws).
+        params: The adapted parameters to start from (a previous call's ``result.params``, to continue a stream);
+            default the model's own.
+        buffers: The buffers to start from (a previous call's ``result.buffers``); default the model's own.
+        task: The self-supervised task (default: the one of the model's branch).
+
+    Returns:
+        The logits, the losses and the final carried parameters and buffers.
+
+    Raises:
+        ValueError: A setting out of range, images the model cannot take, or ``params`` not holding exactly the
+            adapted parameters.
+        FloatingPointError: A non-finite self-supervised loss.
     """
     x = as_float_images(images, model)
     names, task = _check(model, steps, lr, copies, adapt, task=task, size=tuple(x.shape[1:]))

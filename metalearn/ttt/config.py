@@ -281,9 +281,16 @@ def dump_ttt_config(cfg: TTTTaskConfig) -> str:
 
 
 def methods_for(cfg: TTTTaskConfig, has_rotation_head: bool, has_bn: bool) -> list[str]:
-    """The methods ``eval.methods`` names ('auto': source, TTT and TTT-Online with a rotation head or another
-    self-supervised branch (``has_rotation_head``); norm_adapt and Tent with BatchNorm; Tent also on GroupNorm
-    when asked explicitly)."""
+    """The methods ``eval.methods`` names.
+
+    ``'auto'``: source; TTT and TTT-Online with a rotation head or another self-supervised branch; norm_adapt and
+    Tent with BatchNorm.  An explicit list is taken as it is (Tent also on GroupNorm when asked explicitly).
+
+    Args:
+        cfg: The TTT task config.
+        has_rotation_head: The model has a rotation head or another self-supervised branch.
+        has_bn: The model has BatchNorm layers.
+    """
     if cfg.eval.methods != "auto":
         return [x.strip() for x in cfg.eval.methods.split(",")]
     out = ["source"]

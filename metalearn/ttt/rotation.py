@@ -35,7 +35,14 @@ def all_rotations(images: Tensor) -> tuple[Tensor, Tensor]:
 
 def random_draws(n: int, pad: int = 4, generator: torch.Generator | None = None,
                  device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """Crop offsets (n, 2) in [0, 2 pad] and flip flags (n,) bool, drawn on the CPU from ``generator``."""
+    """Crop offsets (n, 2) in [0, 2 pad] and flip flags (n,) bool, drawn on the CPU from ``generator``.
+
+    Args:
+        n: The number of images.
+        pad: The zero padding of the crop.
+        generator: The CPU generator (default: the global one).
+        device: Where the draws are moved.
+    """
     off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
     flip = torch.randint(0, 2, (n,), generator=generator).bool()
     return off.to(device), flip.to(device)
@@ -44,9 +51,19 @@ def random_draws(n: int, pad: int = 4, generator: torch.Generator | None = None,
 def crop_flip(images: Tensor, offsets: Tensor, flips: Tensor, pad: int = 4) -> Tensor:
     """Random-crop (zero padding ``pad``) and horizontal-flip augmentation from explicit draws.
 
-    images (N, C, H, W); offsets (N, 2) integer (row, column) in [0, 2 pad] (pad: the crop is the input itself);
-    flips (N,) bool.  Returns (N, C, H, W), the same as ``RandomCrop(H, padding=pad)`` + ``RandomHorizontalFlip``
-    with those draws.
+    The same as ``RandomCrop(H, padding=pad)`` + ``RandomHorizontalFlip`` with those draws.
+
+    Args:
+        images: (N, C, H, W) images.
+        offsets: (N, 2) integer (row, column) in [0, 2 pad] (pad: the crop is the input itself).
+        flips: (N,) bool.
+        pad: The zero padding.
+
+    Returns:
+        (N, C, H, W) crops.
+
+    Raises:
+        ValueError: ``offsets`` or ``flips`` of the wrong shape.
     """
     n, c, h, w = images.shape
     if offsets.shape != (n, 2) or flips.shape != (n,):

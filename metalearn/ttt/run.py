@@ -92,8 +92,18 @@ def corruption_names(cfg: TTTTaskConfig) -> list[str]:
 
 def run_method(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskConfig,
                first_index: int = 0) -> torch.Tensor:
-    """Logits of ``method`` on the stream ``x`` (uint8 (N, 3, 32, 32)) with the config's settings.
-    ``first_index``: the position of ``x[0]`` in the whole stream (seeds TTT's draws)."""
+    """Logits of ``method`` on the stream ``x`` with the config's settings.
+
+    Args:
+        method: ``source``, ``ttt``, ``ttt_online``, ``norm_adapt`` or ``tent``.
+        model: The trained model.
+        x: (N, 3, 32, 32) uint8 stream.
+        cfg: The TTT task config.
+        first_index: The position of ``x[0]`` in the whole stream (seeds TTT's draws).
+
+    Raises:
+        ConfigError: An unknown ``method``.
+    """
     from metalearn.ttt.adapt import ttt, ttt_online
     from metalearn.ttt.tent import norm_adapt, predict, tent
     a = cfg.ttt
@@ -120,12 +130,20 @@ SEQUENTIAL_METHODS = ("ttt_online", "tent")
 
 
 def run_method_split(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTTaskConfig) -> torch.Tensor:
-    """[`run_method`][metalearn.ttt.run.run_method] with the stream split across the processes of a distributed
-    run, for the methods that treat each image (``ttt``, ``source``) or each batch of ``eval.batch_size``
+    """[`run_method`][metalearn.ttt.run.run_method] with the stream split across the processes of a distributed run.
+
+    For the methods that treat each image (``ttt``, ``source``) or each batch of ``eval.batch_size``
     (``norm_adapt``) on its own: every process takes a contiguous run of whole chunks (``ttt.chunk_size`` /
     ``eval.batch_size``, so the chunks are those of one process), TTT's draws seeded by each image's position in
     the stream, and the logits are gathered in stream order.  One process, or a method of
-    [`SEQUENTIAL_METHODS`][metalearn.ttt.run.SEQUENTIAL_METHODS]: ``run_method`` itself."""
+    [`SEQUENTIAL_METHODS`][metalearn.ttt.run.SEQUENTIAL_METHODS]: ``run_method`` itself.
+
+    Args:
+        method: The method, as for ``run_method``.
+        model: The trained model.
+        x: (N, 3, 32, 32) uint8 stream.
+        cfg: The TTT task config.
+    """
     from metalearn import distributed as D
     if not D.active() or method in SEQUENTIAL_METHODS:
         return run_method(method, model, x, cfg)
@@ -143,10 +161,23 @@ def run_method_split(method: str, model: ResNetCIFAR, x: torch.Tensor, cfg: TTTT
 def eval_run(checkpoint: str | Path, overrides: list[str] | None = None, *, device: str | None = None,
              progress: Callable[[str], None] | None = None,
              on_set: Callable[[str, dict], None] | None = None) -> dict:
-    """Evaluate a run directory's ``last.pt`` (or a ``.pt`` in a run directory) with its ``config.yaml``
-    (``overrides`` as ``key=value``).  Returns ``{"sets": {set: {method: {"error", "n", "wall_s", "pred"}}},
-    "labels": [...], ...}`` (``pred``: the predicted class of each image, in stream order);
-    ``on_set(name, row)`` is called after each test set (to save partial results)."""
+    """Evaluate a run directory's ``last.pt`` (or a ``.pt`` in a run directory) with its ``config.yaml``.
+
+    Args:
+        checkpoint: The run directory or checkpoint file.
+        overrides: ``key=value`` overrides of the run's config.
+        device: The device (default: the config's).
+        progress: Gets one line per test set and method.
+        on_set: ``on_set(name, row)`` is called after each test set (to save partial results).
+
+    Returns:
+        ``{"sets": {set: {method: {"error", "n", "wall_s", "pred"}}}, "labels": [...], ...}`` (``pred``: the
+        predicted class of each image, in stream order).
+
+    Raises:
+        ConfigError: The methods or the self-supervised task do not fit the checkpoint, or more images are asked
+            for than a test set has.
+    """
     from metalearn.config import apply_overrides
     from metalearn.data.cifar10 import load_cifar10
     from metalearn.data.corruptions import corrupt

@@ -58,18 +58,38 @@ class SelfSupervisedTask:
 
     def draws(self, generator: torch.Generator, steps: int, copies: int,
               size: tuple[int, int, int]) -> tuple[Tensor, ...]:
-        """Random draws of one test image: tensors whose first two dimensions are (steps, copies), drawn on the
-        CPU from ``generator``; ``size``: (C, H, W) of the images."""
+        """Random draws of one test image, drawn on the CPU.
+
+        Args:
+            generator: The CPU generator the draws come from.
+            steps: The number of adaptation steps.
+            copies: The number of augmented copies per step.
+            size: (C, H, W) of the images.
+
+        Returns:
+            Tensors whose first two dimensions are (steps, copies).
+        """
         raise NotImplementedError
 
     def make_inputs(self, x: Tensor, draws: tuple[Tensor, ...]) -> tuple[Tensor, Targets]:
-        """Inputs of one adaptation step for each image: x (B, C, H, W) float, ``draws`` one step's draws of each
-        image (each (B, copies, ...)) -> inputs (B, M, C, H, W) and targets (each (B, ...))."""
+        """Inputs of one adaptation step for each image.
+
+        Args:
+            x: (B, C, H, W) float images.
+            draws: One step's draws of each image (each (B, copies, ...)).
+
+        Returns:
+            Inputs (B, M, C, H, W) and targets (each (B, ...)).
+        """
         raise NotImplementedError
 
     def loss(self, out: Tensor, targets: Targets) -> Tensor:
-        """Scalar loss of the branch's output ``out`` (M, ...) for one image's inputs (or one training batch's
-        self-supervised rows) against ``targets`` (each without the image dimension)."""
+        """Scalar loss of the branch's output for one image's inputs (or one training batch's self-supervised rows).
+
+        Args:
+            out: (M, ...) output of the self-supervised branch.
+            targets: The targets, each without the image dimension.
+        """
         raise NotImplementedError
 
     def joint_batch(self, x: Tensor, generator: torch.Generator) -> JointBatch:
@@ -118,8 +138,18 @@ class RotationTask(SelfSupervisedTask):
 
 
 def rotation_inputs(x: Tensor, off: Tensor, flip: Tensor, rot: Tensor, pad: int = 4) -> tuple[Tensor, Tensor]:
-    """Augmented, rotated copies of images and their labels.  x (B, C, H, W); off (B, K, 2), flip (B, K),
-    rot (B, K) -> (B, K, C, H, W) inputs and (B, K) labels."""
+    """Augmented, rotated copies of images and their labels.
+
+    Args:
+        x: (B, C, H, W) images.
+        off: (B, K, 2) crop offsets.
+        flip: (B, K) horizontal flips.
+        rot: (B, K) rotation labels (multiples of 90 degrees).
+        pad: The zero padding of the random crop.
+
+    Returns:
+        (B, K, C, H, W) inputs and (B, K) labels.
+    """
     b, k = rot.shape
     xs = x[:, None].expand(b, k, *x.shape[1:]).reshape(b * k, *x.shape[1:])
     xs = crop_flip(xs, off.reshape(b * k, 2).to(x.device), flip.reshape(b * k).to(x.device), pad)
@@ -131,9 +161,18 @@ def rotation_inputs(x: Tensor, off: Tensor, flip: Tensor, rot: Tensor, pad: int 
 # ------------------------------------------------------------------------------------------------ contrastive
 
 def nt_xent(z: Tensor, temperature: float) -> Tensor:
-    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1) of 2n embeddings z (2n, D) whose rows ``i`` and ``i + n`` are the
-    two views of one example: the mean over all 2n anchors of
-    ``-log exp(sim(i, pos) / t) / sum_{k != i} exp(sim(i, k) / t)`` with cosine similarity ``sim``."""
+    """NT-Xent (SimCLR, Chen et al. 2020, eq. 1) of 2n embeddings.
+
+    The mean over all 2n anchors of ``-log exp(sim(i, pos) / t) / sum_{k != i} exp(sim(i, k) / t)`` with cosine
+    similarity ``sim``.
+
+    Args:
+        z: (2n, D) embeddings whose rows ``i`` and ``i + n`` are the two views of one example.
+        temperature: ``t``, the temperature.
+
+    Returns:
+        The scalar loss.
+    """
     m = z.shape[0]
     z = F.normalize(z, dim=-1)
     sim = z @ z.transpose(-1, -2) / temperature                      # (2n, 2n)
@@ -160,10 +199,26 @@ VIEW_DRAWS = 10
 
 def simclr_views(x: Tensor, u: Tensor, crop_scale: float = 0.2, jitter: float = 0.4, jitter_p: float = 0.8,
                  gray_p: float = 0.2) -> Tensor:
-    """SimCLR's augmentation from explicit uniform draws u (N, 10) in [0, 1): random resized crop (area in
-    [crop_scale, 1] of the image, aspect ratio in [3/4, 4/3], bilinear), horizontal flip (p 0.5), colour jitter
-    with probability ``jitter_p`` (brightness, contrast, saturation each by a factor in [1 - jitter, 1 + jitter],
-    in that order; hue is not jittered) and grayscale (p ``gray_p``).  x (N, C, H, W) in [0, 1] -> (N, C, H, W)."""
+    """SimCLR's augmentation from explicit uniform draws.
+
+    Random resized crop (area in [crop_scale, 1] of the image, aspect ratio in [3/4, 4/3], bilinear), horizontal
+    flip (p 0.5), colour jitter with probability ``jitter_p`` (brightness, contrast, saturation each by a factor in
+    [1 - jitter, 1 + jitter], in that order; hue is not jittered) and grayscale (p ``gray_p``).
+
+    Args:
+        x: (N, C, H, W) images in [0, 1].
+        u: (N, 10) uniform draws in [0, 1), one row per view.
+        crop_scale: The smallest crop area, as a fraction of the image.
+        jitter: The strength of the colour jitter.
+        jitter_p: The probability of the colour jitter.
+        gray_p: The probability of grayscale.
+
+    Returns:
+        (N, C, H, W) views.
+
+    Raises:
+        ValueError: ``u`` is not of shape (N, 10).
+    """
     n, c, h, w = x.shape
     if u.shape != (n, VIEW_DRAWS):
         raise ValueError(f"u: expected shape ({n}, {VIEW_DRAWS}), got {tuple(u.shape)}")
@@ -242,9 +297,20 @@ class ContrastiveTask(SelfSupervisedTask):
 # ------------------------------------------------------------------------------------------------ masked patches
 
 def patch_mask(scores: Tensor, ratio: float, patch: int, size: tuple[int, int]) -> Tensor:
-    """Masks from random scores (..., P): the ``round(ratio * P)`` patches with the lowest scores are masked.
-    Returns (..., 1, H, W) float, 1 on masked pixels, with ``patch`` x ``patch`` patches on an (H/patch, W/patch)
-    grid (P of them, row-major)."""
+    """Masks from random scores: the ``round(ratio * P)`` patches with the lowest scores are masked.
+
+    Args:
+        scores: (..., P) random scores, one per patch of an (H/patch, W/patch) grid (row-major).
+        ratio: The fraction of the patches to mask.
+        patch: The side of a square patch, in pixels.
+        size: (H, W) of the images.
+
+    Returns:
+        (..., 1, H, W) float, 1 on masked pixels.
+
+    Raises:
+        ValueError: The last dimension of ``scores`` is not the number of patches.
+    """
     h, w = size
     gh, gw = h // patch, w // patch
     if scores.shape[-1] != gh * gw:
@@ -257,14 +323,23 @@ def patch_mask(scores: Tensor, ratio: float, patch: int, size: tuple[int, int]) 
 
 
 def masked_patches(ratio: float, patches: int) -> int:
-    """How many of ``patches`` patches a ``ratio`` masks: ``round(ratio * patches)``, at least 1 and at most
-    ``patches - 1``."""
+    """How many patches a mask covers: ``round(ratio * patches)``, at least 1 and at most ``patches - 1``.
+
+    Args:
+        ratio: The fraction of the patches to mask.
+        patches: The number of patches of an image.
+    """
     return min(max(1, round(ratio * patches)), patches - 1)
 
 
 def masked_mse(out: Tensor, image: Tensor, mask: Tensor) -> Tensor:
     """Mean squared error over the masked pixels only: ``sum(mask (out - image)^2) / (C sum(mask))``.
-    out, image (..., C, H, W); mask (..., 1, H, W) with 1 on masked pixels."""
+
+    Args:
+        out: (..., C, H, W) reconstruction.
+        image: (..., C, H, W) target image.
+        mask: (..., 1, H, W), 1 on masked pixels.
+    """
     c = image.shape[-3]
     return ((out - image) ** 2 * mask).sum() / (mask.sum() * c)
 
@@ -337,8 +412,15 @@ SSL_TASKS: dict = {"rotation": RotationTask, "contrastive": ContrastiveTask,
 
 
 def make_task(name: str, **settings) -> SelfSupervisedTask:
-    """The task ``name`` with ``settings`` (its dataclass fields; others are ignored, so one config section
-    serves every task)."""
+    """The task ``name`` with ``settings``.
+
+    Args:
+        name: The task's name, a key of ``SSL_TASKS``.
+        **settings (object): Its dataclass fields; others are ignored, so one config section serves every task.
+
+    Raises:
+        ValueError: An unknown ``name``, or settings the task cannot work with.
+    """
     if name not in SSL_TASKS:
         raise ValueError(f"task: expected one of {sorted(SSL_TASKS)}, got {name!r}")
     cls = SSL_TASKS[name]
@@ -349,8 +431,18 @@ def make_task(name: str, **settings) -> SelfSupervisedTask:
 
 
 def task_for(model, task: SelfSupervisedTask | None = None) -> SelfSupervisedTask:
-    """``task``, checked against the model's self-supervised branch; by default the task of that branch with its
-    default settings (the rotation task for a rotation model)."""
+    """``task``, checked against the model's self-supervised branch.
+
+    Args:
+        model (nn.Module): The model whose self-supervised branch the task trains.
+        task: The task; by default the task of that branch with its default settings (the rotation task for a
+            rotation model).
+
+    Raises:
+        ValueError: The model has no self-supervised branch, no registered task trains it, or ``task`` trains
+            another branch.
+        TypeError: ``task`` is not a ``SelfSupervisedTask``.
+    """
     head = getattr(model, "ssl_head", "rotation" if getattr(model, "has_rotation_head", False) else None)
     if head is None:
         raise ValueError("model: TTT needs a model with a rotation head or another self-supervised branch "

@@ -90,6 +90,11 @@ def norm_adapt(model: nn.Module, images: Tensor, batch_size: int = 128) -> Tenso
     No parameter changes, and the model's running statistics are not touched (updates go to a copy).  For a
     model without BatchNorm (GroupNorm ResNet) this equals [`predict`][metalearn.ttt.tent.predict]: there are no
     statistics to replace.
+
+    Args:
+        model: The trained model.
+        images: (N, C, H, W) test stream, uint8 in [0, 255] or float in [0, 1].
+        batch_size: Images per test batch.
     """
     if not has_batchnorm(model):
         return predict(model, images, batch_size)
@@ -124,11 +129,26 @@ class TentResult:
 
 def tent(model: nn.Module, images: Tensor, *, lr: float = 1e-3, batch_size: int = 128, steps: int = 1,
          betas: tuple[float, float] = (0.9, 0.999), params: Params | None = None) -> TentResult:
-    """Tent on the stream ``images`` (N, C, H, W): per batch of ``batch_size``, ``steps`` Adam steps on the
-    mean prediction entropy, updating only the norm layers' affine parameters.  Wang et al. 2021, Sec. 3.
+    """Tent on the stream ``images``: per batch, ``steps`` Adam steps on the mean prediction entropy.
 
-    ``params``: affine parameters to start from (a previous result's, to continue a stream).  The model is not
-    modified; Adam's state starts fresh on every call.
+    Only the norm layers' affine parameters are updated.  Wang et al. 2021, Sec. 3.  The model is not modified;
+    Adam's state starts fresh on every call.
+
+    Args:
+        model: The trained model.
+        images: (N, C, H, W) test stream, uint8 in [0, 255] or float in [0, 1].
+        lr: Adam's learning rate.
+        batch_size: Images per test batch.
+        steps: Adam steps per batch.
+        betas: Adam's betas.
+        params: Affine parameters to start from (a previous result's, to continue a stream).
+
+    Returns:
+        The logits (each batch predicted before its update), the mean entropies and the final affine parameters.
+
+    Raises:
+        ValueError: ``lr`` <= 0, ``steps`` < 1, images the model cannot take, or ``params`` not holding exactly the
+            norm affine parameters.
     """
     if not lr > 0:
         raise ValueError(f"lr: expected > 0, got {lr}")

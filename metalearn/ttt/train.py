@@ -70,10 +70,20 @@ class JointTrainConfig:
 
 def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTask | None = None,
                generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-    """Joint loss on float images x (B, C, H, W) in [0, 1] with labels y (B,): ``CE(main) + weight * SSL``, the
-    self-supervised loss of ``task`` (default: the task of the model's branch; rotation: CE over all 4 rotations;
-    just ``CE(main)`` without a branch).  ``generator``: the task's random draws (contrastive views, masks).
-    Returns (loss, metrics tensors: loss, main, ssl, acc; rotation and rot_acc for a rotation model or none)."""
+    """Joint loss ``CE(main) + weight * SSL``, SSL the self-supervised loss of ``task``.
+
+    Rotation: CE over all 4 rotations; just ``CE(main)`` without a branch.
+
+    Args:
+        model: The model.
+        x: (B, C, H, W) float images in [0, 1].
+        y: (B,) labels.
+        task: The self-supervised task (default: the task of the model's branch).
+        generator: The task's random draws (contrastive views, masks).
+
+    Returns:
+        (loss, metrics tensors: loss, main, ssl, acc; rotation and rot_acc for a rotation model or none).
+    """
     if model.has_ssl_head:
         task = task_for(model, task)
         jb = task.joint_batch(x, generator if generator is not None else torch.Generator().manual_seed(0))
@@ -96,8 +106,14 @@ def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTas
 
 
 def ssl_generator(seed: int, step: int) -> torch.Generator:
-    """The generator of a training step's self-supervised draws (contrastive views, masks): seeded by
-    ``(seed, step)``, apart from the augmentation's, so a resumed run draws the same."""
+    """The generator of a training step's self-supervised draws (contrastive views, masks).
+
+    Seeded by ``(seed, step)``, apart from the augmentation's, so a resumed run draws the same.
+
+    Args:
+        seed: The run's seed.
+        step: The global step.
+    """
     return torch.Generator().manual_seed(seed * 1_000_003 + step + 7_000_000_000_000)
 
 
@@ -112,9 +128,20 @@ def _permutation(n: int, seed: int, epoch: int) -> Tensor:
 
 def batch_at(images: Tensor, labels: Tensor, cfg: JointTrainConfig, step: int,
              dtype: torch.dtype = torch.float32, part: tuple[int, int] | None = None) -> tuple[Tensor, Tensor]:
-    """The augmented float batch of global step ``step`` (deterministic in (seed, step)); images uint8 on the
-    device.  ``part=(lo, hi)``: only images lo:hi of that batch, with the draws they get in the whole batch (the
-    share of one process of a distributed run)."""
+    """The augmented float batch of global step ``step`` (deterministic in (seed, step)).
+
+    Args:
+        images: (N, C, H, W) uint8 training images on the device.
+        labels: (N,) their labels.
+        cfg: The training settings (batch size, seed).
+        step: The global step.
+        dtype: The float dtype of the batch.
+        part: ``(lo, hi)``: only images lo:hi of that batch, with the draws they get in the whole batch (the share
+            of one process of a distributed run).
+
+    Returns:
+        The images and their labels.
+    """
     n = images.shape[0]
     spe = math.ceil(n / cfg.batch_size)
     epoch, i = divmod(step, spe)
@@ -153,12 +180,19 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
                 out: str | Path | None = None, *, resume: bool = False, meta: dict | None = None,
                 progress: Callable[[dict], None] | None = None,
                 task: SelfSupervisedTask | None = None) -> JointTrainState:
-    """Train ``model`` in place on uint8 ``images`` (N, C, H, W) and ``labels`` (N,) (both on the model's device).
+    """Train ``model`` in place on uint8 ``images`` and their ``labels``, both on the model's device.
 
-    ``out``: run directory for ``last.pt`` (atomic, every ``checkpoint_every`` steps and at the end) and
-    ``metrics.jsonl``; ``resume=True`` continues from ``out/last.pt`` (same model config required).  ``meta``
-    is stored in the checkpoint (e.g. the task config).  ``progress`` gets each logged metrics dict.  ``task``:
-    the self-supervised task (default: the one of the model's branch, rotation for a rotation model).
+    Args:
+        model: The model.
+        images: (N, C, H, W) uint8 training images.
+        labels: (N,) their labels.
+        cfg: The training settings.
+        out: Run directory for ``last.pt`` (atomic, every ``checkpoint_every`` steps and at the end) and
+            ``metrics.jsonl``.
+        resume: Continue from ``out/last.pt`` (same model config required).
+        meta: Stored in the checkpoint (e.g. the task config).
+        progress: Gets each logged metrics dict.
+        task: The self-supervised task (default: the one of the model's branch, rotation for a rotation model).
     """
     check_training_data(images, labels, model)
     if model.has_ssl_head:
@@ -282,9 +316,18 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def load_model(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[ResNetCIFAR, dict]:
-    """Rebuild a [`ResNetCIFAR`][metalearn.nn.resnet_cifar.ResNetCIFAR] from a checkpoint written by
-    [`train_joint`][metalearn.ttt.train.train_joint]; returns (model in eval
-    mode, checkpoint dict)."""
+    """Rebuild a [`ResNetCIFAR`][metalearn.nn.resnet_cifar.ResNetCIFAR] from a checkpoint.
+
+    Args:
+        path: A checkpoint written by [`train_joint`][metalearn.ttt.train.train_joint].
+        map_location: Where the model goes.
+
+    Returns:
+        (model in eval mode, checkpoint dict).
+
+    Raises:
+        ValueError: Not a TTT ResNet checkpoint, or its weights do not fit its model config.
+    """
     ck = load_checkpoint(path, map_location=map_location)
     if ck.get("kind") != KIND:
         raise ValueError(f"checkpoint {str(path)!r} is not a TTT ResNet checkpoint (kind {ck.get('kind')!r})")
