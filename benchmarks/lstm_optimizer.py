@@ -10,6 +10,11 @@ plots (docs/img/lstm_<task>*.png, .json) and the meta-training throughput (optim
     METALEARN_DATA=../shared/data python benchmarks/lstm_optimizer.py mnist --out runs/lstm
     ... --smoke                                                                        # seconds: a check that it runs
 
+The defaults are the paper's optimizer (2 layers of 20, p = 10, output scale 0.1) and our MLP initialisation
+(uniform ±1/√fan_in). ``--mlp-init normal`` gives the authors' released code's MNIST problem (weights and biases
+N(0, 0.01²)); its results go to their own files (``lstm_mnist_normal_init*``) with the init in the setting names.
+``--output-scale 0.01 --preprocess-p 5 --forget-bias 1`` is that code's optimizer.
+
 ``mnist`` also runs the generalisation settings of the paper with the optimizer trained on the base task
 (1 hidden layer of 20 sigmoid units, 100 steps): 200 steps, 40 hidden units, 2 hidden layers, ReLU. Baselines are
 tuned on each setting itself. MNIST splits: meta-training optimisees draw minibatches from training images
@@ -34,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from metalearn.optim import (BASELINES, LearnedOptimizer, LSTMOptimizer, MetaTrainConfig, MLPFamily,  # noqa: E402
                              ProblemBatch, QuadraticFamily, meta_train, run_optimizer, sample_problems, tune_lr)
-from metalearn.optim.meta import LR_GRID, write_json  # noqa: E402
+from metalearn.optim.meta import LR_GRID, VAL_METRICS, write_json  # noqa: E402
 from metalearn.train.evaluator import mean_ci95  # noqa: E402
 
 
@@ -61,6 +66,9 @@ def git_commit() -> dict:
             "dirty_paths": [l[3:] for l in status.splitlines() if l.strip()]}
 
 
+# the paper's baselines (sec. 3); BASELINES also holds the searched rules of benchmarks/searched_optim.py
+PAPER_BASELINES = ("SGD", "NAG", "RMSprop", "Adam")
+
 # the paper's generalisation settings (sec. 3.2), for the optimizer trained on 1x20 sigmoid, 100 steps:
 # (key, name, MLPFamily arguments, steps as % of the training horizon)
 GENERALISATION = [("200steps", "200 steps", {}, 200), ("40hidden", "40 hidden units", {"hidden": (40,)}, 100),
@@ -85,7 +93,7 @@ def compare(setting: str, net: LSTMOptimizer, tune_family, test_family, steps: i
     out = {"setting": setting, "steps": steps, "test_optimisees": len(test), "tune_optimisees": len(tune),
            "optimizers": {}}
     runs = {}
-    for name in BASELINES:
+    for name in args.baselines:
         tic = time.perf_counter()
         print(f"[{setting}] grid search {name} on {len(tune)} tuning optimisees, {steps} steps")
         lr, grid = tune_lr(name, tune, steps, grid=args.grid)
@@ -118,7 +126,7 @@ def compare(setting: str, net: LSTMOptimizer, tune_family, test_family, steps: i
         lr = f" (lr {info['lr']:g})" if "lr" in info else ""
         print(f"[{setting}] {name:8s}{lr:14s} loss after {steps} steps {rec['final']['mean']:.4f} ± "
               f"{rec['final']['ci95']:.4f}   eval {rec['eval_final']['mean']:.4f} ± {rec['eval_final']['ci95']:.4f}")
-    best_base = min((n for n in BASELINES), key=lambda n: out["optimizers"][n]["final"]["mean"])
+    best_base = min(args.baselines, key=lambda n: out["optimizers"][n]["final"]["mean"])
     out["best_baseline"] = best_base
     diff = finals["LSTM"] - finals[best_base]          # paired: the same test optimisees for every optimizer
     out["paired_lstm_minus_best_baseline"] = {**stats(diff), "lstm_wins": int((diff < 0).sum())}
@@ -158,9 +166,10 @@ def plot(results: list[dict], path: Path, title: str) -> None:
 
 def train_net(family, val_family, cfg: MetaTrainConfig, out: Path, args) -> tuple[LSTMOptimizer, dict]:
     torch.manual_seed(args.seed)
-    net = LSTMOptimizer()
+    net = LSTMOptimizer(preprocess_p=args.preprocess_p, output_scale=args.output_scale, forget_bias=args.forget_bias)
     res = meta_train(net, family, cfg, out_dir=out, val_family=val_family, resume=args.resume)
-    info = {"config": cfg.__dict__, "best_val_mean_loss": res.best_val, "best_iteration": res.best_iteration,
+    info = {"config": cfg.__dict__, "optimizer": {**net.config.__dict__, "forget_bias_init": args.forget_bias},
+            "best_val": res.best_val, "best_val_metric": cfg.val_metric, "best_iteration": res.best_iteration,
             "iterations_done": res.iterations_done, "optimisee_steps": res.optimisee_steps,
             "train_seconds": res.train_seconds, "optimisee_steps_per_second": res.steps_per_second,
             "skipped_unrolls": res.skipped_unrolls, "history": res.history, "checkpoint": str(out / "best.pt")}
@@ -212,9 +221,22 @@ def main() -> None:
     p.add_argument("--img", default=str(ROOT / "docs" / "img"), help="where the PNG plots and the JSON go")
     p.add_argument("--iterations", type=int, help="meta-training trajectories (default: 300 quadratic, 120 mnist)")
     p.add_argument("--optimisees", type=int, help="optimisees per trajectory (default: 32 quadratic, 1 mnist)")
-    p.add_argument("--lr", type=float, default=3e-3, help="Adam meta learning rate")
+    p.add_argument("--lr", type=float, default=3e-3, help="Adam meta learning rate (the authors' code: 1e-3)")
+    p.add_argument("--grad-clip", type=float, default=1.0, help="clip the meta-gradient's norm; 0: no clipping "
+                                                                "(the paper and the authors' code do not clip)")
     p.add_argument("--val-every", type=int, default=10)
     p.add_argument("--val-optimisees", type=int, help="default: 64 quadratic, 8 mnist")
+    p.add_argument("--val-metric", choices=VAL_METRICS, default="mean",
+                   help="best.pt is chosen by the mean validation loss over the trajectory (mean) or over its "
+                        "last unroll (last_unroll, as the authors' code)")
+    p.add_argument("--output-scale", type=float, default=0.1, help="LSTM output multiplier (the paper: 0.1 on "
+                                                                   "MNIST; the authors' code: 0.01)")
+    p.add_argument("--preprocess-p", type=float, default=10.0, help="p of the gradient preprocessing (the paper: "
+                                                                    "10; the authors' code: 5 on MNIST)")
+    p.add_argument("--forget-bias", type=float, default=0.0, help="added to the LSTM's forget-gate bias at "
+                                                                  "initialisation (the authors' code: 1)")
+    p.add_argument("--mlp-init", choices=["uniform", "normal"], default="uniform",
+                   help="mnist: MLP initialisation, uniform ±1/√fan_in or N(0, 0.01²) (the authors' code)")
     p.add_argument("--patience", type=int, default=None)
     p.add_argument("--test-optimisees", type=int, default=100)
     p.add_argument("--tune-optimisees", type=int, default=32)
@@ -225,9 +247,15 @@ def main() -> None:
     p.add_argument("--resume", action="store_true", help="continue meta-training from <out>/<task>/last.pt")
     p.add_argument("--settings", default=",".join(["base"] + [g[0] for g in GENERALISATION]),
                    help="mnist: comma-separated subset of base," + ",".join(g[0] for g in GENERALISATION))
+    p.add_argument("--baselines", default=",".join(PAPER_BASELINES),
+                   help=f"comma-separated tuned baselines, of {','.join(BASELINES)}")
     p.add_argument("--smoke", action="store_true", help="tiny setting: checks that the script runs")
     args = p.parse_args()
     args.settings = args.settings.split(",")
+    args.baselines = args.baselines.split(",")
+    if set(args.baselines) - set(BASELINES) or not args.baselines:
+        p.error(f"--baselines: unknown {sorted(set(args.baselines) - set(BASELINES))}; expected some of "
+                f"{','.join(BASELINES)}")
     unknown = set(args.settings) - {"base", *(g[0] for g in GENERALISATION)}
     if unknown:
         p.error(f"--settings: unknown {sorted(unknown)}")
@@ -243,13 +271,18 @@ def main() -> None:
     val_optimisees = args.val_optimisees or (64 if quad else 8)
     steps = 20 if args.smoke else 100
     cfg = MetaTrainConfig(steps=steps, unroll=min(20, steps), optimisees=optimisees, iterations=iterations,
-                          lr=args.lr, val_every=args.val_every, val_optimisees=val_optimisees,
-                          patience=args.patience, seed=args.seed)
-    out = Path(args.out) / (args.task + ("_smoke" if args.smoke else ""))
+                          lr=args.lr, grad_clip=args.grad_clip or None, val_every=args.val_every,
+                          val_optimisees=val_optimisees, val_metric=args.val_metric, patience=args.patience,
+                          seed=args.seed)
+    normal = not quad and args.mlp_init == "normal"
+    init_note = " (N(0, 0.01²) init)" if normal else ""
+    out = Path(args.out) / (args.task + ("_normal_init" if normal else "") + ("_smoke" if args.smoke else ""))
     img = Path(args.img)
-    tag = f"lstm_{args.task}" + ("_smoke" if args.smoke else "")
+    tag = f"lstm_{args.task}" + ("_normal_init" if normal else "") + ("_smoke" if args.smoke else "")
     result = {"task": args.task, "command": " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
               **git_commit(), "machine": machine(), "lr_grid": list(args.grid)}
+    if not quad:
+        result["mlp_init"] = args.mlp_init
     t0 = time.perf_counter()
 
     if quad:
@@ -268,13 +301,15 @@ def main() -> None:
             tr, va, te = slice(0, 50000), slice(50000, 55000), slice(55000, 60000)
 
         def fam(part, **kw):
-            return MLPFamily(x[part], y[part], **kw)
+            return MLPFamily(x[part], y[part], init=args.mlp_init, **kw)
 
         net, result["meta_training"] = train_net(fam(tr), fam(va), cfg, out, args)
         result["meta_training"]["coordinates"] = sum(math.prod(s) for s in fam(tr).shapes.values())
         if "base" in args.settings:
-            result["settings"] = [compare("MLP 20 sigmoid, 100 steps", net, fam(va), fam(te), steps, args)]
-            plot(result["settings"], img / f"{tag}.png", "MNIST MLP (1×20 sigmoid), batch 128: tuned baselines vs LSTM")
+            result["settings"] = [compare(f"MLP 20 sigmoid{init_note}, 100 steps", net, fam(va), fam(te), steps,
+                                          args)]
+            plot(result["settings"], img / f"{tag}.png",
+                 f"MNIST MLP (1×20 sigmoid{init_note}), batch 128: tuned baselines vs LSTM")
             result["total_seconds"] = time.perf_counter() - t0
             write_json(result, img / f"{tag}.json")
             print(f"wrote {img / (tag + '.json')}")
@@ -282,8 +317,8 @@ def main() -> None:
         if gen:
             result["settings"] = []
             for _, name, kw, n_steps in gen:
-                result["settings"].append(compare(name, net, fam(va, **kw), fam(te, **kw), n_steps * steps // 100,
-                                                  args))
+                result["settings"].append(compare(name + init_note, net, fam(va, **kw), fam(te, **kw),
+                                                  n_steps * steps // 100, args))
                 result["total_seconds"] = time.perf_counter() - t0
                 write_json(result, img / f"{tag}_generalisation.json")      # after each setting: partial results
             plot(result["settings"], img / f"{tag}_generalisation.png",

@@ -43,6 +43,18 @@ def test_preprocess_other_p_and_shapes():
         preprocess_gradients(g, p=0.0)
 
 
+def test_preprocess_equals_the_clamped_form():
+    """(log|g|/p, sign g) / (-1, e^p g) is the same map as (max(log|g|/p, -1), clamp(e^p g, -1, 1)), the form of
+    the authors' released code (there with log(|g| + eps)); checked on gradients from 1e-12 to 1e3."""
+    g = torch.logspace(-12, 3, 301, dtype=torch.float64) * torch.tensor([1.0, -1.0]).repeat(151)[:301]
+    g = torch.cat([g, torch.zeros(1, dtype=torch.float64)])
+    for p in (5.0, 10.0):
+        first = torch.log(g.abs()).div(p).clamp_min(-1.0)
+        second = (g * math.exp(p)).clamp(-1.0, 1.0)
+        torch.testing.assert_close(preprocess_gradients(g, p=p), torch.stack([first, second], -1), rtol=1e-12,
+                                   atol=1e-12)
+
+
 # --- the update ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_update_shape_dtype_and_no_mutation(dtype):
@@ -78,6 +90,17 @@ def test_batched_equals_per_parameter_and_nn_lstm():
     torch.testing.assert_close(h1, h2.transpose(1, 2))
     torch.testing.assert_close(c1, c2.transpose(1, 2))
     torch.testing.assert_close(u, net.head(out[0]).squeeze(-1) * 0.1)
+
+
+def test_forget_bias_shifts_only_the_forget_gate_bias_at_init():
+    plain, shifted = _net(4), _net(4, forget_bias=1.0)
+    assert shifted.config == plain.config                         # an initialisation, not part of the config
+    for name, p in plain.named_parameters():
+        diff = dict(shifted.named_parameters())[name] - p
+        want = torch.zeros_like(p)
+        if name.startswith("lstm.bias_hh"):
+            want[20:40] = 1.0                                     # gates i, f, g, o: rows 20-39 are f
+        torch.testing.assert_close(diff, want, rtol=0, atol=1e-6)
 
 
 def test_meta_gradient_reaches_every_lstm_weight_not_the_optimisee_gradient():
@@ -176,6 +199,41 @@ def test_meta_train_checkpoints_and_exact_resume(tmp_path):
                    resume=True, log=None)
 
 
+def test_val_metric_last_unroll_chooses_by_the_last_unroll(tmp_path):
+    fam = QuadraticFamily(dim=2)
+    cfg = MetaTrainConfig(steps=10, unroll=5, optimisees=4, iterations=4, lr=1e-2, val_every=1, val_optimisees=4,
+                          val_metric="last_unroll")
+    net = _net(2)
+    res = meta_train(net, fam, cfg, out_dir=tmp_path, log=None)
+    hist = res.history
+    assert res.best_val == min(r["val_last_unroll_loss"] for r in hist)
+    best = min(hist, key=lambda r: r["val_last_unroll_loss"])
+    assert res.best_iteration == best["iteration"]
+    # the recorded scores are the mean over steps 1-10 and over steps 6-10 of the held-out trajectory
+    held = ProblemBatch(fam, sample_problems(fam, 4, torch.Generator().manual_seed(cfg.seed + 1_000_003)))
+    losses = _trajectory_no_meta(net, held, 10)                   # net holds the best weights
+    assert abs(float(losses[6:].mean()) - best["val_last_unroll_loss"]) < 1e-6
+    assert abs(float(losses[1:].mean()) - best["val_mean_loss"]) < 1e-6
+    with pytest.raises(ValueError, match="val_metric: expected one of"):
+        MetaTrainConfig(val_metric="final")
+
+
+def test_resume_from_a_checkpoint_without_newer_settings(tmp_path):
+    """A last.pt written before a setting existed resumes when the setting is at its default."""
+    fam = QuadraticFamily(dim=2)
+    cfg = MetaTrainConfig(steps=4, unroll=2, optimisees=2, iterations=2, lr=1e-2, val_every=1, val_optimisees=2)
+    meta_train(_net(1), fam, MetaTrainConfig(**{**cfg.__dict__, "iterations": 1}), out_dir=tmp_path, log=None)
+    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    del ck["meta_config"]["val_metric"]
+    torch.save(ck, tmp_path / "last.pt")
+    res = meta_train(_net(1), fam, cfg, out_dir=tmp_path, resume=True, log=None)
+    assert res.iterations_done == 2
+    with pytest.raises(ValueError, match="another config"):
+        meta_train(_net(1), fam, MetaTrainConfig(**{**cfg.__dict__, "val_metric": "last_unroll"}), out_dir=tmp_path,
+                   resume=True, log=None)
+
+
+# --- the torch.optim wrapper ---------------------------------------------------------------------------------
 # --- the torch.optim wrapper ---------------------------------------------------------------------------------
 def test_learned_optimizer_drives_a_module_like_the_functional_update():
     net = _net()
@@ -242,6 +300,24 @@ def test_mlp_family_vmap_equals_loop_and_batches_are_deterministic(hidden, act):
     assert not torch.equal(probs[0].batch(7)[0], probs[1].batch(7)[0])
     assert batch.eval_losses(batch.params).shape == (3,)
     assert batch.params["layers.0.weight"].shape == (3, hidden[0], 36)
+
+
+def test_mlp_family_initialisations():
+    x, y = _fake_images()
+    gen = torch.Generator().manual_seed(0)
+    uni = sample_problems(MLPFamily(x, y, hidden=(50,)), 4, gen)
+    nor = sample_problems(MLPFamily(x, y, hidden=(50,), init="normal"), 4, gen)
+    w_u = torch.stack([p.params["layers.0.weight"] for p in uni])
+    assert w_u.abs().max() <= 1 / 6 and w_u.abs().max() > 0.9 / 6        # uniform ±1/√fan_in, fan_in 36
+    b_u = torch.stack([p.params["layers.1.bias"] for p in uni])
+    assert b_u.abs().max() <= 1 / math.sqrt(50)
+    allw = torch.cat([torch.cat([v.reshape(-1) for v in p.params.values()]) for p in nor])   # 4 x 2370 values
+    assert abs(float(allw.std()) - 0.01) < 0.0005 and abs(float(allw.mean())) < 0.0005
+    assert abs(float(torch.stack([p.params["layers.1.bias"] for p in nor]).std()) - 0.01) < 0.003
+    with pytest.raises(ValueError, match="init: expected 'uniform' or 'normal'"):
+        MLPFamily(x, y, init="xavier")
+    with pytest.raises(ValueError, match="init_std"):
+        MLPFamily(x, y, init="normal", init_std=0.0)
 
 
 def test_run_optimizer_stacked_equals_separate_runs_and_does_not_mutate():

@@ -29,6 +29,9 @@ from metalearn.optim.searched import AddSign, PowerSign
 from metalearn.train.checkpoint import atomic_save, load_checkpoint
 
 
+VAL_METRICS = ("mean", "last_unroll")
+
+
 @dataclass(frozen=True)
 class MetaTrainConfig:
     """Settings of [`meta_train`][metalearn.optim.meta.meta_train] (Andrychowicz et al. 2016: 100 steps, unrolls
@@ -39,10 +42,15 @@ class MetaTrainConfig:
         unroll: Truncation length: one meta-step of Adam after every ``unroll`` optimisee steps.
         optimisees: M, fresh optimisees per iteration (the meta-loss is their mean).
         iterations: Number of trajectories (iterations of meta-training).
-        lr: Adam's meta learning rate.
-        grad_clip: Clip the meta-gradient's norm to this value; None does not clip.
+        lr: Adam's meta learning rate (the paper picks it by random search; the authors' code defaults to 1e-3).
+        grad_clip: Clip the meta-gradient's norm to this value; None does not clip (neither the paper nor the
+            authors' code clips; the clip keeps one unusually bad unroll from dominating Adam's moments).
         val_every: Validate every this many iterations (``best.pt`` keeps the best).
         val_optimisees: Held-out optimisees of each validation.
+        val_metric: What ``best.pt`` is chosen by: ``mean``, the mean loss over the whole trajectory (the
+            meta-objective), or ``last_unroll``, the mean loss over its last ``unroll`` steps (the authors' code
+            keeps the optimizer with the lowest loss summed over the last unroll; closer to the final loss that
+            the benchmark reports).
         patience: Stop after this many validations without improvement; None never stops early.
         seed: Seed of the optimisees drawn.
     """
@@ -55,6 +63,7 @@ class MetaTrainConfig:
     grad_clip: float | None = 1.0
     val_every: int = 10
     val_optimisees: int = 32
+    val_metric: str = "mean"
     patience: int | None = None
     seed: int = 0
 
@@ -71,6 +80,8 @@ class MetaTrainConfig:
             raise ValueError(f"grad_clip: expected > 0 or None, got {self.grad_clip}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience: expected >= 1 or None, got {self.patience}")
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"val_metric: expected one of {VAL_METRICS}, got {self.val_metric!r}")
 
 
 @dataclass
@@ -78,7 +89,7 @@ class MetaTrainResult:
     """What [`meta_train`][metalearn.optim.meta.meta_train] returns.
 
     Attributes:
-        best_val: Best validation score: mean optimisee loss over the trajectory on the validation optimisees.
+        best_val: Best validation score (``cfg.val_metric`` of the validation optimisees' losses).
         best_iteration: Iteration of the best validation (-1 before the first).
         iterations_done: Iterations run, resumed ones included.
         optimisee_steps: Optimisee steps taken in meta-training (M per step).
@@ -86,7 +97,7 @@ class MetaTrainResult:
         skipped_unrolls: Unrolls whose meta-loss was not finite (no meta-step taken).
         history: One dict per validation.
     """
-    best_val: float = math.inf           # mean optimisee loss over the trajectory, validation optimisees
+    best_val: float = math.inf           # cfg.val_metric on the validation optimisees
     best_iteration: int = -1
     iterations_done: int = 0
     optimisee_steps: int = 0             # optimisee steps taken in meta-training (M per step)
@@ -183,7 +194,8 @@ def meta_train(net: LSTMOptimizer, family: OptimiseeFamily, cfg: MetaTrainConfig
     if resume and out is not None and (out / "last.pt").exists():
         ck = load_checkpoint(out / "last.pt")
         free = ("iterations", "patience")       # may change on resume (train longer, stop differently)
-        old = {k: v for k, v in ck.get("meta_config", {}).items() if k not in free}
+        # settings added since the checkpoint was written take their defaults, which keep the old behaviour
+        old = {k: v for k, v in {**asdict(MetaTrainConfig()), **ck.get("meta_config", {})}.items() if k not in free}
         if old != {k: v for k, v in asdict(cfg).items() if k not in free} or ck.get("config") != asdict(net.config):
             raise ValueError(f"{out / 'last.pt'} was written with another config (only {free} may change on "
                              "resume); use a fresh out_dir")
@@ -228,7 +240,9 @@ def meta_train(net: LSTMOptimizer, family: OptimiseeFamily, cfg: MetaTrainConfig
         res.iterations_done = it + 1
         if (it + 1) % cfg.val_every == 0 or it + 1 == cfg.iterations:
             losses = _trajectory_no_meta(net, val_batch, cfg.steps)            # (steps+1, M)
-            val = float(losses[1:].mean()) if torch.isfinite(losses).all() else math.inf
+            finite = bool(torch.isfinite(losses).all())
+            scores = {"mean": float(losses[1:].mean()), "last_unroll": float(losses[-cfg.unroll:].mean())}
+            val = scores[cfg.val_metric] if finite else math.inf
             final = float(losses[-1].mean())
             improved = val < res.best_val
             if improved:
@@ -238,11 +252,13 @@ def meta_train(net: LSTMOptimizer, family: OptimiseeFamily, cfg: MetaTrainConfig
                     net.save(out / "best.pt", iteration=it + 1, val=val)
             else:
                 bad += 1
-            rec = {"iteration": it + 1, "val_mean_loss": val, "val_final_loss": final,
+            rec = {"iteration": it + 1, "val_mean_loss": scores["mean"] if finite else math.inf,
+                   "val_last_unroll_loss": scores["last_unroll"] if finite else math.inf, "val_final_loss": final,
                    "optimisee_steps": res.optimisee_steps, "train_seconds": round(res.train_seconds, 3),
                    "steps_per_second": res.steps_per_second, "skipped_unrolls": res.skipped_unrolls}
             res.history.append(rec)
-            say(f"it {it + 1:5d}  val mean loss {val:.4f}  final {final:.4f}  "
+            say(f"it {it + 1:5d}  val mean loss {rec['val_mean_loss']:.4f}  last unroll "
+                f"{rec['val_last_unroll_loss']:.4f}  final {final:.4f}  "
                 f"{res.steps_per_second:.1f} optimisee steps/s{'  *' if improved else ''}")
             if out is not None:
                 with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:

@@ -15,7 +15,7 @@ evaluates them with
 Families here (Andrychowicz et al. 2016, sec. 3): [`QuadraticFamily`][metalearn.optim.optimisees.QuadraticFamily]
 (random ‖Wθ − y‖²) and
 [`MLPFamily`][metalearn.optim.optimisees.MLPFamily] (an MLP classifier on MNIST-like images, batch 128, any
-widths/depth, sigmoid or ReLU).
+widths/depth, sigmoid or ReLU, uniform or N(0, 0.01²) initialisation).
 """
 from __future__ import annotations
 
@@ -167,8 +167,14 @@ class MLP(nn.Module):
 
 class MLPFamily:
     """An MLP on image classification, batch 128 (Andrychowicz et al. sec. 3.2: 1 hidden layer of 20 sigmoid
-    units on MNIST). Each optimisee has its own initialisation (PyTorch's default uniform ±1/√fan_in) and its
-    own sequence of minibatches drawn with replacement from ``images``.
+    units on MNIST). Each optimisee has its own initialisation and its own sequence of minibatches drawn with
+    replacement from ``images``.
+
+    The paper does not say how the MLP is initialised. ``init="uniform"`` (the default) is PyTorch's default
+    for ``nn.Linear``, uniform ±1/√fan_in for weights and biases. ``init="normal"`` draws every weight and bias
+    from N(0, init_std²) with ``init_std = 0.01``, as the authors' released code does for its MNIST problem.
+    It starts every optimisee near the same flat point (all hidden units alike, loss ≈ log 10), where the
+    gradients of the first layer are more than 100× smaller than those of the last.
 
     Args:
         images: (n, H, W) or (n, D), uint8 or float in [0, 1].
@@ -178,6 +184,8 @@ class MLPFamily:
         batch_size: Images per optimisee step (128 in the paper).
         classes: Outputs of the MLP.
         eval_size: Images of the fixed batch the final parameters are scored on (None: all of them).
+        init: ``uniform`` (±1/√fan_in) or ``normal`` (N(0, init_std²)).
+        init_std: Standard deviation of ``init="normal"``.
 
     Examples:
         ```python
@@ -188,11 +196,17 @@ class MLPFamily:
     """
 
     def __init__(self, images: Tensor, labels: Tensor, hidden: Sequence[int] = (20,), activation: str = "sigmoid",
-                 batch_size: int = 128, classes: int = 10, eval_size: int | None = 5000) -> None:
+                 batch_size: int = 128, classes: int = 10, eval_size: int | None = 5000, init: str = "uniform",
+                 init_std: float = 0.01) -> None:
         if images.shape[0] != labels.shape[0]:
             raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in length")
         if batch_size < 1:
             raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
+        if init not in ("uniform", "normal"):
+            raise ValueError(f"init: expected 'uniform' or 'normal', got {init!r}")
+        if not init_std > 0:
+            raise ValueError(f"init_std: expected > 0, got {init_std}")
+        self.init, self.init_std = init, float(init_std)
         self.images = images.reshape(images.shape[0], -1)
         self.labels = labels
         self.batch_size = batch_size
@@ -213,6 +227,9 @@ class MLPFamily:
         dev = self.images.device
         params = {}
         for k, shape in self.shapes.items():
+            if self.init == "normal":
+                params[k] = (torch.randn(shape, generator=generator) * self.init_std).to(dev)
+                continue
             fan_in = shape[1] if len(shape) == 2 else self.shapes[k.replace("bias", "weight")][1]
             bound = 1.0 / math.sqrt(fan_in)
             params[k] = ((torch.rand(shape, generator=generator) * 2 - 1) * bound).to(dev)
