@@ -937,6 +937,35 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
     return out
 
 
+def _maml_variants_entries(d: dict, path: Path, file: str) -> list[Entry]:
+    """benchmarks/maml_variants.py: second-order MAML step variants against the loop, with their meta-gradient
+    error against float64, and (as the note) the reference's time by operator class."""
+    _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict, "threads": int},
+          "maml_variants result")
+    shares = (d.get("profiles") or {}).get("loop_nchw", {}).get("share") or {}
+    note = ("Self CPU time of the reference by operator class: "
+            + ", ".join(f"{k} {100 * v:.0f}%" for k, v in sorted(shares.items(), key=lambda kv: -kv[1]))
+            + ".") if shares else ""
+    if d.get("quick"):
+        note = ("A smoke run (--quick). " + note).strip()
+    base = dict(file=file, when=_utc(d.get("timestamp")), commit=d["git"].get("commit"), dirty=d["git"].get("dirty"),
+                machine=d["machine"], commands=[d["command"]], note=note)
+    out = []
+    for i, r in enumerate(d["rows"]):
+        if not isinstance(r, dict) or "variant" not in r:
+            _fail(path, f"rows[{i}]: expected a mapping with 'variant', got {r!r}")
+        err = r.get("meta_grad_rel_err_vs_fp64")
+        out.append(Entry(
+            SPEED, group="maml_variants", key=f"maml_variants {d['threads']} {r['variant']}"
+            + (" quick" if d.get("quick") else ""), label=f"{r['variant']}, {d.get('tasks')} tasks", sort=(i,),
+            cells={"threads": str(d["threads"]), "ms": f"{r['ms']:.0f}" if isinstance(r.get("ms"), (int, float)) else "—",
+                   "ratio": f"{r['speedup_vs_loop_nchw']:.2f}×" if isinstance(r.get("speedup_vs_loop_nchw"),
+                                                                           (int, float)) else "—",
+                   "err": "—" if not isinstance(err, (int, float)) else f"{err:.1e}"},
+            **base))
+    return out
+
+
 def _distributed_entries(d: dict, path: Path, file: str) -> list[Entry]:
     """benchmarks/distributed_throughput.py: episodes per second with 1, 2, ... processes (DDP, gloo on the CPU)."""
     _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict}, "distributed_throughput result")
@@ -1083,7 +1112,8 @@ def _kind(data) -> str | None:
     kind = data.get("kind")
     known = {RESULT_KIND: "bench", "metalearn-maml-sinusoid": "sinusoid", "metalearn-cpu-throughput": "throughput",
              "metalearn-precision-check": "precision", "metalearn-distributed-throughput": "distributed",
-             "metalearn-threads-policy": "threads", "metalearn-demo": "demo", "distill": "distill"}
+             "metalearn-threads-policy": "threads", "metalearn-demo": "demo", "distill": "distill",
+             "metalearn-maml-variants": "maml_variants"}
     if kind is not None:
         return known.get(kind)
     keys = data.keys()
@@ -1115,7 +1145,7 @@ def _kind(data) -> str | None:
 KNOWN_FILES = ("metalearn bench results, metalearn eval --json outputs, and the JSON files of "
                "metalearn demo --json, benchmarks/maml_sinusoid.py, lstm_optimizer.py, searched_optim.py, distill.py, "
                "ttt_eval.py, ttt_tasks.py, "
-               "ttt_layers.py, ttt_speed.py, maml_speed.py, cpu_throughput.py, threads_policy.py, distributed_throughput.py, "
+               "ttt_layers.py, ttt_speed.py, maml_speed.py, maml_variants.py, cpu_throughput.py, threads_policy.py, distributed_throughput.py, "
                "precision_check.py and vmap_norm_check.py")
 
 
@@ -1222,6 +1252,8 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
                 entries += _maml_speed_entries(data, p, file, ctx)
             elif kind == "throughput":
                 entries += _throughput_entries(data, p, file)
+            elif kind == "maml_variants":
+                entries += _maml_variants_entries(data, p, file)
             elif kind == "precision":
                 entries += _precision_entries(data, p, file)
             elif kind == "distributed":
@@ -1528,6 +1560,10 @@ SPEED_TABLES = [
                    "the machine's bf16 conv ceiling",
      [("threads", "threads"), ("levers off", "off"), ("default", "default"), ("speed-up", "ratio"),
       ("GFLOP/s", "gflops"), ("% ceiling", "pct")]),
+    ("maml_variants", "Variants of one second-order MAML meta-iteration (benchmarks/maml_variants.py; 5-way 1-shot, "
+                      "28x28): median ms, the speed-up against the per-task loop with NCHW weights and batch norm "
+                      "from primitive ops, and the meta-gradient's error against a float64 loop",
+     [("threads", "threads"), ("ms", "ms"), ("vs loop", "ratio"), ("error vs float64", "err")]),
     ("threads", "Threads and the OpenMP wait policy (benchmarks/threads_policy.py): one ProtoNet training step, median "
                 "ms, on a quiet machine and next to a busy neighbour, against 1 thread with ACTIVE waiting",
      [("threads", "threads"), ("OMP_WAIT_POLICY", "policy"), ("ms", "ms"), ("vs 1 thread ACTIVE", "ratio")]),

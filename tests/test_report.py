@@ -566,6 +566,26 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
     assert "commit `dddddddd` (dirty)" in runs and "Recorded with it: Measured on a loaded machine." in runs
 
 
+def test_maml_variants_table(tmp_path, docs):
+    res = tmp_path / "results" / "speed"
+    res.mkdir(parents=True)
+    (res / "maml_variants_1t-abcdef12.json").write_text(json.dumps({
+        "kind": "metalearn-maml-variants", "schema": 1, "threads": 1, "tasks": 8, "quick": False,
+        "command": "python benchmarks/maml_variants.py --threads 1", "git": {"commit": "abcdef12" * 5, "dirty": False},
+        "machine": MACHINE, "timestamp": "2026-12-01T09:00:00+0000",
+        "rows": [{"variant": "loop_nchw", "ms": 420.4, "speedup_vs_loop_nchw": 1.0, "meta_grad_rel_err_vs_fp64": 3e-6},
+                 {"variant": "vmap_nchw", "ms": 360.0, "speedup_vs_loop_nchw": 1.1678,
+                  "meta_grad_rel_err_vs_fp64": 9.8e-7}],
+        "profiles": {"loop_nchw": {"share": {"conv backward": 0.4, "element-wise": 0.35, "other": 0.25}}}}))
+    assert run_report(tmp_path, docs, "--no-plots") == 0
+    s = block((docs / "results.md").read_text(), report.SPEED)
+    assert table(s, "| measurement | threads | ms", links=True) == [
+        "| [loop_nchw, 8 tasks](#speed-1) | 1 | 420 | 1.00× | 3.0e-06 |",
+        "| [vmap_nchw, 8 tasks](#speed-1) | 1 | 360 | 1.17× | 9.8e-07 |"]
+    runs = block((docs / "results.md").read_text(), "speed-runs")
+    assert "conv backward 40%, element-wise 35%, other 25%" in runs
+
+
 # -------------------------------------------------------------------------------------------- the pages
 
 def test_hand_written_notes_kept_missing_blocks_appended_broken_markers_refused(tmp_path, docs):
