@@ -138,7 +138,7 @@ def _matchnet(cfg: TaskConfig, image_shape: tuple) -> Learner:
     encoder = _backbone(cfg, image_shape[0])
     m = cfg.matchnet
     return MatchingNet(encoder, embedding_dim(encoder, image_shape), fce=m.fce, process_steps=m.process_steps,
-                       lstm_hidden=m.lstm_hidden, scale=m.scale,
+                       lstm_hidden=m.lstm_hidden, scale=m.scale, distance=m.distance,
                        check_support=False)  # fed by EpisodeSampler: always complete
 
 

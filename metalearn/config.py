@@ -130,12 +130,15 @@ class MatchnetConfig:
         process_steps: K, the attention LSTM's processing steps (``fce`` only).
         lstm_hidden: Width of the LSTMs; 0 uses the embedding size (the paper), otherwise a linear projection to
             this size comes first (``fce`` only).
-        scale: Multiplier of the cosine similarities before the softmax (1 in the paper).
+        scale: Multiplier of the cosine similarities (or of the distances) before the softmax (1 in the paper).
+        distance: The attention kernel: ``cosine`` (the paper) or ``l2`` (negative squared Euclidean distances;
+            not in the paper).
     """
     fce: bool = False
     process_steps: int = 5           # K, the attention LSTM's processing steps (fce only)
     lstm_hidden: int = 0             # 0: LSTMs at the embedding size (paper); else a linear projection first
     scale: float = 1.0               # cosines x scale before the softmax (1: the paper)
+    distance: str = "cosine"         # cosine (the paper) | l2 (negative squared Euclidean distances)
 
 
 @dataclass(frozen=True)
@@ -423,6 +426,8 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError("matchnet.lstm_hidden: only used with matchnet.fce: true")
     if not cfg.matchnet.scale > 0:   # also catches nan
         raise ConfigError(f"matchnet.scale: expected > 0, got {cfg.matchnet.scale}")
+    if cfg.matchnet.distance not in ("cosine", "l2"):
+        raise ConfigError(f"matchnet.distance: expected cosine or l2, got {cfg.matchnet.distance!r}")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {cfg.train.precision!r}")
     if cfg.train.precision == "bf16" and cfg.learner == "maml":

@@ -939,7 +939,13 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
 
 def _maml_variants_entries(d: dict, path: Path, file: str) -> list[Entry]:
     """benchmarks/maml_variants.py: second-order MAML step variants against the loop, with their meta-gradient
-    error against float64, and (as the note) the reference's time by operator class."""
+    error against float64, and (as the note) the reference's time by operator class.
+
+    Args:
+        d: The file's data.
+        path: The file.
+        file: Its name as the page shows it.
+    """
     _need(d, path, {"rows": list, "command": str, "git": dict, "machine": dict, "threads": int},
           "maml_variants result")
     shares = (d.get("profiles") or {}).get("loop_nchw", {}).get("share") or {}

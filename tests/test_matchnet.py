@@ -10,7 +10,7 @@ from conformance import check_learner
 from metalearn.builders import build_learner
 from metalearn.config import ConfigError, config_from_dict, load_config
 from metalearn.learners.matchnet import (AttentionLSTM, MatchingNet, SupportContext, check_support_labels,
-                                         cosine_attention, embedding_dim, matching_logits)
+                                         cosine_attention, embedding_dim, l2_attention, matching_logits)
 from metalearn.nn import Conv4
 from metalearn.types import Episode
 
@@ -201,6 +201,27 @@ def test_bad_input_names_the_argument():
     check_support_labels(ep.support_y, 3)  # a complete support set passes
 
 
+def test_l2_attention_by_hand_and_in_the_learner():
+    g = torch.Generator().manual_seed(3)
+    q, s = torch.randn(2, 4, 5, generator=g, dtype=torch.float64), torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    d = ((q[:, :, None, :] - s[:, None, :, :]) ** 2).sum(-1)                # (2, 4, 6) written out
+    assert torch.allclose(l2_attention(q, s), torch.softmax(-d, -1), atol=1e-12)
+    assert torch.allclose(l2_attention(q, s, scale=0.5), torch.softmax(-0.5 * d, -1), atol=1e-12)
+    ep = tiny_episode(batch=2, size=28)
+    torch.manual_seed(0)
+    cos = MatchingNet(Conv4(in_channels=1, hidden=8), check_support=False).double()
+    l2 = MatchingNet(Conv4(in_channels=1, hidden=8), check_support=False, distance="l2").double()
+    l2.load_state_dict(cos.state_dict())
+    ep64 = Episode(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
+    z = cos.encoder(torch.cat([ep64.support_x, ep64.query_x], dim=1).flatten(0, 1)).reshape(2, -1, 8)
+    n_s = ep64.support_x.shape[1]
+    expect = matching_logits(l2_attention(z[:, n_s:], z[:, :n_s]), ep64.support_y, ep64.ways)
+    assert torch.allclose(l2(ep64), expect, atol=1e-10)
+    assert not torch.allclose(cos(ep64), expect, atol=1e-3)                 # the distance changes the logits
+    with pytest.raises(ValueError, match="distance: expected one of cosine, l2, got 'dot'"):
+        MatchingNet(Identity(), distance="dot")
+
+
 def test_config_section_and_errors():
     base = {"dataset": "omniglot", "learner": "matchnet"}
     cfg = config_from_dict({**base, "matchnet": {"fce": True, "process_steps": 3}})
@@ -215,6 +236,9 @@ def test_config_section_and_errors():
         config_from_dict({**base, "train": {"shots": 0}})
     with pytest.raises(ConfigError, match="matchnet.scale: expected > 0, got 0.0"):
         config_from_dict({**base, "matchnet": {"scale": 0}})
+    assert config_from_dict({**base, "matchnet": {"distance": "l2"}}).matchnet.distance == "l2"
+    with pytest.raises(ConfigError, match="matchnet.distance: expected cosine or l2, got 'dot'"):
+        config_from_dict({**base, "matchnet": {"distance": "dot"}})
     with pytest.raises(ConfigError, match="unknown config key 'matchnet.steps'"):
         config_from_dict({**base, "matchnet": {"steps": 3}})
 
@@ -237,6 +261,9 @@ def test_builder_and_task_files():
     scaled = build_learner(config_from_dict({"dataset": "omniglot", "learner": "matchnet", "model": {"hidden": 8},
                                              "matchnet": {"scale": 10}}), (1, 28, 28))
     assert scaled.scale == 10.0                     # the config's scale reaches the learner
+    assert scaled.distance == "cosine" and build_learner(config_from_dict(
+        {"dataset": "omniglot", "learner": "matchnet", "model": {"hidden": 8}, "matchnet": {"distance": "l2"}}),
+        (1, 28, 28)).distance == "l2"
     assert learner.encoder.training  # embedding_dim restored the mode
     assert embedding_dim(Conv4(in_channels=3, hidden=4), (3, 84, 84)) == 100
     ep = tiny_episode(batch=2, size=28)

@@ -50,6 +50,33 @@ def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8, scale: f
     return torch.softmax(scale * (q @ s.transpose(-1, -2)), dim=-1)
 
 
+def l2_attention(query: Tensor, support: Tensor, scale: float = 1.0) -> Tensor:
+    """Attention of each query over the support: softmax over the support of negative squared Euclidean distances.
+
+    Not in the paper (its eq. 2 is the cosine): the ``distance: l2`` variant of Matching Networks that
+    reimplementations report closer to the paper's Omniglot numbers than the cosine, and the distance of
+    Prototypical Networks (with one support item per prototype).
+
+    Args:
+        query: ([B,] Q, D) query embeddings.
+        support: ([B,] S, D) support embeddings.
+        scale: Multiplies the distances before the softmax (an inverse temperature).
+
+    Returns:
+        ([B,] Q, S) attention, each row sums to one.
+
+    Examples:
+        >>> l2_attention(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # softmax([-1, -4])
+        tensor([[0.9526, 0.0474]])
+    """
+    from metalearn.learners.protonet import squared_euclidean
+    return torch.softmax(-scale * squared_euclidean(query, support), dim=-1)
+
+
+#: the attention kernels of ``MatchingNet(distance=...)``
+DISTANCES = ("cosine", "l2")
+
+
 def check_support_labels(support_y: Tensor, ways: int) -> None:
     """ValueError naming ``support_y`` if a label lies outside [0, ways) or a class has no support example.
 
@@ -150,8 +177,11 @@ class MatchingNet(Learner):
         lstm_hidden: 0 (the paper) runs the LSTMs at the embedding size D; otherwise a linear map projects the
             embeddings to this size first (``fce`` only), which shrinks the LSTMs for 1600-d miniImageNet
             features.
-        scale: multiplies the cosines before the softmax (1, the paper's attention, keeps the logits of two
-            support items within e^2 of each other; a larger value sharpens it — not in the paper).
+        scale: multiplies the cosines (or the distances) before the softmax (1, the paper's attention, keeps the
+            logits of two support items within e^2 of each other; a larger value sharpens it — not in the paper).
+        distance: ``cosine`` (the paper's eq. 2, [`cosine_attention`][metalearn.learners.matchnet.cosine_attention])
+            or ``l2`` (negative squared Euclidean distances,
+            [`l2_attention`][metalearn.learners.matchnet.l2_attention]; not in the paper).
         check_support: check that every class has a support example and labels lie in [0, ways) (a host sync
             per episode); the CLI turns it off because EpisodeSampler always fills every class.
 
@@ -163,14 +193,16 @@ class MatchingNet(Learner):
 
     def __init__(self, encoder: nn.Module, embed_dim: int | None = None, *, fce: bool = False,
                  process_steps: int = 5, lstm_hidden: int = 0, scale: float = 1.0,
-                 check_support: bool = True) -> None:
+                 check_support: bool = True, distance: str = "cosine") -> None:
         super().__init__()
         self.encoder = encoder
         self.fce = fce
         self.check_support = check_support
         if not scale > 0:
             raise ValueError(f"scale: expected > 0, got {scale}")
-        self.scale = float(scale)
+        if distance not in DISTANCES:
+            raise ValueError(f"distance: expected one of {', '.join(DISTANCES)}, got {distance!r}")
+        self.scale, self.distance = float(scale), distance
         if lstm_hidden < 0:
             raise ValueError(f"lstm_hidden: expected >= 0, got {lstm_hidden}")
         if fce:
@@ -229,7 +261,8 @@ class MatchingNet(Learner):
         n_s = sx.shape[1]
         z = self.encode(torch.cat([sx, qx], dim=1))                   # (B, NK+NQ, D)
         support, query = self.embed(z[:, :n_s], z[:, n_s:])
-        logits = matching_logits(cosine_attention(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
+        attend = cosine_attention if self.distance == "cosine" else l2_attention
+        logits = matching_logits(attend(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
         return logits if batched else logits[0]
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
