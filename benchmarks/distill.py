@@ -1,5 +1,6 @@
-"""Benchmark: dataset distillation (Wang et al. 2018) on MNIST with LeNet, and the paper's baselines on the same
-budget (random real images, k-means centres), one result JSON with the command, commit, machine and CPU time.
+"""Benchmark: dataset distillation (Wang et al. 2018) on MNIST with LeNet or CIFAR-10 with AlexCifarNet, and the
+paper's baselines on the same budget (random real images, k-means centres), one result JSON with the command,
+commit, machine and CPU time.
 
     METALEARN_DATA=../shared/data python benchmarks/distill.py tasks/distill/mnist_fixed_10.yaml \\
         --out runs/distill/mnist_fixed_10                          # writes results/distill/mnist_fixed_10.json
@@ -23,11 +24,14 @@ sys.path.insert(0, str(ROOT))
 
 from metalearn.bench import git_state, machine_info  # noqa: E402
 from metalearn.distill.config import load_distill_config  # noqa: E402
-from metalearn.distill.run import baselines, distill, load_data, save_grid, write_json  # noqa: E402
+from metalearn.distill.run import DATASET_NAMES, baselines, distill, load_data, save_grid, write_json  # noqa: E402
 
-#: the published numbers (Wang et al. 2018, MNIST, LeNet): test accuracy (%)
-PUBLISHED = {("fixed", 10): {"accuracy": 93.8, "untrained": 12.9},
-             ("random", 100): {"accuracy": 79.5, "std": 8.1}}
+#: the published numbers (Wang et al. 2018; MNIST with LeNet, CIFAR-10 with AlexCifarNet): test accuracy (%),
+#: by (dataset, arch, init, distilled images)
+PUBLISHED = {("mnist", "lenet", "fixed", 10): {"accuracy": 93.8, "untrained": 12.9},
+             ("mnist", "lenet", "random", 100): {"accuracy": 79.5, "std": 8.1},
+             ("cifar10", "alexcifarnet", "fixed", 100): {"accuracy": 54.0},
+             ("cifar10", "alexcifarnet", "random", 100): {"accuracy": 36.8, "std": 1.2}}
 
 
 def main() -> None:
@@ -58,11 +62,11 @@ def main() -> None:
         b = baselines(cfg, data)
         for key, images in b.pop("sets").items():
             save_grid(images, None, cfg, img / f"distill_{name}_baseline_{key.replace(' ', '_').replace('-', '')}.png",
-                      title=f"baseline: {key} ({cfg.total_images} images)")
+                      title=f"baseline: {key} ({cfg.total_images} {DATASET_NAMES[cfg.dataset]} images)")
         res["baselines"] = b
     res.update({"name": name, "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
                 **git, "machine": machine_info("cpu"),
-                "published": PUBLISHED.get((cfg.init, cfg.total_images)),
+                "published": PUBLISHED.get((cfg.dataset, cfg.arch, cfg.init, cfg.total_images)),
                 "process_cpu_s": round(time.process_time() - cpu0, 1),
                 "process_wall_s": round(time.perf_counter() - wall0, 1)})
     path = write_json(res, Path(args.results) / f"{name}.json")

@@ -4,8 +4,12 @@ sizes of the gradient-descent steps that train a network on them, by back-propag
 * ``metalearn.distill.core``: the math (``train_on_distilled``, ``distill_loss``, ``step_lrs``), pure functions.
 * ``metalearn.distill.run``: the outer loop with checkpoints and exact resume, evaluation, the baselines
   (random real images, k-means centres), the PNG grid.
-* ``metalearn distill --config tasks/distill/mnist_fixed_10.yaml --out DIR``: the command.
+* ``metalearn.distill.lenet`` / ``metalearn.distill.alexcifarnet``: the networks (LeNet for MNIST or CIFAR-10,
+  AlexCifarNet for CIFAR-10) and their seeded initialisations.
+* ``metalearn distill --config tasks/distill/mnist_fixed_10.yaml --out DIR``: the command (``dataset: mnist`` or
+  ``cifar10``).
 """
+from metalearn.distill.alexcifarnet import AlexCifarNet as AlexCifarNet
 from metalearn.distill.config import DistillConfig as DistillConfig
 from metalearn.distill.config import load_distill_config as load_distill_config
 from metalearn.distill.core import distill_loss as distill_loss
@@ -17,5 +21,5 @@ from metalearn.distill.lenet import init_params as init_params
 from metalearn.distill.run import baselines as baselines
 from metalearn.distill.run import distill as distill
 
-__all__ = ["DistillConfig", "LeNet", "baselines", "distill", "distill_loss", "distilled_labels", "init_params",
-           "load_distill_config", "step_lrs", "train_on_distilled"]
+__all__ = ["AlexCifarNet", "DistillConfig", "LeNet", "baselines", "distill", "distill_loss", "distilled_labels",
+           "init_params", "load_distill_config", "step_lrs", "train_on_distilled"]

@@ -23,7 +23,7 @@ def add_distill_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_distill_command(args: argparse.Namespace) -> int:
     from metalearn.distill.config import load_distill_config
-    from metalearn.distill.run import baselines, distill, load_data, save_grid, write_json
+    from metalearn.distill.run import DATASET_NAMES, baselines, distill, load_data, save_grid, write_json
 
     overrides = list(args.set)
     if args.threads is not None:
@@ -42,7 +42,7 @@ def run_distill_command(args: argparse.Namespace) -> int:
         b = baselines(cfg, data, log=log)
         for name, images in b.pop("sets").items():
             save_grid(images, None, cfg, out / f"baseline_{name.replace(' ', '_').replace('-', '')}.png",
-                      title=f"baseline: {name} ({cfg.total_images} images)")
+                      title=f"baseline: {name} ({cfg.total_images} {DATASET_NAMES[cfg.dataset]} images)")
         res["baselines"] = b
         write_json(res, out / "result.json")
     t = res["test"]

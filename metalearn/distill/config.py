@@ -12,6 +12,9 @@ steps: 1               # distilled batches = inner GD steps per epoch
 epochs: 3              # passes over the batches (steps * epochs step sizes are learned)
 outer_steps: 6000
 ```
+
+``dataset: cifar10`` takes ``arch: alexcifarnet`` (the authors' CIFAR-10 network) or ``lenet``; ``mnist`` takes
+``lenet`` only (`ARCHS`).
 """
 from __future__ import annotations
 
@@ -22,7 +25,9 @@ from pathlib import Path
 from metalearn.config import ConfigError, _build, apply_overrides, load_yaml, yaml_dump
 from metalearn.distill.lenet import INITS
 
-DATASETS = ("mnist",)
+DATASETS = ("mnist", "cifar10")
+#: the architectures each dataset allows
+ARCHS = {"mnist": ("lenet",), "cifar10": ("lenet", "alexcifarnet")}
 SETTINGS = ("fixed", "random")
 #: keys that may differ when a run is resumed (train longer, evaluate differently)
 RESUME_FREE = ("outer_steps", "eval_every", "checkpoint_every", "eval_models", "baseline_draws", "baseline_lrs",
@@ -34,9 +39,9 @@ class DistillConfig:
     """Settings of one distillation run (Wang et al. 2018; defaults follow the authors' code where it has one).
 
     Attributes:
-        dataset: ``mnist`` (LeNet on 28x28 digits).
-        data_root: folder holding ``mnist/mnist.npz`` (default ``$METALEARN_DATA``).
-        arch: ``lenet``.
+        dataset: ``mnist`` (1x28x28 digits) or ``cifar10`` (3x32x32 RGB images).
+        data_root: folder holding ``mnist/mnist.npz`` or ``cifar10/`` (default ``$METALEARN_DATA``).
+        arch: ``lenet`` (either dataset) or ``alexcifarnet`` (cifar10 only).
         init: ``fixed`` (one known initialisation, drawn from ``seed``) or ``random`` (a fresh initialisation
             every outer step; scored on ``eval_models`` held-out ones).
         init_scheme: ``xavier`` (Glorot normal weights, zero biases) or ``default`` (PyTorch's).
@@ -50,6 +55,9 @@ class DistillConfig:
         outer_lr_decay: factor applied to ``outer_lr`` every ``outer_lr_decay_every`` steps.
         outer_lr_decay_every: steps between decays (0: a constant outer lr).
         batch_size: real training images per outer step.
+        augment: real batches of the outer loop get a random crop (reflection padding of 4) and a random
+            horizontal flip, the training transform of the authors' CIFAR-10 loader; validation, test and the
+            baselines' images are never augmented.
         inits_per_step: random init: initialisations averaged per outer step.
         eval_every: outer steps between validation scores (each writes ``last.pt``).
         checkpoint_every: extra ``last.pt`` writes every N steps (0: only at evaluations).
@@ -76,6 +84,7 @@ class DistillConfig:
     outer_lr_decay: float = 0.5          # multiply outer_lr by this every outer_lr_decay_every steps
     outer_lr_decay_every: int = 0        # 0: constant outer lr
     batch_size: int = 1024               # real images per outer step
+    augment: bool = False                # real batches: reflect-pad 4, random crop, random horizontal flip
     inits_per_step: int = 1              # random init: initialisations averaged per outer step
     eval_every: int = 250                # validation accuracy every N outer steps (and a checkpoint)
     checkpoint_every: int = 0            # extra checkpoints every N steps (0: at evaluations only)
@@ -105,10 +114,13 @@ class DistillConfig:
 
 def validate(cfg: DistillConfig) -> None:
     """Range checks that the types alone do not catch; ConfigError naming the key."""
-    choices = {"dataset": DATASETS, "arch": ("lenet",), "init": SETTINGS, "init_scheme": INITS}
+    choices = {"dataset": DATASETS, "init": SETTINGS, "init_scheme": INITS}
     for key, allowed in choices.items():
         if getattr(cfg, key) not in allowed:
             raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {getattr(cfg, key)!r}")
+    if cfg.arch not in ARCHS[cfg.dataset]:
+        raise ConfigError(f"arch: expected one of {', '.join(ARCHS[cfg.dataset])} for dataset {cfg.dataset}, "
+                          f"got {cfg.arch!r}")
     for key in ("images_per_class", "steps", "epochs", "outer_steps", "batch_size", "inits_per_step", "eval_every",
                 "eval_models", "val_images", "baseline_draws"):
         if getattr(cfg, key) < 1:

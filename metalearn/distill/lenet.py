@@ -3,6 +3,10 @@
 conv 5x5 (6) -> ReLU -> max-pool 2 -> conv 5x5 (16) -> ReLU -> max-pool 2 -> fc 120 -> ReLU -> fc 84 -> ReLU ->
 fc classes. On 28x28 inputs (MNIST) the first convolution pads by 2 so that both input sizes reach 16x5x5
 features; on 32x32 (CIFAR-10) it does not pad.
+
+`init_params` draws the initialisations of every distillation network (LeNet and
+[`AlexCifarNet`][metalearn.distill.alexcifarnet.AlexCifarNet]): it handles Conv2d and Linear layers and skips
+parameter-free ones (ReLU, pooling, LocalResponseNorm).
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from metalearn.types import Params
 
 #: initialisation schemes of `init_params`
 INITS = ("xavier", "default")
+#: the layers `init_params` draws (parameter-free layers such as pooling or LocalResponseNorm are skipped)
+INIT_LAYERS = (nn.Conv2d, nn.Linear)
 
 
 class LeNet(nn.Module):
@@ -54,31 +60,54 @@ def init_params(model: nn.Module, scheme: str = "xavier", generator: torch.Gener
         dtype: The dtype of the parameters.
         device: Their device.
 
+    Returns:
+        Parameter name -> tensor, for every parameter of ``model``, in its order.
+
     Raises:
-        ArgumentError: An unknown ``scheme``.
+        ArgumentError: An unknown ``scheme``, or a layer with parameters that is not a Conv2d or Linear (a
+            batch norm, say).
     """
     scheme = check_choice("scheme", scheme, INITS)
     out: Params = {}
-    named = dict(model.named_parameters())
-    for name, p in named.items():
-        shape = tuple(p.shape)
-        if name.endswith("bias"):
-            w = named[name[:-len("bias")] + "weight"]
-            fan_in = math.prod(w.shape[1:])
-            if scheme == "xavier":
-                out[name] = torch.zeros(shape, dtype=dtype, device=device)
-            else:
-                bound = 1.0 / math.sqrt(fan_in)
-                out[name] = ((torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound).to(
-                    dtype=dtype, device=device)
-            continue
-        receptive = math.prod(shape[2:]) if len(shape) > 2 else 1
-        fan_in, fan_out = shape[1] * receptive, shape[0] * receptive
-        if scheme == "xavier":
-            std = math.sqrt(2.0 / (fan_in + fan_out))
-            t = torch.randn(shape, generator=generator, dtype=torch.float64) * std
-        else:
-            bound = 1.0 / math.sqrt(fan_in)
-            t = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
-        out[name] = t.to(dtype=dtype, device=device)
+    for prefix, module in model.named_modules():
+        own = list(module.named_parameters(recurse=False))
+        if not own:
+            continue                                  # ReLU, pooling, LocalResponseNorm, containers
+        if not isinstance(module, INIT_LAYERS):
+            raise ArgumentError(f"model: {prefix or 'the model'} is a {type(module).__name__} with parameters; "
+                                "init_params draws Conv/Linear layers only")
+        weight = module.weight
+        for local, p in own:                          # registration order: weight, then bias
+            name = f"{prefix}.{local}" if prefix else local
+            out[name] = _draw(tuple(p.shape), tuple(weight.shape), local == "bias", scheme, generator, dtype,
+                              device)
     return out
+
+
+def _draw(shape: tuple, weight_shape: tuple, bias: bool, scheme: str, generator: torch.Generator | None,
+          dtype: torch.dtype, device: str | torch.device) -> Tensor:
+    """One tensor of `init_params` (drawn in float64, then cast).
+
+    Args:
+        shape: The tensor's shape.
+        weight_shape: The shape of its layer's weight (the fans come from it).
+        bias: Whether the tensor is the layer's bias.
+        scheme: ``xavier`` or ``default``.
+        generator: The draws come from it.
+        dtype: The result's dtype.
+        device: The result's device.
+
+    Returns:
+        The drawn tensor.
+    """
+    receptive = math.prod(weight_shape[2:]) if len(weight_shape) > 2 else 1
+    fan_in, fan_out = weight_shape[1] * receptive, weight_shape[0] * receptive
+    if scheme == "xavier":
+        if bias:
+            return torch.zeros(shape, dtype=dtype, device=device)
+        std = math.sqrt(2.0 / (fan_in + fan_out))
+        t = torch.randn(shape, generator=generator, dtype=torch.float64) * std
+    else:
+        bound = 1.0 / math.sqrt(fan_in)
+        t = (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * bound
+    return t.to(dtype=dtype, device=device)

@@ -6,9 +6,12 @@ A run directory holds ``config.yaml`` (resolved), ``metrics.jsonl`` (one line pe
 ``distilled.pt`` (images, labels, step sizes), ``distilled.png`` (the image grid), ``curve.png`` and
 ``result.json``. ``resume=True`` continues from ``last.pt`` and gives the same numbers as an uninterrupted run.
 
-Data (MNIST): the last ``val_images`` training images are the validation split (the learning curve, the
-baselines' step-size tuning); distillation and the baselines draw from the others; accuracies at the end are
-on the test split (all of it: the project's shared copy holds the first 3000 official MNIST test images).
+Data (``dataset: mnist`` or ``cifar10``): the last ``val_images`` training images are the validation split (the
+learning curve, the baselines' step-size tuning); distillation and the baselines draw from the others;
+accuracies at the end are on the test split (all of it: the project's shared copy of MNIST holds the first 3000
+official MNIST test images, CIFAR-10 all 10000). The image shape and the per-channel normalisation come from the
+data (`DistillData`, `NORMALIZATION`): MNIST 1x28x28 with its mean 0.1307 and std 0.3081, CIFAR-10 3x32x32 with
+`metalearn.data.cifar10`'s per-channel mean and std.
 """
 from __future__ import annotations
 
@@ -20,10 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from metalearn.config import ConfigError, load_yaml
 from metalearn.data.cache import atomic_write
+from metalearn.data.cifar10 import CIFAR10_MEAN, CIFAR10_STD
+from metalearn.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from metalearn.distill.alexcifarnet import AlexCifarNet
 from metalearn.distill.config import RESUME_FREE, DistillConfig, dump_distill_config
 from metalearn.distill.core import (accuracy, distill_loss, distilled_labels, inverse_softplus, mean_std,
                                     step_lrs, train_and_score)
@@ -33,48 +39,171 @@ from metalearn.train.checkpoint import atomic_save, load_checkpoint
 KIND = "distill"
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 CLASSES = 10
+#: per-channel (mean, std) of the pixels in [0, 1], by dataset
+NORMALIZATION = {"mnist": ((MNIST_MEAN,), (MNIST_STD,)), "cifar10": (CIFAR10_MEAN, CIFAR10_STD)}
+#: how titles name each dataset, and its class names (the grid's column titles)
+DATASET_NAMES = {"mnist": "MNIST", "cifar10": "CIFAR-10"}
+CLASS_NAMES = {"mnist": tuple(str(c) for c in range(CLASSES)), "cifar10": CIFAR10_CLASSES}
+#: reflection padding of the real-batch augmentation (``augment: true``)
+AUGMENT_PAD = 4
 
 
 @dataclass
 class DistillData:
-    """uint8 training images of the distillation split, normalised validation and test tensors."""
-    train_x: Tensor          # uint8 (N, 1, 28, 28)
+    """uint8 training images of the distillation split, normalised validation and test tensors.
+
+    Attributes:
+        train_x: uint8 (N, C, H, W), the distillation split.
+        train_y: Its labels.
+        val_x: float32, normalised: the validation split.
+        val_y: Its labels.
+        test_x: float32, normalised: the test split.
+        test_y: Its labels.
+        mean: Per-channel means of the normalisation (pixels in [0, 1]).
+        std: Per-channel standard deviations.
+    """
+    train_x: Tensor
     train_y: Tensor
-    val_x: Tensor            # float32, normalised
+    val_x: Tensor
     val_y: Tensor
     test_x: Tensor
     test_y: Tensor
+    mean: tuple
+    std: tuple
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one image."""
+        return tuple(self.train_x.shape[1:])
 
     def batch(self, idx: Tensor) -> Tensor:
-        return normalize(self.train_x[idx])
+        """The training images ``idx``, normalised (float32)."""
+        return normalize(self.train_x[idx], self.mean, self.std)
 
 
-def normalize(x: Tensor) -> Tensor:
-    """uint8 images -> float32, standardised with the MNIST mean and std."""
-    return (x.float() / 255.0 - MNIST_MEAN) / MNIST_STD
+def normalize(x: Tensor, mean: tuple, std: tuple) -> Tensor:
+    """uint8 images (N, C, H, W) -> float32, standardised per channel: ``(x / 255 - mean[c]) / std[c]``.
+
+    Args:
+        x: uint8 images, one ``mean`` / ``std`` per channel (axis 1).
+        mean: Per-channel means (pixels in [0, 1]).
+        std: Per-channel standard deviations.
+
+    Returns:
+        The float32 images.
+
+    Raises:
+        ConfigError: ``x`` does not have one channel per mean.
+    """
+    if x.dim() != 4 or x.shape[1] != len(mean) or len(mean) != len(std):
+        raise ConfigError(f"images: expected (N, {len(mean)}, H, W) for a {len(mean)}-channel normalisation, "
+                          f"got shape {tuple(x.shape)}")
+    x = x.float() / 255.0
+    if len(mean) == 1:                      # one channel: plain scalars (bit-identical to the MNIST-only code)
+        return (x - mean[0]) / std[0]
+    m = torch.tensor(mean, dtype=x.dtype).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype).view(1, -1, 1, 1)
+    return (x - m) / s
+
+
+def denormalize(x: Tensor, mean: tuple, std: tuple) -> Tensor:
+    """Normalised images (..., C, H, W) back to pixels in [0, 1] (clamped), the inverse of `normalize`.
+
+    Args:
+        x: Normalised images, one ``mean`` / ``std`` per channel (axis -3).
+        mean: Per-channel means.
+        std: Per-channel standard deviations.
+
+    Returns:
+        float32 pixels in [0, 1].
+    """
+    m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (x.detach().float() * s + m).clamp(0, 1)
+
+
+def augment_batch(x: Tensor, generator: torch.Generator, pad: int = AUGMENT_PAD) -> Tensor:
+    """Random crop of the reflection-padded images and random horizontal flip, one draw per image.
+
+    The training transform of the authors' CIFAR-10 loader (``Pad(4, reflect)``, ``RandomCrop(32)``,
+    ``RandomHorizontalFlip``), applied to normalised images (reflection padding commutes with the per-channel
+    normalisation).
+
+    Args:
+        x: (N, C, H, W) images.
+        generator: The draws (row and column offsets in [0, 2 pad], flips) come from it.
+        pad: The reflection padding.
+
+    Returns:
+        (N, C, H, W) augmented images (a new tensor).
+    """
+    n, c, h, w = x.shape
+    off = torch.randint(0, 2 * pad + 1, (n, 2), generator=generator)
+    flip = torch.randint(0, 2, (n,), generator=generator).bool()
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+    rows = off[:, :1] + torch.arange(h)                                # (N, H)
+    cols = off[:, 1:] + torch.arange(w)                                # (N, W)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx = torch.arange(n)[:, None, None, None]
+    ch = torch.arange(c)[None, :, None, None]
+    return padded[idx, ch, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def _load_split(cfg: DistillConfig, split: str) -> tuple[Tensor, Tensor]:
+    """uint8 (N, C, H, W) images and int64 labels of one split of ``cfg.dataset``."""
+    if cfg.dataset == "cifar10":
+        from metalearn.data.cifar10 import load_cifar10
+        return load_cifar10(cfg.data_root, split)
+    from metalearn.data.mnist import load_mnist
+    x, y = load_mnist(split, cfg.data_root)
+    return x.unsqueeze(1), y
 
 
 def load_data(cfg: DistillConfig) -> DistillData:
-    from metalearn.data.mnist import load_mnist
-    x, y = load_mnist("train", cfg.data_root)
-    xt, yt = load_mnist("test", cfg.data_root)
+    """The training (minus the validation hold-out), validation and test splits of ``cfg.dataset``.
+
+    Args:
+        cfg: The distillation config (``dataset``, ``data_root``, ``val_images``, the budget per class).
+
+    Returns:
+        The data, normalised with the dataset's own per-channel mean and std.
+
+    Raises:
+        ConfigError: ``val_images`` leaves no training image, or a class has fewer training images than the
+            baselines need.
+    """
+    x, y = _load_split(cfg, "train")
+    xt, yt = _load_split(cfg, "test")
     if cfg.val_images >= x.shape[0]:
         raise ConfigError(f"val_images: {cfg.val_images} but the training split has {x.shape[0]} images")
     n = x.shape[0] - cfg.val_images
-    x, xt = x.unsqueeze(1), xt.unsqueeze(1)
     counts = torch.bincount(y[:n], minlength=CLASSES)
     per = cfg.images_per_class * cfg.steps
     if int(counts.min()) < per:
         raise ConfigError(f"images_per_class x steps = {per} real images per class are needed by the baselines, "
                           f"but a class has only {int(counts.min())} in the distillation split")
-    return DistillData(x[:n], y[:n], normalize(x[n:]), y[n:], normalize(xt), yt)
+    mean, std = NORMALIZATION[cfg.dataset]
+    return DistillData(x[:n], y[:n], normalize(x[n:], mean, std), y[n:], normalize(xt, mean, std), yt,
+                       mean=mean, std=std)
 
 
-def build_model(cfg: DistillConfig) -> LeNet:
-    return LeNet(channels=1, size=28, classes=CLASSES)
+def build_model(cfg: DistillConfig, image_shape: tuple[int, int, int]) -> nn.Module:
+    """The network of ``cfg.arch`` for images of ``image_shape``.
+
+    Args:
+        cfg: The distillation config.
+        image_shape: (C, H, W) of the data (`DistillData.image_shape`).
+
+    Returns:
+        LeNet or AlexCifarNet with 10 classes.
+    """
+    c, h, _ = image_shape
+    if cfg.arch == "alexcifarnet":
+        return AlexCifarNet(channels=c, size=h, classes=CLASSES)
+    return LeNet(channels=c, size=h, classes=CLASSES)
 
 
-def _eval_inits(cfg: DistillConfig, model: LeNet, which: str) -> list[dict]:
+def _eval_inits(cfg: DistillConfig, model: nn.Module, which: str) -> list[dict]:
     """The initialisations an evaluation trains from.
 
     Args:
@@ -89,11 +218,11 @@ def _eval_inits(cfg: DistillConfig, model: LeNet, which: str) -> list[dict]:
     return [init_params(model, cfg.init_scheme, g) for _ in range(cfg.eval_models)]
 
 
-def fixed_init(cfg: DistillConfig, model: LeNet) -> dict:
+def fixed_init(cfg: DistillConfig, model: nn.Module) -> dict:
     return init_params(model, cfg.init_scheme, torch.Generator().manual_seed(cfg.seed + 1))
 
 
-def score(cfg: DistillConfig, model: LeNet, inits: list[dict], images: Tensor, lrs: Tensor, x: Tensor,
+def score(cfg: DistillConfig, model: nn.Module, inits: list[dict], images: Tensor, lrs: Tensor, x: Tensor,
           y: Tensor) -> list[float]:
     labels = distilled_labels(CLASSES, cfg.images_per_class)
     return [train_and_score(model, p, images, labels, lrs, cfg.epochs, x, y) for p in inits]
@@ -136,7 +265,9 @@ def distill(cfg: DistillConfig, out: str | Path | None = None, *, resume: bool =
             if ck.get("kind") != KIND:
                 raise ConfigError(f"--resume: {str(out / 'last.pt')!r} is a {ck.get('kind')!r} checkpoint, "
                                   "not a distillation")
-            old = {k: v for k, v in ck["config"].items() if k not in RESUME_FREE}
+            # keys added since the checkpoint was written take their defaults (the behaviour of the code then)
+            saved_cfg = {**DistillConfig().to_dict(), **ck["config"]}
+            old = {k: v for k, v in saved_cfg.items() if k not in RESUME_FREE}
             new = {k: v for k, v in cfg.to_dict().items() if k not in RESUME_FREE}
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             if diff:
@@ -148,11 +279,12 @@ def distill(cfg: DistillConfig, out: str | Path | None = None, *, resume: bool =
         with atomic_write(out / "config.yaml", mode="w") as f:
             f.write(dump_distill_config(cfg))
     data = data or load_data(cfg)
-    model = build_model(cfg)
+    model = build_model(cfg, data.image_shape)
     labels = distilled_labels(CLASSES, cfg.images_per_class)
     n_inner = cfg.steps * cfg.epochs
     gen = torch.Generator().manual_seed(cfg.seed)
-    images = torch.randn((cfg.steps, CLASSES * cfg.images_per_class, 1, 28, 28), generator=gen).requires_grad_()
+    images = torch.randn((cfg.steps, CLASSES * cfg.images_per_class, *data.image_shape),
+                         generator=gen).requires_grad_()
     raw_lrs = inverse_softplus(torch.full((n_inner,), cfg.distill_lr)).float().requires_grad_()
     opt = torch.optim.Adam([images, raw_lrs], lr=cfg.outer_lr, betas=(cfg.outer_beta1, 0.999))
     base = fixed_init(cfg, model) if cfg.init == "fixed" else None
@@ -194,6 +326,8 @@ def distill(cfg: DistillConfig, out: str | Path | None = None, *, resume: bool =
                 group["lr"] = lr_at(step)
             idx = torch.randint(0, data.train_x.shape[0], (cfg.batch_size,), generator=gen)
             real_x, real_y = data.batch(idx), data.train_y[idx]
+            if cfg.augment:
+                real_x = augment_batch(real_x, gen)
             opt.zero_grad(set_to_none=True)
             inits = [base] if base is not None else [init_params(model, cfg.init_scheme, gen)
                                                       for _ in range(cfg.inits_per_step)]
@@ -251,7 +385,8 @@ def distill(cfg: DistillConfig, out: str | Path | None = None, *, resume: bool =
         atomic_save({"format": 1, "kind": KIND + "_set", "images": images.detach().clone(), "labels": labels,
                      "lrs": lrs.clone(), "epochs": cfg.epochs, "config": cfg.to_dict()}, out / "distilled.pt")
         save_grid(images.detach(), lrs, cfg, out / "distilled.png")
-        save_curve(history, out / "curve.png", title=f"MNIST, {cfg.init} init, {cfg.total_images} distilled images")
+        save_curve(history, out / "curve.png", title=f"{DATASET_NAMES[cfg.dataset]} ({cfg.arch}), {cfg.init} init, "
+                                                     f"{cfg.total_images} distilled images")
         write_json(result, out / "result.json")
     return result
 
@@ -279,7 +414,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _arrange(per_class: list[Tensor], cfg: DistillConfig) -> Tensor:
-    """Class-wise image lists (each (steps * ipc, 1, 28, 28)) -> distilled layout (steps, 10 * ipc, 1, 28, 28)."""
+    """Class-wise image lists (each (steps * ipc, C, H, W)) -> distilled layout (steps, 10 * ipc, C, H, W)."""
     ipc = cfg.images_per_class
     batches = []
     for s in range(cfg.steps):
@@ -313,12 +448,12 @@ def kmeans_set(cfg: DistillConfig, data: DistillData, seed: int) -> Tensor:
     per = cfg.images_per_class * cfg.steps
     chosen = []
     for c in range(CLASSES):
-        x = data.batch(torch.nonzero(data.train_y == c).squeeze(1))            # (n_c, 1, 28, 28)
+        x = data.batch(torch.nonzero(data.train_y == c).squeeze(1))            # (n_c, C, H, W)
         if per == 1:
             chosen.append(x.mean(0, keepdim=True))
             continue
         km = KMeans(n_clusters=per, n_init=3, random_state=seed).fit(x.flatten(1).double().numpy())
-        chosen.append(torch.from_numpy(km.cluster_centers_).float().view(per, 1, 28, 28))
+        chosen.append(torch.from_numpy(km.cluster_centers_).float().view(per, *data.image_shape))
     return _arrange(chosen, cfg)
 
 
@@ -339,7 +474,7 @@ def baselines(cfg: DistillConfig, data: DistillData | None = None,
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
     data = data or load_data(cfg)
-    model = build_model(cfg)
+    model = build_model(cfg, data.image_shape)
     n_inner = cfg.steps * cfg.epochs
     val_inits, test_inits = _eval_inits(cfg, model, "val"), _eval_inits(cfg, model, "test")
     c0 = time.process_time()
@@ -378,14 +513,31 @@ def write_json(obj: dict, path: str | Path) -> Path:
     return Path(path)
 
 
+def grid_title(cfg: DistillConfig, steps: int) -> str:
+    """The default title of a distilled set's grid, naming the dataset, the network and the setting.
+
+    Args:
+        cfg: The distillation config.
+        steps: The distilled batches.
+
+    Returns:
+        The title.
+    """
+    return (f"{cfg.total_images} distilled {DATASET_NAMES[cfg.dataset]} images ({cfg.arch}, {cfg.init} init, "
+            f"{steps} batch{'es' if steps > 1 else ''} x {cfg.epochs} epochs; η: the step sizes of each batch)")
+
+
 def save_grid(images: Tensor, lrs: Tensor | None, cfg: DistillConfig, path: str | Path,
               title: str | None = None) -> Path:
     """The distilled images as a PNG grid: one column per class, one row per (batch, image of its class).
 
+    Images are shown in their pixel colours: denormalised with the dataset's own per-channel mean and std
+    (`NORMALIZATION`) and clamped to [0, 1]; one channel in grey, three in RGB.
+
     Args:
-        images: The distilled images, one batch per step.
+        images: The distilled images (S, 10 * ipc, C, H, W), one batch per step, normalised.
         lrs: The step sizes; each batch's row names its own (one per epoch).  None: no step sizes.
-        cfg: The distillation config.
+        cfg: The distillation config (its ``dataset`` gives the normalisation, the class names, the title).
         path: The PNG file.
         title: The figure's title (default: one describing the set).
 
@@ -397,22 +549,29 @@ def save_grid(images: Tensor, lrs: Tensor | None, cfg: DistillConfig, path: str 
     import matplotlib.pyplot as plt
     ipc, steps = cfg.images_per_class, images.shape[0]
     rows = steps * ipc
-    pics = (images.detach().float() * MNIST_STD + MNIST_MEAN).clamp(0, 1)       # (S, 10 * ipc, 1, 28, 28)
+    mean, std = NORMALIZATION[cfg.dataset]
+    if images.dim() != 5 or images.shape[2] != len(mean):
+        raise ConfigError(f"images: expected (steps, n, {len(mean)}, H, W) {DATASET_NAMES[cfg.dataset]} images, "
+                          f"got shape {tuple(images.shape)}")
+    pics = denormalize(images, mean, std)                                # (S, 10 * ipc, C, H, W) in [0, 1]
+    names = CLASS_NAMES[cfg.dataset]
     fig, axes = plt.subplots(rows, CLASSES, figsize=(CLASSES * 0.95, rows * 1.05 + 0.6), squeeze=False)
     for s in range(steps):
         for c in range(CLASSES):
             for j in range(ipc):
                 ax = axes[s * ipc + j][c]
-                ax.imshow(pics[s, c * ipc + j, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+                pic = pics[s, c * ipc + j]
+                if pic.shape[0] == 1:
+                    ax.imshow(pic[0].numpy(), cmap="gray", vmin=0, vmax=1)
+                else:
+                    ax.imshow(pic.permute(1, 2, 0).numpy(), interpolation="nearest")   # (H, W, 3) RGB
                 ax.set_xticks([]), ax.set_yticks([])
                 if s == 0 and j == 0:
-                    ax.set_title(str(c), fontsize=9)
+                    ax.set_title(names[c], fontsize=9 if max(map(len, names)) <= 4 else 7)
         if lrs is not None:
             etas = [float(lrs[e * steps + s]) for e in range(cfg.epochs)]
             axes[s * ipc][0].set_ylabel("η " + ", ".join(f"{v:.3g}" for v in etas), fontsize=7)
-    fig.suptitle(title or f"{cfg.total_images} distilled MNIST images ({cfg.init} init, {steps} batch"
-                          f"{'es' if steps > 1 else ''} x {cfg.epochs} epochs; η: the step sizes of each batch)",
-                 fontsize=9)
+    fig.suptitle(title or grid_title(cfg, steps), fontsize=9)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
