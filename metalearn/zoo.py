@@ -143,16 +143,19 @@ def add_model(result_json: str | os.PathLike, run_dir: str | os.PathLike | None 
     zoo = Path(zoo_dir)
     zoo.mkdir(parents=True, exist_ok=True)
     weights = zoo / f"{name}.pt"
-    state = {k: v.detach().float().contiguous() if v.is_floating_point() else v for k, v in ck["model"].items()}
-    with atomic_write(weights, mode="wb") as f:
-        torch.save(state, f)
-    # the first test episodes' accuracies, for a quick re-check of the shipped weights (fp32)
+    # floating tensors in fp32; the rest as saved (integer buffers, a module's extra state such as an RNG state)
+    state = {k: v.detach().float().contiguous() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+             for k, v in ck["model"].items()}
+    # the first test episodes' accuracies, for a quick re-check of the shipped weights (fp32); computed before
+    # anything is written, so a failure (no data, say) leaves the zoo as it was
     e = cfg.eval
     learner = build_learner(cfg, tuple(meta["image_shape"]))
     learner.load_state_dict(state)
     sampler = _episode_sampler(cfg, e.split, ev["ways"], ev["shots"], ev.get("queries", e.queries), e.batch_size,
                                e.seed)
     check = evaluate(learner, sampler, first_episodes, precision="fp32")
+    with atomic_write(weights, mode="wb") as f:
+        torch.save(state, f)
     entry = {"name": name, "task": task or res.get("task"), "config": meta["config"],
              "config_hash": meta["config_hash"], "image_shape": meta["image_shape"],
              "commit": (res.get("git") or {}).get("commit"), "step": ck.get("step"),
