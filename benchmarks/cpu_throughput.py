@@ -204,10 +204,7 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
             torch.manual_seed(0)
             net = MamlConv4(1, 5, pool="stride").to(dev, dtype)
             return MAML(net, 5, inner_lr=0.4, vmap=vm, check_finite=False)
-        learner = make(torch.float32)
-        if policy != "off":
-            from metalearn.engine import channels_last
-            channels_last(learner)
+        learner = make(torch.float32)   # NCHW under both policies, as the engine builds MAML (maml_variants.py)
         # meta-gradient of one fixed meta-batch against the float64 loop
         ep = EpisodeSampler(_images(400, 20, 1, 28), 5, 1, 15, batch_size=8, seed=5).sample()
         tasks = 32 if dev.type == "cuda" else 8

@@ -172,7 +172,8 @@ LEARNERS["siamese"] = _siamese
 
 def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
     """The untrained learner a task config describes (learner, backbone and their sections), conv weights in
-    channels-last ([`channels_last`][metalearn.engine.channels_last]).
+    channels-last ([`channels_last`][metalearn.engine.channels_last]) except for the MAML family (NCHW measured
+    faster there).
 
     Args:
         cfg: The task config (a run's ``config.yaml`` read with
@@ -189,7 +190,12 @@ def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
     if cfg.learner not in LEARNERS:
         raise ConfigError(f"learner: unknown {cfg.learner!r}; expected one of {sorted(LEARNERS)}")
     from metalearn.engine import channels_last
-    return channels_last(LEARNERS[cfg.learner](cfg, tuple(image_shape)))  # conv weights channels-last
+    learner = LEARNERS[cfg.learner](cfg, tuple(image_shape))
+    if cfg.learner == "maml":
+        # second-order MAML keeps NCHW weights: channels-last made its step 15% slower, loop and vmap alike
+        # (results/speed/maml_variants_1t-*.json: batch norm from primitive ops mixes the two layouts)
+        return learner
+    return channels_last(learner)  # conv weights channels-last
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

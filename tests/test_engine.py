@@ -210,3 +210,18 @@ def test_maml_variants_benchmark_smoke(tmp_path):
         assert r["meta_grad_rel_err_vs_fp64"] < 1e-3, name
         assert len(r["samples_ms"]) == 2 and r["ms"] > 0
     assert res["command"].startswith("python benchmarks/maml_variants.py") and res["profiles"] == {}
+
+
+def test_builder_layout_policy_channels_last_for_metric_learners_nchw_for_maml():
+    from metalearn.builders import build_learner
+
+    def conv_weights(learner):
+        return [m.weight for m in learner.modules() if isinstance(m, nn.Conv2d)]
+    proto = build_learner(config_from_dict({"dataset": "omniglot", "model": {"hidden": 8}}), (1, 28, 28))
+    assert all(w.stride()[1] == 1 for w in conv_weights(proto))            # real channels-last strides
+    maml = build_learner(config_from_dict({"dataset": "omniglot", "learner": "maml",
+                                           "model": {"backbone": "maml_conv4", "hidden": 8, "pool": "stride"},
+                                           "train": {"ways": 5}}),
+                         (1, 28, 28))
+    ws = conv_weights(maml)
+    assert ws and all(w.is_contiguous() and w.stride()[1] != 1 for w in ws[1:])   # NCHW (after the 1-channel conv)
