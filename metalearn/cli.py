@@ -621,6 +621,9 @@ def _distributed(args: argparse.Namespace):
             if not main_rank:   # one copy of every result line: rank 0's
                 stack.enter_context(contextlib.redirect_stdout(stack.enter_context(open(os.devnull, "w"))))
             yield
+        if owned:   # every process finishes before any leaves the group: a process tearing gloo down while a
+            import torch.distributed as dist   # peer still ran its last collective could abort the peer
+            dist.barrier()
     except Exception as err:
         if _lost_peer(err):
             print(f"metalearn {args.command}: error{_rank_note()}: lost contact with another process of the job "
