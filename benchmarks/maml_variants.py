@@ -103,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from metalearn.bench import git_state, machine_info
+    from metalearn.data.cache import atomic_write
     from metalearn.engine import tune_allocator
     from metalearn.episodes import EpisodeSampler
     tuned = tune_allocator()
@@ -146,9 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"maml_variants_{args.threads}t-{(git.get('commit') or 'nocommit')[:8]}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path, mode="w") as f:
+        json.dump(result, f, indent=1)
     print("| variant | ms | speed-up vs loop_nchw | meta-grad error vs fp64 |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['variant']} | {r['ms']:.1f} | {r['speedup_vs_loop_nchw']:.2f}× | "

@@ -102,3 +102,35 @@ def test_shipped_models_re_evaluate_to_their_record(name, tmp_path, monkeypatch)
     flip = 100.0 / (r["ways"] * r["queries"])
     assert max(abs(a - b) for a, b in zip(res.per_episode, recorded)) <= flip + 1e-9
     assert abs(res.accuracy - sum(recorded) / len(recorded)) <= flip
+
+
+def test_add_writes_nothing_when_its_recheck_fails(tmp_path, digits_result, monkeypatch):
+    res = json.loads(digits_result.read_text())
+    res["reference"]["accuracy"] = 1.0
+    digits_result.write_text(json.dumps(res))
+
+    def fail(*a, **k):
+        raise FileNotFoundError("no data root")
+    import importlib
+    monkeypatch.setattr(importlib.import_module("metalearn.train.evaluator"), "evaluate", fail)
+    with pytest.raises(FileNotFoundError):
+        add_model(digits_result, zoo_dir=tmp_path / "zoo")
+    assert not list((tmp_path / "zoo").glob("*"))            # neither weights nor manifest
+
+
+def test_add_keeps_a_modules_extra_state(tmp_path, monkeypatch):
+    """Siamese saves its augmentation RNG as extra state (a dict, not a tensor): it survives the zoo round trip."""
+    monkeypatch.setattr(bench, "git_state", lambda *a, **k: {"commit": "c" * 40, "dirty": False})
+    sets = [a for t in [*TINY, "learner=siamese"] for a in ("--set", t)]
+    assert main(["bench", str(DIGITS), "--out-root", str(tmp_path / "runs"), "--results", str(tmp_path / "res"),
+                 "--quiet", *sets]) == 0
+    result = next((tmp_path / "res").glob("*.json"))
+    res = json.loads(result.read_text())
+    res["reference"]["accuracy"] = 1.0
+    result.write_text(json.dumps(res))
+    zoo = tmp_path / "zoo"
+    entry = add_model(result, zoo_dir=zoo)
+    import torch
+    state = torch.load(zoo / entry["weights"], weights_only=True)
+    assert isinstance(state["_extra_state"], dict)
+    assert not pretrained(entry["name"], zoo_dir=zoo).training
