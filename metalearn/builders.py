@@ -32,6 +32,8 @@ def _omniglot(cfg: TaskConfig, split: str) -> ClassImages:
 
 def _miniimagenet(cfg: TaskConfig, split: str) -> ClassImages:
     from metalearn.data.miniimagenet import load_miniimagenet
+    if split == "trainval":   # the standard files define three splits; trainval is the first two together
+        return ClassImages.concat([_miniimagenet(cfg, s) for s in ("train", "val")])
     return load_miniimagenet(cfg.data.root, split=split, source=cfg.data.source, cache_dir=cfg.data.cache_dir)
 
 
@@ -39,6 +41,9 @@ def _digits(cfg: TaskConfig, split: str) -> ClassImages | None:
     from metalearn.data.digits import load_digits
     if split == "val":
         return None  # digits has no meta-validation classes
+    if split == "trainval":
+        raise ConfigError("train.split: trainval needs validation classes, and dataset 'digits' has none; "
+                          "use train.split: train")
     return load_digits(split)
 
 

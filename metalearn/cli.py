@@ -176,9 +176,9 @@ def train_task(cfg: TaskConfig, out: str | Path, *, resume: bool = False, progre
         torch.manual_seed(cfg.train.seed)
         t = cfg.train
         # every split the run draws episodes from, checked before any training (and before anything is written)
-        check_splits(cfg, [("train", "train")] + ([("val", "eval")] if t.val_every else [])
+        check_splits(cfg, [(t.split, "train")] + ([("val", "eval")] if t.val_every else [])
                      + ([(cfg.eval.split, "eval")] if check_eval else []))
-        sampler = _episode_sampler(cfg, "train", t.ways, t.shots, t.queries, t.batch_size, t.seed,
+        sampler = _episode_sampler(cfg, t.split, t.ways, t.shots, t.queries, t.batch_size, t.seed,
                                    ("train.ways", "train.shots", "train.queries"))
         image_shape = tuple(sampler.data.image_shape)
         learner = build_learner(cfg, image_shape).to(sampler.device)

@@ -146,6 +146,9 @@ class TrainConfig:
     """Meta-training (section ``train``): the training episodes, the optimiser, validation and checkpoints.
 
     Attributes:
+        split: The classes trained on: ``train``, or ``trainval`` (the train and validation classes together,
+            the last stage of Snell et al.'s protocol: retrain on both for the number of steps validation picked
+            on ``train``). ``trainval`` needs ``val_every: 0``, since the validation classes are then trained on.
         ways: N, classes per training episode (ProtoNet trains with more ways than it is tested on).
         shots: K, support images per class.
         queries: Q, query images per class.
@@ -166,6 +169,7 @@ class TrainConfig:
         precision: Encoder precision: ``auto`` (bf16 where the device runs it natively and the learner keeps
             its accuracy; fp32 for the MAML family), ``bf16`` or ``fp32``.
     """
+    split: str = "train"             # train | trainval (train + val classes; needs val_every: 0)
     ways: int = 60
     shots: int = 1
     queries: int = 5
@@ -406,6 +410,12 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"data.image_size: expected >= 1, got {cfg.data.image_size}")
     if cfg.train.val_every < 0 or cfg.train.val_episodes < 1:
         raise ConfigError("train.val_every: expected >= 0 and train.val_episodes >= 1")
+    if cfg.train.split not in ("train", "trainval"):
+        raise ConfigError(f"train.split: expected train or trainval, got {cfg.train.split!r}")
+    if cfg.train.split == "trainval" and cfg.train.val_every:
+        raise ConfigError(f"train.split: trainval trains on the validation classes, so validating on them measures "
+                          f"nothing; set train.val_every: 0 (got {cfg.train.val_every}) and train.steps to the step "
+                          f"validation picked in a run on train.split: train")
     if cfg.eval.split not in ("train", "val", "test"):
         raise ConfigError(f"eval.split: expected train, val or test, got {cfg.eval.split!r}")
     m = cfg.maml

@@ -92,6 +92,33 @@ class ClassImages:
         names = tuple(names) if names is not None else tuple(str(i) for i in range(n))
         return cls(images[order].contiguous(), offsets, counts, names, tuple(rotations))
 
+    @classmethod
+    def concat(cls, parts: Sequence["ClassImages"]) -> "ClassImages":
+        """The classes of several splits in one (``train`` + ``val`` -> ``trainval``), in the given order.
+
+        Args:
+            parts: Splits with the same image shape and the same rotations; class names must not repeat.
+
+        Raises:
+            ValueError: No parts, different image shapes or rotations, or a class name in two parts.
+        """
+        parts = list(parts)
+        if not parts:
+            raise ValueError("parts: expected at least one ClassImages")
+        first = parts[0]
+        for p in parts[1:]:
+            if p.image_shape != first.image_shape or p.rotations != first.rotations:
+                raise ValueError(f"parts: expected one image shape and one set of rotations, got "
+                                 f"{first.image_shape} {first.rotations} and {p.image_shape} {p.rotations}")
+        names = tuple(n for p in parts for n in p.names)
+        if len(set(names)) != len(names):
+            dup = next(n for n in names if names.count(n) > 1)
+            raise ValueError(f"parts: class {dup!r} is in more than one part")
+        images = torch.cat([p.images for p in parts])
+        counts = torch.cat([p.counts.to(images.device) for p in parts])
+        offsets = torch.cumsum(counts, 0) - counts
+        return cls(images, offsets, counts, names, first.rotations)
+
     # ------------------------------------------------------------------ views
     @property
     def num_base_classes(self) -> int:
