@@ -326,32 +326,61 @@ class _Context:
     def __init__(self, results_dir: Path):
         self.results_dir = results_dir
         self.roots = list(dict.fromkeys([Path.cwd(), results_dir.resolve().parent]))
-        self._tasks: dict[str, dict | None] = {}
+        self._tasks: dict[tuple, dict | None] = {}
         self._commits: dict[str, str] = {}
 
-    def task(self, path: str | None) -> dict | None:
+    def task(self, path: str | None, commit: str | None = None) -> dict | None:
         """The task file's own recipe (before any override): train.steps, eval.episodes, reference; None if the
-        file is not there or does not load."""
+        file is not there or does not load.
+
+        Args:
+            path: The task file, as a result records it.
+            commit: The commit the result was made at: the file as it was then, when git has it (a task file
+                can change its recipe later); otherwise the file as it is now.
+        """
         if not path:
             return None
-        if path in self._tasks:
-            return self._tasks[path]
+        if (path, commit) in self._tasks:
+            return self._tasks[(path, commit)]
         info = None
+        for text in (self._task_at(path, commit), self._task_now(path)):
+            if text is None:
+                continue
+            try:
+                import yaml
+
+                from metalearn.config import config_from_dict
+                cfg = config_from_dict(yaml.safe_load(text) or {})
+            except Exception:  # noqa: BLE001 - a broken or other-kind task file: no recipe to show
+                continue
+            info = {"steps": cfg.train.steps, "episodes": cfg.eval.episodes, "ways": cfg.eval.ways,
+                    "shots": cfg.eval.shots, "dataset": cfg.dataset, "learner": cfg.learner,
+                    "reference": cfg.reference.accuracy, "reference_ci": cfg.reference.ci95,
+                    "source": cfg.reference.source or ""}
+            break
+        self._tasks[(path, commit)] = info
+        return info
+
+    def _task_now(self, path: str) -> str | None:
         p = Path(path)
         for c in ([p] if p.is_absolute() else [root / p for root in self.roots]):
             if c.is_file():
                 try:
-                    from metalearn.config import load_config
-                    cfg = load_config(c)
-                    info = {"steps": cfg.train.steps, "episodes": cfg.eval.episodes, "ways": cfg.eval.ways,
-                            "shots": cfg.eval.shots, "dataset": cfg.dataset, "learner": cfg.learner,
-                            "reference": cfg.reference.accuracy, "reference_ci": cfg.reference.ci95,
-                            "source": cfg.reference.source or ""}
-                except Exception:  # noqa: BLE001 - a broken or other-kind task file: no recipe to show
-                    info = None
-                break
-        self._tasks[path] = info
-        return info
+                    return c.read_text()
+                except (OSError, UnicodeDecodeError):
+                    return None
+        return None
+
+    def _task_at(self, path: str, commit: str | None) -> str | None:
+        """The text of the relative task file ``path`` at ``commit``; None when git does not have it."""
+        if not commit or Path(path).is_absolute() or not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+            return None
+        try:
+            r = subprocess.run(["git", "-C", str(self.results_dir), "show", f"{commit}:{Path(path).as_posix()}"],
+                               capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return r.stdout if r.returncode == 0 else None
 
     def commit_time(self, commit: str | None) -> str:
         """The commit's time (UTC) from git, '' when the repository does not know the commit."""
@@ -394,7 +423,7 @@ def _config_text(r: dict) -> str:
 # ----------------------------------------------------------------------------------- few-shot classification
 
 def _bench_entry(r: dict, file: str, ctx: _Context) -> Entry:
-    info = ctx.task(r.get("task"))
+    info = ctx.task(r.get("task"), r["git"].get("commit"))
     over = r.get("overrides") or []
     cfg_train, cfg_eval = (r["config"].get("train") or {}), (r["config"].get("eval") or {})
     # the recipe is the task file's own train.steps: the resolved config's unless an override changed it

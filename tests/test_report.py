@@ -285,6 +285,30 @@ def test_budget_is_against_the_task_files_own_steps(tmp_path, docs):
     assert budget == {"with_file": "500 / 20000 (2.5%)", "no_override": "800 / 1000 (80%)", "no_file": "700"}
 
 
+def test_budget_uses_the_task_file_as_it_was_at_the_results_commit(tmp_path, docs):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+    git("init", "-q")
+    write_task(tmp_path, "changed")                                       # train.steps: 20000 at the first commit
+    git("add", "tasks")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "task")
+    first = git("rev-parse", "HEAD")
+    path = tmp_path / "tasks" / "changed.yaml"
+    path.write_text(path.read_text().replace("steps: 20000", "steps: 7000"))   # the recipe changes later
+    assert "steps: 7000" in path.read_text()
+    old = make_result("changed", 90.0, 0.5, steps=10000, commit=first, overrides=["train.steps=10000"])
+    unknown = make_result("changed", 91.0, 0.5, steps=5000, commit="e" * 40, overrides=["train.steps=5000"],
+                          created="2026-01-03T00:00:00+00:00")
+    write(tmp_path / "results", old, unknown)
+    assert run_report(tmp_path, docs, "--no-plots") == 0
+    hist = (docs / "results_history.md").read_text()
+    assert "10000 / 20000 (50%)" in hist          # against the file of its own commit, not today's 7000
+    assert "5000 / 7000 (71%)" in hist            # a commit git does not know: the file as it is now
+
+
 def test_newest_result_per_task_and_superseded_runs_on_the_history_page(tmp_path, docs):
     write_task(tmp_path, "omni_5w1s")
     older_better = make_result("omni_5w1s", 98.90, 0.15, 98.8, config_hash="1" * 16, commit="1" * 40,
