@@ -55,7 +55,7 @@ else
     if [ -n "${METALEARN_DATA:-}" ] && [ -d "${METALEARN_DATA}/omniglot" ]; then
         step protonet_wallclock 180 "$PY" -m metalearn.cli bench tasks/protonet_omniglot_5w1s.yaml \
             --out-root "$OUT/runs" --results "$OUT/results" --quiet --set data.device="$DEVICE" \
-            --set train.steps=5000 --set train.lr_step=500 --set train.val_every=1000
+            --set train.steps=5000 --set train.lr_step=500 --set train.split=train --set train.val_every=1000
     else
         echo "protonet_wallclock skipped: no \$METALEARN_DATA/omniglot" | tee -a "$OUT/summary.txt"
     fi
