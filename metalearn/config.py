@@ -414,8 +414,8 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"train.split: expected train or trainval, got {cfg.train.split!r}")
     if cfg.train.split == "trainval" and cfg.train.val_every:
         raise ConfigError(f"train.split: trainval trains on the validation classes, so validating on them measures "
-                          f"nothing; set train.val_every: 0 (got {cfg.train.val_every}) and train.steps to the step "
-                          f"validation picked in a run on train.split: train")
+                          f"nothing; set train.split: train to validate (train.val_every={cfg.train.val_every}), or "
+                          f"train.val_every: 0 to train on train + val")
     if cfg.eval.split not in ("train", "val", "test"):
         raise ConfigError(f"eval.split: expected train, val or test, got {cfg.eval.split!r}")
     m = cfg.maml

@@ -51,7 +51,7 @@ def test_config_checks_train_split():
     assert config_from_dict(base).train.split == "train"
     with pytest.raises(ConfigError, match="train.split: expected train or trainval, got 'val'"):
         config_from_dict({**base, "train": {"split": "val"}})
-    with pytest.raises(ConfigError, match="train.split: trainval trains on the validation classes.*val_every: 0"):
+    with pytest.raises(ConfigError, match="train.split: trainval trains on the validation classes.*train.split: train to validate.*val_every: 0"):
         config_from_dict({**base, "train": {"split": "trainval", "val_every": 500}})
     cfg = config_from_dict({**base, "train": {"split": "trainval", "val_every": 0}})
     assert cfg.train.split == "trainval"
