@@ -19,6 +19,14 @@ import time
 from pathlib import Path
 
 
+def overrides(precision: str, steps: int, threads: int) -> list[str]:
+    """The ``--set`` overrides of one short run. It validates on the val classes, so it trains on train alone
+    (the Omniglot task files train on train + val)."""
+    return ["train.split=train", f"train.precision={precision}", f"train.steps={steps}", f"train.threads={threads}",
+            f"train.lr_step={max(1, steps // 2)}", f"train.val_every={max(1, steps // 4)}",
+            f"train.checkpoint_every={max(1, steps // 4)}"]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("tasks", nargs="+")
@@ -37,11 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         row = {"task": task}
         for prec in ("fp32", "bf16"):
-            # short runs validate on the val classes, so they train on train alone (the Omniglot files: trainval)
-            sets = ["train.split=train", f"train.precision={prec}", f"train.steps={args.steps}", f"train.threads={args.threads}",
-                    f"train.lr_step={max(1, args.steps // 2)}", f"train.val_every={max(1, args.steps // 4)}",
-                    f"train.checkpoint_every={max(1, args.steps // 4)}"]
-            cfg = load_config(task, sets)
+            cfg = load_config(task, overrides(prec, args.steps, args.threads))
             run = Path(args.runs) / f"{cfg.name}-{prec}-{cfg.hash()}"
             t0 = time.perf_counter()
             outcome = train_task(cfg, run, resume=(run / "last.pt").exists(), progress=False)

@@ -107,3 +107,20 @@ def test_omniglot_trainval_trains_on_1200_characters(tmp_path, monkeypatch):
     cfg = config_from_dict({"dataset": "omniglot", "learner": "protonet", "data": {"root": env}})
     val, test = (set(builders.DATASETS["omniglot"](cfg, s).names) for s in ("val", "test"))
     assert set(runs["trainval"]) == set(runs["train"]) | val and not set(runs["trainval"]) & test
+
+
+def test_short_validated_runs_of_the_scripts_load_on_the_trainval_task_files():
+    import importlib.util
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("precision_check", root / "benchmarks" / "precision_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from metalearn.config import load_config
+    for task in ("protonet_omniglot_5w1s", "matchnet_omniglot_5w1s", "siamese_omniglot_5w1s"):
+        assert load_config(root / "tasks" / f"{task}.yaml").train.split == "trainval"
+        cfg = load_config(root / "tasks" / f"{task}.yaml", mod.overrides("bf16", 1000, 1))
+        assert (cfg.train.split, cfg.train.val_every, cfg.train.steps) == ("train", 250, 1000)
+    # gpu_suite's ProtoNet wall-clock run validates too
+    suite = (root / "benchmarks" / "gpu_suite.sh").read_text()
+    line = next(ln for ln in suite.splitlines() if "train.val_every=1000" in ln)
+    assert "train.split=train" in line
