@@ -309,6 +309,21 @@ def test_budget_uses_the_task_file_as_it_was_at_the_results_commit(tmp_path, doc
     assert "5000 / 7000 (71%)" in hist            # a commit git does not know: the file as it is now
 
 
+def test_published_number_comes_from_the_task_file_as_it_is_now(tmp_path, docs):
+    write_task(tmp_path, "corrected", ref=96.7)               # the reference was corrected after the run
+    write_task(tmp_path, "reshaped", ways=20, ref=95.0)       # today's file is another row: the recorded one stays
+    old = make_result("corrected", 96.97, 0.25, 97.3)          # recorded with the old reference
+    other = make_result("reshaped", 97.0, 0.2, 98.8)
+    lost = make_result("no_file", 90.0, 0.5, 91.0)
+    write(tmp_path / "results", old, other, lost)
+    assert run_report(tmp_path, docs, "--no-plots") == 0
+    assert table(block((docs / "results.md").read_text(), report.FEWSHOT), "| task | ours") == [
+        "| corrected | 96.97 ± 0.25 | 1000 | 96.7 | +0.27 | above |",
+        "| no_file | 90.00 ± 0.50 | 1000 | 91.0 | -1.00 | no |",
+        "| reshaped | 97.00 ± 0.20 | 1000 | 98.8 | -1.80 | no |",
+    ]
+
+
 def test_newest_result_per_task_and_superseded_runs_on_the_history_page(tmp_path, docs):
     write_task(tmp_path, "omni_5w1s")
     older_better = make_result("omni_5w1s", 98.90, 0.15, 98.8, config_hash="1" * 16, commit="1" * 40,
