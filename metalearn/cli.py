@@ -329,14 +329,13 @@ def evaluate_pretrained(name: str, ways: int | None = None, shots: int | None = 
     import dataclasses
 
     from metalearn.train.evaluator import evaluate
-    from metalearn.zoo import manifest, pretrained
     from metalearn.config import config_from_dict
+    from metalearn.zoo import lookup, pretrained
     learner = pretrained(name)          # refuses unknown names and altered weights
-    entry = manifest()[name]
+    entry, r = lookup(name)             # the row's own setting is the default
     cfg = config_from_dict(entry["config"])
     if data_root is not None:
         cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=data_root))
-    r = entry["result"]
     ways, shots = ways or r["ways"], shots or r["shots"]
     queries, episodes, split = queries or r["queries"], episodes or r["episodes"], split or r["split"]
     sampler = _episode_sampler(cfg, split, ways, shots, queries, cfg.eval.batch_size, r["seed"])

@@ -49,14 +49,15 @@ def pretrained(name: str | None = None, *, device: str | torch.device = "cpu",
     """A trained learner from the zoo, ready for [`metalearn.evaluate`][metalearn.train.evaluator.evaluate] or
     ``.predict``; with no name, the list of what exists.
 
-    With a name it returns the learner, in eval mode. Without, it returns one dict per model, sorted by name,
-    with ``name``, ``dataset``, ``learner``, ``ways``, ``shots``, ``accuracy``, ``ci95``, ``published``,
-    ``task`` and ``commit`` (an empty list when the zoo ships no model). The weights file's sha256 is checked
+    With a name it returns the learner, in eval mode. Without, it returns one dict per reproduced row, sorted by
+    name, with ``name`` (the row's task name), ``model`` (the weights' entry: one model can serve several rows,
+    as the 1-shot ProtoNet serves 5-way and 20-way), ``dataset``, ``learner``, ``ways``, ``shots``,
+    ``accuracy``, ``ci95``, ``published``, ``task`` and ``commit`` (an empty list when the zoo ships no model). The weights file's sha256 is checked
     against the manifest before loading (``weights_only`` loading).
 
     Args:
-        name: A model's name (the task name of the row it reproduces, e.g. ``"protonet_omniglot_5w1s"``); None
-            lists the models.
+        name: The task name of a row the model reproduces (e.g. ``"protonet_omniglot_5w1s"``, or
+            ``"protonet_omniglot_20w1s"`` for the same weights); None lists the rows.
         device: Where the learner goes.
         zoo_dir: The zoo folder (default: the one shipped in the package).
 
@@ -67,15 +68,13 @@ def pretrained(name: str | None = None, *, device: str | torch.device = "cpu",
     """
     entries = manifest(zoo_dir)
     if name is None:
-        return [{"name": n, "dataset": e["config"]["dataset"], "learner": e["config"]["learner"],
-                 "ways": e["result"]["ways"], "shots": e["result"]["shots"],
-                 "accuracy": e["result"]["accuracy"], "ci95": e["result"]["ci95"],
-                 "published": e["result"].get("published"), "task": e.get("task"), "commit": e.get("commit")}
-                for n, e in sorted(entries.items())]
-    if name not in entries:
-        have = ", ".join(sorted(entries)) or "none yet"
-        raise ValueError(f"pretrained: no model {name!r} in the zoo; available: {have}")
-    e = entries[name]
+        return sorted(({"name": row["name"], "model": e["name"], "dataset": e["config"]["dataset"],
+                        "learner": e["config"]["learner"], "ways": row["ways"], "shots": row["shots"],
+                        "accuracy": row["accuracy"], "ci95": row["ci95"], "published": row.get("published"),
+                        "task": e.get("task"), "commit": e.get("commit")}
+                       for e in entries.values() for row in _rows(e)), key=lambda m: m["name"])
+    e, _ = lookup(name, zoo_dir)
+    name = e["name"]
     weights = Path(zoo_dir) / e["weights"]
     if not weights.is_file():
         raise FileNotFoundError(f"pretrained {name!r}: weights file {str(weights)!r} is missing")
@@ -90,6 +89,30 @@ def pretrained(name: str | None = None, *, device: str | torch.device = "cpu",
     state = torch.load(weights, map_location="cpu", weights_only=True)
     learner.load_state_dict(state)
     return learner.to(device).eval()
+
+
+def _rows(entry: dict) -> list[dict]:
+    """Every row a manifest entry's weights reproduce: its own (``result``), then the ``rows`` added later."""
+    return [{"name": entry["name"], **entry["result"]}, *entry.get("rows", [])]
+
+
+def lookup(name: str, zoo_dir: str | os.PathLike = ZOO_DIR) -> tuple[dict, dict]:
+    """The manifest entry whose weights reproduce the row ``name``, and that row's record.
+
+    Args:
+        name: A row's task name (an entry's own or one of its ``rows``).
+        zoo_dir: The zoo folder (default: the one shipped in the package).
+
+    Raises:
+        ValueError: No model reproduces a row of that name (the message lists the available ones).
+    """
+    entries = manifest(zoo_dir)
+    for e in entries.values():
+        for row in _rows(e):
+            if row["name"] == name:
+                return e, row
+    have = ", ".join(sorted(r["name"] for e in entries.values() for r in _rows(e))) or "none yet"
+    raise ValueError(f"pretrained: no model {name!r} in the zoo; available: {have}")
 
 
 def reproduces(accuracy: float, ci95: float, published: float | None) -> bool:
@@ -129,8 +152,7 @@ def add_model(result_json: str | os.PathLike, run_dir: str | os.PathLike | None 
 
     res = json.loads(Path(result_json).read_text())
     ev = res["eval"] if "eval" in res else res
-    published = (res.get("reference") or {}).get("accuracy") if isinstance(res.get("reference"), dict) \
-        else res.get("reference")
+    published = published_now(res)
     if not reproduces(ev["accuracy"], ev["ci95"], published):
         raise ValueError(f"{result_json}: {ev['accuracy']:.2f} ± {ev['ci95']:.2f} does not reproduce the published "
                          f"{published}; only reproduced rows go into the zoo")
@@ -170,3 +192,74 @@ def add_model(result_json: str | os.PathLike, run_dir: str | os.PathLike | None 
     with atomic_write(zoo / "manifest.json", mode="w") as f:
         json.dump({"schema": 1, "models": [models[k] for k in sorted(models)]}, f, indent=1)
     return entry
+
+
+def published_now(res: dict) -> float | None:
+    """The published number of a bench result's row: its task file's as it is now when that file describes the
+    same row (a corrected reference applies to earlier results, as on the results page), else the recorded one.
+
+    Args:
+        res: A ``metalearn bench`` result (its ``task``, ``dataset``, ``learner``, ``ways``, ``shots`` and
+            ``reference``).
+    """
+    recorded = (res.get("reference") or {}).get("accuracy") if isinstance(res.get("reference"), dict) \
+        else res.get("reference")
+    task = res.get("task")
+    if not task:
+        return recorded
+    from metalearn.config import load_config
+    for path in (Path(task), ZOO_DIR.parents[1] / task):
+        if path.is_file():
+            try:
+                cfg = load_config(path)
+            except Exception:  # noqa: BLE001 - an unreadable or other-kind file: keep the recorded number
+                return recorded
+            same = (cfg.dataset, cfg.learner, cfg.eval.ways, cfg.eval.shots) == (
+                res.get("dataset"), res.get("learner"), res.get("ways"), res.get("shots"))
+            return cfg.reference.accuracy if same and cfg.reference.accuracy is not None else recorded
+    return recorded
+
+
+def add_row(result_json: str | os.PathLike, *, zoo_dir: str | os.PathLike = ZOO_DIR) -> dict:
+    """Record that a zoo model also reproduces another row: a ``metalearn bench --model-from`` result of it.
+
+    The result must come from the very run the entry's weights were taken from (its run directory is named
+    ``TASK-CONFIGHASH-COMMIT``: the entry's config hash and commit) and must reproduce its published number
+    ([`published_now`][metalearn.zoo.published_now]).
+    ``metalearn.pretrained(row name)`` then loads the entry's weights; nothing new is written but the manifest.
+
+    Args:
+        result_json: A ``metalearn bench`` result file whose model came from a zoo entry's run.
+        zoo_dir: The zoo folder (default: the one shipped in the package).
+
+    Returns:
+        The row's record, as stored in the entry's ``rows``.
+
+    Raises:
+        ValueError: The result did not reproduce its row, or no zoo entry was taken from its model's run.
+    """
+    from metalearn.data.cache import atomic_write
+
+    res = json.loads(Path(result_json).read_text())
+    published = published_now(res)
+    if not reproduces(res["accuracy"], res["ci95"], published):
+        raise ValueError(f"{result_json}: {res['accuracy']:.2f} ± {res['ci95']:.2f} does not reproduce the published "
+                         f"{published}; only reproduced rows go into the zoo")
+    run = Path(str((res.get("model_from") or {}).get("run_dir") or res.get("run_dir") or "")).name
+    models = manifest(zoo_dir)
+    owner = next((e for e in models.values()
+                  if e.get("commit") and run.endswith(f"-{e['config_hash']}-{e['commit'][:8]}")), None)
+    if owner is None:
+        raise ValueError(f"{result_json}: its model's run {run!r} is not the run of any zoo model (entries: "
+                         f"{', '.join(sorted(models)) or 'none'}); add the model first with add_model")
+    row = {"name": res["name"], "accuracy": res["accuracy"], "ci95": res["ci95"], "episodes": res["episodes"],
+           "ways": res["ways"], "shots": res["shots"], "queries": res.get("queries", 15),
+           "split": res.get("split", "test"), "seed": res.get("eval_seed"), "published": published,
+           "result_file": Path(result_json).name}
+    if row["name"] == owner["name"]:
+        raise ValueError(f"{result_json}: {row['name']!r} is the entry's own row; re-add the model with add_model")
+    owner["rows"] = sorted([r for r in owner.get("rows", []) if r["name"] != row["name"]] + [row],
+                           key=lambda r: r["name"])
+    with atomic_write(Path(zoo_dir) / "manifest.json", mode="w") as f:
+        json.dump({"schema": 1, "models": [models[k] for k in sorted(models)]}, f, indent=1)
+    return row

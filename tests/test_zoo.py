@@ -134,3 +134,70 @@ def test_add_keeps_a_modules_extra_state(tmp_path, monkeypatch):
     state = torch.load(zoo / entry["weights"], weights_only=True)
     assert isinstance(state["_extra_state"], dict)
     assert not pretrained(entry["name"], zoo_dir=zoo).training
+
+
+def test_a_model_serves_another_row_of_its_own_run_only(tmp_path, digits_result):
+    """add_row: the 20-way row of a 1-shot model loads the same weights; rows of other runs are refused."""
+    from metalearn.zoo import add_row, lookup
+    res = json.loads(digits_result.read_text())
+    res["reference"]["accuracy"] = 1.0
+    digits_result.write_text(json.dumps(res))
+    zoo = tmp_path / "zoo"
+    entry = add_model(digits_result, zoo_dir=zoo)
+    # a bench --model-from result of the same run at another shape
+    other = dict(res, name="protonet_digits_3w5s", ways=3, accuracy=91.5, ci95=0.4,
+                 model_from={"task": res["name"], "run_dir": res["run_dir"]}, run_dir=res["run_dir"])
+    path = tmp_path / "res" / "protonet_digits_3w5s-x.json"
+    path.write_text(json.dumps(other))
+    row = add_row(path, zoo_dir=zoo)
+    assert row["ways"] == 3 and row["accuracy"] == 91.5 and row["seed"] == res["eval_seed"]
+    listed = {m["name"]: m for m in pretrained(zoo_dir=zoo)}
+    assert sorted(listed) == ["protonet_digits_3w5s", "protonet_digits_5w5s"]
+    assert listed["protonet_digits_3w5s"]["model"] == "protonet_digits_5w5s"
+    assert (listed["protonet_digits_3w5s"]["ways"], listed["protonet_digits_5w5s"]["ways"]) == (3, 5)
+    e, r = lookup("protonet_digits_3w5s", zoo_dir=zoo)
+    assert e["name"] == entry["name"] and r["ways"] == 3
+    a, b = pretrained("protonet_digits_3w5s", zoo_dir=zoo), pretrained("protonet_digits_5w5s", zoo_dir=zoo)
+    assert all((x == y).all() for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert len(manifest(zoo)) == 1 and len(list(zoo.glob("*.pt"))) == 1       # no second weights file
+    # adding it again replaces the row, it does not duplicate it
+    add_row(path, zoo_dir=zoo)
+    assert [r["name"] for r in manifest(zoo)["protonet_digits_5w5s"]["rows"]] == ["protonet_digits_3w5s"]
+    before = (zoo / "manifest.json").read_text()
+    stranger = dict(other, name="protonet_digits_4w5s", model_from={"run_dir": "runs/bench/x-0123456789abcdef-deadbeef"})
+    path.write_text(json.dumps(stranger))
+    with pytest.raises(ValueError, match="not the run of any zoo model"):
+        add_row(path, zoo_dir=zoo)
+    short = dict(other, reference={"accuracy": 99.0})
+    path.write_text(json.dumps(short))
+    with pytest.raises(ValueError, match="does not reproduce"):
+        add_row(path, zoo_dir=zoo)
+    assert (zoo / "manifest.json").read_text() == before
+
+
+def test_published_number_is_the_task_files_as_it_is_now(tmp_path):
+    from metalearn.zoo import published_now
+    task = tmp_path / "t.yaml"
+    task.write_text("name: t\ndataset: omniglot\nlearner: siamese\neval:\n  ways: 5\n  shots: 1\n"
+                    "reference:\n  accuracy: 96.7\n")
+    res = {"task": str(task), "dataset": "omniglot", "learner": "siamese", "ways": 5, "shots": 1,
+           "reference": {"accuracy": 97.3}}
+    assert published_now(res) == 96.7                                     # corrected since the run
+    assert published_now(dict(res, ways=20)) == 97.3                       # the file now describes another row
+    assert published_now(dict(res, task=str(tmp_path / "gone.yaml"))) == 97.3
+    assert published_now({"reference": 12.5}) == 12.5
+
+
+ROWS = sorted(m["name"] for m in pretrained())
+
+
+@pytest.mark.skipif(not os.environ.get("METALEARN_DATA"), reason="needs the real data (METALEARN_DATA)")
+@pytest.mark.parametrize("name", [r for r in ROWS if r not in SHIPPED])
+def test_rows_served_by_another_rows_model_evaluate_in_their_own_shape(name):
+    from metalearn.cli import evaluate_pretrained
+    from metalearn.zoo import lookup
+    entry, row = lookup(name)
+    assert row["name"] == name and entry["name"] != name
+    res = evaluate_pretrained(name, episodes=3)
+    assert (res["ways"], res["shots"], res["episodes"]) == (row["ways"], row["shots"], 3)
+    assert res["reference"] == row["published"] and res["recorded"] is None   # 3 episodes: not the recorded run
