@@ -13,9 +13,13 @@ Result families and the files they are read from (anywhere under ``--results``, 
 * speed: ``benchmarks/maml_speed.py``, ``cpu_throughput.py``, ``precision_check.py``, ``ttt_speed.py``,
   ``vmap_norm_check.py`` and the timing part of the sinusoid files.
 
-**The summary rule.** Each summary row is the newest result of its task: newest by the time the file records
-(``created`` / ``timestamp``; files without one by the time of their commit), then the one with more test
-episodes, images or tasks. Every result, the replaced ones included, is listed on the history page.
+**The summary rule.** Each summary row is the newest result of its task's current recipe: a result whose task
+file, at the result's commit, differs from today's file (comments and the ``reference`` section aside) only
+shows when no result of today's recipe exists; a task file tried with another recipe and then reverted keeps
+the row of the recipe it reverted to. Among those, newest by the time the file records (``created`` /
+``timestamp``; files without one by the time of their commit), then the one with more test episodes, images or
+tasks. Every result, the replaced ones included, is listed on the history page ("other recipe" marks the
+results of a recipe the task file no longer has).
 
 Only the text between ``<!-- BEGIN GENERATED: NAME -->`` and ``<!-- END GENERATED: NAME -->`` is rewritten; the
 hand-written notes around the markers are kept. A block without markers is appended at the end of its page.
@@ -299,6 +303,8 @@ class Entry:
     cells: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
+    other_recipe: bool = False    # its task file, at its commit, differs from today's (comments, reference aside)
+
     @property
     def order(self) -> tuple:
         """Newer first when sorted in reverse: the time, then the sample size, then the file name."""
@@ -360,6 +366,25 @@ class _Context:
             break
         self._tasks[(path, commit)] = info
         return info
+
+    def other_recipe(self, path: str | None, commit: str | None) -> bool:
+        """Whether the task file at ``commit`` differs from the file now, comments and ``reference`` aside;
+        False when either is not there (nothing to compare)."""
+        if not path:
+            return False
+        then, now = self._task_at(path, commit), self._task_now(path)
+        if then is None or now is None:
+            return False
+        try:
+            import yaml
+            a, b = yaml.safe_load(then) or {}, yaml.safe_load(now) or {}
+        except Exception:  # noqa: BLE001 - an unparsable file: nothing to compare
+            return False
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            return False
+        a.pop("reference", None)
+        b.pop("reference", None)
+        return a != b
 
     def _task_now(self, path: str) -> str | None:
         p = Path(path)
@@ -431,6 +456,7 @@ def _bench_entry(r: dict, file: str, ctx: _Context) -> Entry:
     protocol = ((info or {}).get("episodes") if _overridden(over, "eval.episodes") else cfg_eval.get("episodes")
                 ) or FEWSHOT_PROTOCOL_EPISODES
     ref = r.get("reference") or {}
+    other = ctx.other_recipe(r.get("task"), r["git"].get("commit"))
     now = ctx.task(r.get("task"))
     if now is not None and now["reference"] is not None and (
             now["dataset"], now["learner"], now["ways"], now["shots"]) == (
@@ -449,7 +475,7 @@ def _bench_entry(r: dict, file: str, ctx: _Context) -> Entry:
         dirty=r["git"].get("dirty"), machine=r["machine"], commands=[r["command"]], value=float(r["accuracy"]),
         ci=float(r["ci95"]), n=r["episodes"], n_protocol=protocol, published=ref.get("accuracy"),
         published_ci=ref.get("ci95"), source=ref.get("source") or "", steps=r["train"].get("steps"),
-        recipe=recipe, train_s=r["train"].get("wall_s"), config=_config_text(r), note=note,
+        recipe=recipe, train_s=r["train"].get("wall_s"), config=_config_text(r), note=note, other_recipe=other,
         sort=(r["dataset"], r["learner"], r["ways"], r["shots"], r["name"]),
         extra={"curve": r.get("curve") or {}, "model_from": (r.get("model_from") or {}).get("task")})
 
@@ -507,6 +533,8 @@ def _eval_entry(data: dict, path: Path, file: str, bench: list[dict], ctx: _Cont
         train_s=parent["train"].get("wall_s") if parent else None,
         config=(_config_text(parent) + f", checkpoint step {data.get('step')}") if parent else "",
         note=note, sort=(data["dataset"], data["learner"], w, s, name),
+        # the recipe is the training run's: its task file at its commit against that file today
+        other_recipe=ctx.other_recipe(parent.get("task"), parent["git"].get("commit")) if parent else False,
         extra={"curve": {}, "model_from": parent["name"] if parent else None})
 
 
@@ -1327,7 +1355,7 @@ def select(entries: list[Entry]) -> tuple[dict[str, list[Entry]], set[int]]:
     best: dict[tuple[str, str], Entry] = {}
     for e in entries:
         k = (e.family, e.key)
-        if k not in best or e.order > best[k].order:
+        if k not in best or (not e.other_recipe, e.order) > (not best[k].other_recipe, best[k].order):
             best[k] = e
     rows: dict[str, list[Entry]] = {}
     for e in best.values():
@@ -1684,10 +1712,15 @@ def render_summary(n_files: int, results_label: str) -> str:
     files = f"{n_files} result file{'s' * (n_files != 1)}"
     return (f"_Generated by `metalearn report` from {files} in `{results_label}` and `docs/img/lstm_*.json`; do "
             "not edit the generated parts by hand; commands run from the repository root. **Each row is the newest "
-            "result of its task**: newest by the "
+            "result of its task's current recipe**: newest by the "
             "time its file records (files that record none: the time of their commit), then the one with more "
-            "test episodes, images or tasks. Every result, including the ones a newer run replaced, is on the "
-            f"[history page]({HISTORY_PAGE})._")
+            "test episodes, images or tasks; a result whose task file has changed since (comments and the "
+            "published number aside) shows only when its task has no result of today's file. Every result, "
+            f"including the ones a newer run replaced, is on the [history page]({HISTORY_PAGE})._")
+
+
+def _status(e: Entry, chosen: set[int]) -> str:
+    return "summary" if id(e) in chosen else "other recipe" if e.other_recipe else "superseded"
 
 
 def render_history(entries: list[Entry], chosen: set[int]) -> str:
@@ -1695,8 +1728,9 @@ def render_history(entries: list[Entry], chosen: set[int]) -> str:
     if not entries:
         return "_No results yet._"
     lines = ["_Generated by `metalearn report`: every result file, grouped by task, newest first. \"summary\" marks "
-             f"the row the [results page](results.md) shows (the newest of its task); \"superseded\" rows were "
-             "replaced by a newer run of the same task. Each date links to its run: the file, commit, machine, "
+             f"the row the [results page](results.md) shows (the newest of its task's current recipe); \"superseded\" "
+             "rows were replaced by a newer run of the same task; \"other recipe\" rows ran a task file that has "
+             "changed since (the file at their commit differs from today's). Each date links to its run: the file, commit, machine, "
              "config and command._", ""]
     for fam, title in PAGE_BLOCKS:
         if title is None:
@@ -1719,7 +1753,7 @@ def render_history(entries: list[Entry], chosen: set[int]) -> str:
                         numbered.append(e)
                     i = [x.file for x in numbered].index(e.file) + 1
                     body.append([_linked(e, f"h-{fam}", i), *(e.cells.get(k, "—") for _, k in cols),
-                                 "summary" if id(e) in chosen else "superseded"])
+                                 _status(e, chosen)])
                 lines += [f"**{gtitle}.**", "", *_table(["measurement", *(h for h, _ in cols), "status"], body), ""]
             lines += ["Runs:", "", *_commands(numbered, f"h-{fam}", with_source=False, label=False)]
             continue
@@ -1739,7 +1773,7 @@ def render_history(entries: list[Entry], chosen: set[int]) -> str:
                 budget = (("—" if e.steps is None else f"{e.steps} iterations") if fam == LSTM else _budget_cell(e))
                 written = e.when[:16].replace("T", " ") or "not recorded"
                 body.append([f"[{written}](#h-{fam}-{len(numbered)})", _ours(e), _n(e), budget,
-                             fmt_duration(e.train_s), "summary" if id(e) in chosen else "superseded"])
+                             fmt_duration(e.train_s), _status(e, chosen)])
             lines += [*_table(["written", "ours", "n", "budget", "train time", "status"], body), ""]
         lines += ["Runs:", ""]
         for i, e in enumerate(numbered, 1):

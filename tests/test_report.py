@@ -324,6 +324,42 @@ def test_published_number_comes_from_the_task_file_as_it_is_now(tmp_path, docs):
     ]
 
 
+def test_the_row_is_the_newest_result_of_the_task_files_current_recipe(tmp_path, docs):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), *args], check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    def commit(msg):
+        git("add", "tasks")
+        git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", msg)
+        return git("rev-parse", "HEAD")
+    git("init", "-q")
+    write_task(tmp_path, "tried")                                         # train.ways: 20
+    path = tmp_path / "tasks" / "tried.yaml"
+    first = commit("20-way")
+    path.write_text(path.read_text().replace("ways: 20", "ways: 60"))     # another recipe, tried later
+    second = commit("60-way")
+    old = make_result("tried", 99.06, 0.10, 98.9, commit=first, config_hash="1" * 16)
+    new = make_result("tried", 98.77, 0.12, 98.9, commit=second, config_hash="2" * 16,
+                      created="2026-01-03T00:00:00+00:00")
+    write(tmp_path / "results", old, new)
+
+    def row():
+        assert run_report(tmp_path, docs, "--no-plots") == 0
+        return table(block((docs / "results.md").read_text(), report.FEWSHOT), "| task | ours")
+    assert row() == ["| tried | 98.77 ± 0.12 | 1000 | 98.8 | -0.03 | yes |"]     # today's file: the newest
+    # reverted to 20-way, with a new comment and a corrected published number: the 20-way result is the row
+    path.write_text("# a comment\n" + path.read_text().replace("ways: 60", "ways: 20").replace("98.8", "98.7"))
+    assert row() == ["| tried | 99.06 ± 0.10 | 1000 | 98.7 | +0.36 | above |"]
+    hist = (docs / "results_history.md").read_text()
+    assert hist.count("| other recipe |") == 1 and hist.count("| summary |") == 1
+    # no result of today's recipe at all: the newest one shows
+    path.write_text(path.read_text().replace("steps: 20000", "steps: 5000"))
+    assert row() == ["| tried | 98.77 ± 0.12 | 1000 | 98.7 | +0.07 | yes |"]
+
+
 def test_newest_result_per_task_and_superseded_runs_on_the_history_page(tmp_path, docs):
     write_task(tmp_path, "omni_5w1s")
     older_better = make_result("omni_5w1s", 98.90, 0.15, 98.8, config_hash="1" * 16, commit="1" * 40,
