@@ -369,7 +369,12 @@ class _Context:
 
     def other_recipe(self, path: str | None, commit: str | None) -> bool:
         """Whether the task file at ``commit`` differs from the file now, comments and ``reference`` aside;
-        False when either is not there (nothing to compare)."""
+        False when either is not there (nothing to compare).
+
+        Args:
+            path: The task file, as a result records it.
+            commit: The commit the result was made at.
+        """
         if not path:
             return False
         then, now = self._task_at(path, commit), self._task_now(path)
