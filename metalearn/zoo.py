@@ -52,8 +52,8 @@ def pretrained(name: str | None = None, *, device: str | torch.device = "cpu",
     With a name it returns the learner, in eval mode. Without, it returns one dict per reproduced row, sorted by
     name, with ``name`` (the row's task name), ``model`` (the weights' entry: one model can serve several rows,
     as the 1-shot ProtoNet serves 5-way and 20-way), ``dataset``, ``learner``, ``ways``, ``shots``,
-    ``accuracy``, ``ci95``, ``published``, ``task`` and ``commit`` (an empty list when the zoo ships no model). The weights file's sha256 is checked
-    against the manifest before loading (``weights_only`` loading).
+    ``accuracy``, ``ci95``, ``published``, ``task`` and ``commit`` (an empty list when the zoo ships no model).
+    The weights file's sha256 is checked against the manifest before loading (``weights_only`` loading).
 
     Args:
         name: The task name of a row the model reproduces (e.g. ``"protonet_omniglot_5w1s"``, or

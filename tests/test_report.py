@@ -345,19 +345,28 @@ def test_the_row_is_the_newest_result_of_the_task_files_current_recipe(tmp_path,
     new = make_result("tried", 98.77, 0.12, 98.9, commit=second, config_hash="2" * 16,
                       created="2026-01-03T00:00:00+00:00")
     write(tmp_path / "results", old, new)
+    (tmp_path / "results" / "extra").mkdir()
+    for r, acc in ((old, 91.5), (new, 90.0)):      # metalearn eval of each model at 20-way: its run's recipe
+        (tmp_path / "results" / "extra" / f"eval_{acc}.json").write_text(json.dumps(
+            {"accuracy": acc, "ci95": 0.2, "episodes": 1000, "ways": 20, "shots": 1, "queries": 15,
+             "split": "test", "dataset": "omniglot", "learner": "protonet", "checkpoint": f"{r['run_dir']}/best.pt",
+             "step": 20000, "seed": 1234, "eval_wall_s": 30.0, "reference": None}))
 
     def row():
         assert run_report(tmp_path, docs, "--no-plots") == 0
         return table(block((docs / "results.md").read_text(), report.FEWSHOT), "| task | ours")
-    assert row() == ["| tried | 98.77 ± 0.12 | 1000 | 98.8 | -0.03 | yes |"]     # today's file: the newest
-    # reverted to 20-way, with a new comment and a corrected published number: the 20-way result is the row
+    assert row() == ["| tried | 98.77 ± 0.12 | 1000 | 98.8 | -0.03 | yes |",     # today's file: the newest
+                     "| tried_20w1s | 90.00 ± 0.20 | 1000 | — | — | — |"]
+    # reverted to 20-way, with a new comment and a corrected published number: the 20-way results are the rows
     path.write_text("# a comment\n" + path.read_text().replace("ways: 60", "ways: 20").replace("98.8", "98.7"))
-    assert row() == ["| tried | 99.06 ± 0.10 | 1000 | 98.7 | +0.36 | above |"]
+    assert row() == ["| tried | 99.06 ± 0.10 | 1000 | 98.7 | +0.36 | above |",
+                     "| tried_20w1s | 91.50 ± 0.20 | 1000 | — | — | — |"]
     hist = (docs / "results_history.md").read_text()
-    assert hist.count("| other recipe |") == 1 and hist.count("| summary |") == 1
+    assert hist.count("| other recipe |") == 2 and hist.count("| summary |") == 2
     # no result of today's recipe at all: the newest one shows
     path.write_text(path.read_text().replace("steps: 20000", "steps: 5000"))
-    assert row() == ["| tried | 98.77 ± 0.12 | 1000 | 98.7 | +0.07 | yes |"]
+    assert row() == ["| tried | 98.77 ± 0.12 | 1000 | 98.7 | +0.07 | yes |",
+                     "| tried_20w1s | 90.00 ± 0.20 | 1000 | — | — | — |"]
 
 
 def test_newest_result_per_task_and_superseded_runs_on_the_history_page(tmp_path, docs):

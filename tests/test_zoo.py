@@ -164,7 +164,8 @@ def test_a_model_serves_another_row_of_its_own_run_only(tmp_path, digits_result)
     add_row(path, zoo_dir=zoo)
     assert [r["name"] for r in manifest(zoo)["protonet_digits_5w5s"]["rows"]] == ["protonet_digits_3w5s"]
     before = (zoo / "manifest.json").read_text()
-    stranger = dict(other, name="protonet_digits_4w5s", model_from={"run_dir": "runs/bench/x-0123456789abcdef-deadbeef"})
+    stranger = dict(other, name="protonet_digits_4w5s",
+                    model_from={"run_dir": "runs/bench/x-0123456789abcdef-deadbeef"})
     path.write_text(json.dumps(stranger))
     with pytest.raises(ValueError, match="not the run of any zoo model"):
         add_row(path, zoo_dir=zoo)
