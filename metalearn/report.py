@@ -671,6 +671,53 @@ def _searched_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Ent
                "baseline_ci": base.get("ci95")})]
 
 
+SEARCH_SETTINGS = {"base": "MLP 20 sigmoid", "relu": "MLP 20 ReLU", "2layers": "MLP 2×20 sigmoid",
+                   "40hidden": "MLP 40 sigmoid"}
+
+
+def _search_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry]:
+    """benchmarks/optimizer_search.py: the best rule the controller found, on held-out optimisees, against the
+    best tuned baseline (one row per MLP it was checked on)."""
+    _need(d, path, {"command": str, "machine": dict, "controller": dict, "random": dict, "heldout": list,
+                    "proxy": dict}, "optimizer_search result")
+    commit, dirty = d.get("commit"), d.get("dirty")
+    smoke = bool(d.get("smoke"))
+    out = []
+    for i, h in enumerate(d["heldout"]):
+        if not isinstance(h, dict):
+            _fail(path, f"heldout[{i}]: expected a mapping, got {h!r}")
+        _need(h, path, {"setting": str, "optimizers": dict, "best_baseline": str}, f"optimizer_search heldout {i}")
+        found = h.get("best_found")
+        opt = h["optimizers"]
+        if found is None or found not in opt or h["best_baseline"] not in opt:
+            continue                  # the search found no rule that lowers the proxy loss: nothing to show
+        ours, base = opt[found]["final"], opt[h["best_baseline"]]["final"]
+        paired = h.get("paired_best_found_minus_best_baseline")
+        rnd = opt.get("random #1")
+        label = "search: " + SEARCH_SETTINGS.get(h["setting"], h["setting"]) + (" (smoke run)" if smoke else "")
+        ctrl, rs = d["controller"], d["random"]
+        out.append(Entry(
+            LSTM, group="search", key=f"optimizer search: {h['setting']}" + (" smoke" if smoke else ""),
+            label=label, file=file, when=ctx.commit_time(commit), commit=commit, dirty=dirty,
+            machine=d["machine"], commands=[d["command"]], value=float(ours["mean"]), ci=_finite(ours.get("ci95")),
+            n=ours.get("n"), n_protocol=ours.get("n"), lower_better=True, digits=3, train_s=d.get("wall_s"),
+            sort=(2, i, label), config=f"{ctrl.get('samples')} rules sampled by the controller",
+            cells={"rule": f"{opt[found].get('formula')} ({found}, lr {opt[found].get('lr'):g})",
+                   "ours": fmt_acc(ours["mean"], _finite(ours.get("ci95")), 3),
+                   "baseline": f"{fmt_acc(base['mean'], _finite(base.get('ci95')), 3)} ({h['best_baseline']})",
+                   "paired": "—" if not isinstance(paired, dict) else
+                   f"{paired['mean']:+.3f} ± {paired['ci95']:.3f}",
+                   "wins": "—" if not isinstance(paired, dict) else
+                   f"{paired.get('found_wins', '?')} / {paired.get('n', '?')}",
+                   "random": "—" if not isinstance(rnd, dict) else
+                   f"{fmt_acc(rnd['final']['mean'], _finite(rnd['final'].get('ci95')), 3)} ({rnd.get('formula')})",
+                   "samples": f"{ctrl.get('samples')} ({ctrl.get('evaluations')} distinct) / "
+                              f"{rs.get('samples')} ({rs.get('evaluations')} distinct)"},
+            extra={"baseline_name": h["best_baseline"], "baseline": float(base["mean"]),
+                   "baseline_ci": base.get("ci95")}))
+    return out
+
+
 def _ssl_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry]:
     """benchmarks/ttt_tasks.py: self-supervised tasks for TTT side by side (mean error over the corruptions)."""
     _need(d, path, {"command": str, "git": dict, "machine": dict, "tasks": dict}, "ttt_tasks result")
@@ -1188,7 +1235,7 @@ def _kind(data) -> str | None:
     known = {RESULT_KIND: "bench", "metalearn-maml-sinusoid": "sinusoid", "metalearn-cpu-throughput": "throughput",
              "metalearn-precision-check": "precision", "metalearn-distributed-throughput": "distributed",
              "metalearn-threads-policy": "threads", "metalearn-demo": "demo", "distill": "distill",
-             "metalearn-maml-variants": "maml_variants"}
+             "metalearn-maml-variants": "maml_variants", "metalearn-optimizer-search": "search"}
     if kind is not None:
         return known.get(kind)
     keys = data.keys()
@@ -1218,7 +1265,8 @@ def _kind(data) -> str | None:
 
 
 KNOWN_FILES = ("metalearn bench results, metalearn eval --json outputs, and the JSON files of "
-               "metalearn demo --json, benchmarks/maml_sinusoid.py, lstm_optimizer.py, searched_optim.py, distill.py, "
+               "metalearn demo --json, benchmarks/maml_sinusoid.py, lstm_optimizer.py, searched_optim.py, "
+               "optimizer_search.py, distill.py, "
                "ttt_eval.py, ttt_tasks.py, "
                "ttt_layers.py, ttt_speed.py, maml_speed.py, maml_variants.py, cpu_throughput.py, threads_policy.py, distributed_throughput.py, "
                "precision_check.py and vmap_norm_check.py")
@@ -1307,6 +1355,8 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
                 entries += _lstm_entries(data, p, file, ctx)
             elif kind == "searched":
                 entries += _searched_entries(data, p, file, ctx)
+            elif kind == "search":
+                entries += _search_entries(data, p, file, ctx)
             elif kind == "ssl":
                 entries += _ssl_entries(data, p, file, ctx)
             elif kind == "layers":
@@ -1351,7 +1401,7 @@ def load_entries(results_dir: str | os.PathLike, docs_dir: str | os.PathLike | N
 
 
 #: the order of a family's sub-tables (row numbers follow it)
-GROUP_ORDER = {"": 0, "searched": 1, "ssl": 2, "layers": 3, "demo": 4}
+GROUP_ORDER = {"": 0, "searched": 1, "search": 2, "ssl": 2, "layers": 3, "demo": 4}
 
 
 def select(entries: list[Entry]) -> tuple[dict[str, list[Entry]], set[int]]:
@@ -1521,6 +1571,7 @@ def render_lstm(rows: list[Entry], images: dict | None) -> str:
     idx = {id(e): i for i, e in enumerate(rows, 1)}
     lstm = [e for e in rows if e.group == ""]
     searched = [e for e in rows if e.group == "searched"]
+    search = [e for e in rows if e.group == "search"]
     lines = []
     if lstm:
         t1 = [[_linked(e, LSTM, idx[id(e)]), _ours(e), e.cells["baseline"], e.cells["paired"], e.cells["wins"]]
@@ -1547,6 +1598,22 @@ def render_lstm(rows: list[Entry], images: dict | None) -> str:
                   "horizon, lower is better; on CIFAR-10 test accuracy % over seeds, higher is better).", "",
                   *_table(["setting", "best searched", "best baseline", "searched − best", "lower on"], t1), "",
                   *_table(["setting", "measure", "tuned lr (searched, baseline)", "time", "machine"], t2), ""]
+    if search:
+        t1 = [[_linked(e, LSTM, idx[id(e)]), e.cells["rule"], e.cells["ours"], e.cells["baseline"],
+               e.cells["paired"], e.cells["wins"]] for e in search]
+        t2 = [[_linked(e, LSTM, idx[id(e)]), e.cells["random"], e.cells["samples"], fmt_duration(e.train_s),
+               machine_label(e.machine)] for e in search]
+        lines += ["**The search itself** (Neural Optimizer Search at small scale, `benchmarks/optimizer_search.py`): "
+                  "the best rule a REINFORCE controller found on the proxy (4 MNIST MLPs, 100 steps), re-tuned and "
+                  "run on held-out test optimisees (loss after 100 steps, mean ± 95% CI, lower is better) against the "
+                  "best tuned baseline (SGD, NAG, RMSprop, Adam, PowerSign, AddSign); the rows after the first are "
+                  "MLPs the rules were not searched on.", "",
+                  *_table(["setting", "best found rule", "its loss", "best baseline", "found − best", "lower on"],
+                          t1), "",
+                  "Random search with the same number of sampled rules, its best rule on the same test optimisees:",
+                  "",
+                  *_table(["setting", "random search's best", "rules sampled, controller / random", "time",
+                           "machine"], t2), ""]
     return "\n".join(lines)
 
 

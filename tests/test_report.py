@@ -469,6 +469,37 @@ def test_searched_update_rules_beside_the_lstm(tmp_path, docs):
     assert table(s, "| setting | measure")[0] == "| 10-d quadratics | loss | AddSign 0.01, Adam 1 | 43 s | AMD EPYC, 1 thread |"
 
 
+def test_optimizer_search_rows(tmp_path, docs):
+    def opt(mean, ci, lr, formula=None):
+        return {"lr": lr, "final": {"mean": mean, "ci95": ci, "n": 100}, "formula": formula}
+    res = tmp_path / "results" / "optimizer_search"
+    res.mkdir(parents=True)
+    held = {"setting": "base", "optimizers": {
+        "Adam": opt(0.2012, 0.0121, 0.03), "NAG": opt(0.1661, 0.0118, 1.0),
+        "controller #1": opt(0.1502, 0.0110, 0.1, "sign(m̂) · √|g|"),
+        "random #1": opt(0.3001, 0.0200, 1.0, "g")},
+        "best_baseline": "NAG", "best_found": "controller #1",
+        "paired_best_found_minus_best_baseline": {"mean": -0.0159, "ci95": 0.0042, "n": 100, "found_wins": 81}}
+    none_found = {"setting": "relu", "optimizers": {"NAG": opt(0.1, 0.01, 1.0)}, "best_baseline": "NAG",
+                  "best_found": None}
+    (res / "mnist.json").write_text(json.dumps({
+        "kind": "metalearn-optimizer-search", "command": "python benchmarks/optimizer_search.py", "commit": "e" * 40,
+        "dirty": False, "machine": dict(MACHINE, torch_threads=1), "wall_s": 600.0, "smoke": False,
+        "proxy": {"steps": 100}, "controller": {"samples": 300, "evaluations": 211},
+        "random": {"samples": 300, "evaluations": 298}, "heldout": [held, none_found]}))
+    assert run_report(tmp_path, docs, "--no-plots") == 0
+    s = block((docs / "results.md").read_text(), report.LSTM)
+    assert table(s, "| setting | best found rule") == [
+        "| search: MLP 20 sigmoid | sign(m̂) · √\\|g\\| (controller #1, lr 0.1) | 0.150 ± 0.011 | 0.166 ± 0.012 (NAG) "
+        "| -0.016 ± 0.004 | 81 / 100 |"]
+    assert table(s, "| setting | random search") == [
+        "| search: MLP 20 sigmoid | 0.300 ± 0.020 (g) | 300 (211 distinct) / 300 (298 distinct) | 10 min "
+        "| AMD EPYC, 1 thread |"]
+    (res / "mnist.json").write_text(json.dumps({"kind": "metalearn-optimizer-search", "command": "x"}))
+    with pytest.raises(Exception, match="optimizer_search result"):
+        report.load_entries(tmp_path / "results")
+
+
 def test_ssl_tasks_table_leaves_out_tasks_not_evaluated_yet(tmp_path, docs):
     def method(err, diff):
         return {"error": err, "vs_source": diff}

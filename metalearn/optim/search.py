@@ -480,7 +480,7 @@ class _Cache:
 
 
 def reinforce_search(score_fn: Callable[[Rule], dict], controller: Controller, steps: int, batch_size: int = 10,
-                     lr: float = 5e-3, entropy: float = 0.01, generator: torch.Generator | None = None,
+                     lr: float = 0.05, entropy: float = 0.01, generator: torch.Generator | None = None,
                      log: Callable[[str], None] | None = None) -> dict:
     """Train ``controller`` with REINFORCE for ``steps`` updates of ``batch_size`` sampled rules each.
 
