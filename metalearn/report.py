@@ -676,8 +676,7 @@ SEARCH_SETTINGS = {"base": "MLP 20 sigmoid", "relu": "MLP 20 ReLU", "2layers": "
 
 
 def _search_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entry]:
-    """benchmarks/optimizer_search.py: the best rule the controller found, on held-out optimisees, against the
-    best tuned baseline (one row per MLP it was checked on)."""
+    """benchmarks/optimizer_search.py: the best found rule against the best tuned baseline, one row per MLP."""
     _need(d, path, {"command": str, "machine": dict, "controller": dict, "random": dict, "heldout": list,
                     "proxy": dict}, "optimizer_search result")
     commit, dirty = d.get("commit"), d.get("dirty")

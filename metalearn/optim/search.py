@@ -47,12 +47,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from metalearn.checks import ArgumentError, check_float, check_int
+
+if TYPE_CHECKING:
+    from metalearn.optim.optimisees import ProblemBatch
 
 #: base operands (the paper's, without its noise term); earlier groups' outputs ``o0``, ``o1``, ... come on top
 OPERANDS = ("g", "g2", "g3", "m", "v", "gamma", "sign_g", "sign_m", "one", "two", "wd4", "wd3", "wd2", "wd1",
@@ -207,6 +210,15 @@ def operand_values(rule: Rule, p: Tensor, g: Tensor, state: dict, betas: tuple[f
     ``state`` holds ``step`` (steps taken before this one) and whichever of ``m``, ``v``, ``gamma``, ``r`` the
     rule needs; the averages are zero-initialised on first use, and ``m``, ``v``, ``gamma`` are bias-corrected
     as Adam's are (``m̂ = m / (1 − β₁ᵗ)``).
+
+    Args:
+        rule: The rule (only the operands it reads are computed).
+        p: The parameter (for the weight-decay operands).
+        g: Its gradient.
+        state: The parameter's state, updated in place (``step`` is not advanced here).
+        betas: Decays of the averages of g, g², g³.
+        rms_alpha: Decay of the ``rmsprop`` operand's average of g².
+        eps: ε of the ``adam`` and ``rmsprop`` operands.
     """
     need = rule.operands()
     t = state["step"] + 1
@@ -356,7 +368,12 @@ class Controller(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[list[Rule], Tensor, Tensor]:
         """``n`` rules, with the log-probability of each (differentiable) and the summed entropies of its
-        token distributions."""
+        token distributions.
+
+        Args:
+            n: How many rules.
+            generator: Draws the tokens (None: the global generator).
+        """
         n = check_int("n", n, 1)
         hidden = self.cell.hidden_size
         h = torch.zeros(n, hidden)
@@ -389,12 +406,21 @@ class Controller(nn.Module):
 # ------------------------------------------------------------------------------------------- scoring
 
 
-def run_rule_grid(rule: Rule, batch, steps: int, lrs: Sequence[float],
+def run_rule_grid(rule: Rule, batch: "ProblemBatch", steps: int, lrs: Sequence[float],
                   betas: tuple[float, float, float] = (0.9, 0.999, 0.999), rms_alpha: float = 0.99,
                   eps: float = 1e-8) -> Tensor:
     """Run ``rule`` on every optimisee of ``batch`` at every lr of ``lrs`` at once: the M optimisees are
     repeated L times along the stacked dimension, so one vmapped run replaces L runs (the same steps as
     [`RuleOptimizer`][metalearn.optim.search.RuleOptimizer] at each lr, tested).
+
+    Args:
+        rule: The rule.
+        batch: The optimisees, a [`ProblemBatch`][metalearn.optim.optimisees.ProblemBatch].
+        steps: Optimisee steps.
+        lrs: The learning rates (L of them).
+        betas: As [`RuleOptimizer`][metalearn.optim.search.RuleOptimizer]'s.
+        rms_alpha: As [`RuleOptimizer`][metalearn.optim.search.RuleOptimizer]'s.
+        eps: As [`RuleOptimizer`][metalearn.optim.search.RuleOptimizer]'s.
 
     Returns:
         (steps + 1, L, M) float64 losses; once an optimisee's loss is not finite, the rest of its curve is inf.
@@ -444,10 +470,16 @@ def _repeat(data, times: int):
     raise ArgumentError(f"batch: expected Tensors, or tuples/lists/dicts of Tensors, got {type(data).__name__}")
 
 
-def proxy_score(rule: Rule, batch, steps: int, lr_grid: Sequence[float]) -> dict:
+def proxy_score(rule: Rule, batch: "ProblemBatch", steps: int, lr_grid: Sequence[float]) -> dict:
     """Score ``rule`` on the optimisees of ``batch`` (a [`ProblemBatch`][metalearn.optim.optimisees.ProblemBatch]):
     run it ``steps`` steps at every lr of ``lr_grid`` ([`run_rule_grid`][metalearn.optim.search.run_rule_grid])
     and keep the lr with the lowest mean final loss.
+
+    Args:
+        rule: The rule.
+        batch: The proxy's optimisees.
+        steps: Optimisee steps.
+        lr_grid: The learning rates tried.
 
     Returns:
         ``{"score", "lr", "final", "initial"}``: score = log(initial / min(final, initial)) ≥ 0, the loss
@@ -531,7 +563,14 @@ def random_search(score_fn: Callable[[Rule], dict], groups: int, samples: int,
                   generator: torch.Generator | None = None) -> dict:
     """``samples`` rules drawn uniformly ([`sample_uniform`][metalearn.optim.search.sample_uniform]), scored
     like [`reinforce_search`][metalearn.optim.search.reinforce_search]'s (same return, ``history`` one entry
-    per sample)."""
+    per sample).
+
+    Args:
+        score_fn: As [`reinforce_search`][metalearn.optim.search.reinforce_search]'s.
+        groups: Groups per rule.
+        samples: Rules drawn.
+        generator: Draws them (None: seed 0).
+    """
     samples = check_int("samples", samples, 1)
     generator = generator if generator is not None else torch.Generator().manual_seed(0)
     cache = _Cache(score_fn)
