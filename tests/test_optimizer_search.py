@@ -199,6 +199,18 @@ def test_reinforce_learns_a_toy_reward():
     assert top_rules(res["rules"], 3)[0][1]["score"] == 1.0
 
 
+def test_top_rules_merges_rules_with_the_same_proxy_run():
+    rules = {"a + b": {"rule": [["g"] * 5], "score": 2.0, "lr": 0.01, "final": 0.25},
+             "b − −a": {"rule": [["g"] * 5], "score": 2.0, "lr": 0.01, "final": 0.25},
+             "c": {"rule": [["g"] * 5], "score": 1.5, "lr": 1.0, "final": 0.5},
+             "d": {"rule": [["g"] * 5] * 2, "score": 1.5, "lr": 0.1, "final": 0.5},
+             "never": {"rule": [["g"] * 5], "score": 0.0, "lr": None, "final": math.inf}}
+    top = top_rules(rules, 5)
+    assert [f for f, _ in top] == ["a + b", "c", "d"]
+    assert top[0][1]["same_as"] == ["b − −a"] and top[1][1]["same_as"] == []
+    assert [f for f, _ in top_rules(rules, 1)] == ["a + b"]
+
+
 def test_random_search_is_seeded_and_monotone():
     score = lambda r: {"score": float(len(r.formula())) / 100, "lr": 1.0, "final": 0.0}     # noqa: E731
     a = random_search(score, 2, 30, torch.Generator().manual_seed(3))

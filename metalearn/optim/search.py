@@ -595,7 +595,32 @@ def _record(seen: dict, rule: Rule, s: dict) -> None:
 
 
 def top_rules(rules: dict, k: int) -> list[tuple[str, dict]]:
-    """The ``k`` best distinct rules of a search's ``rules`` by score (ties: fewer groups, then the formula)."""
+    """The ``k`` best rules of a search's ``rules`` by score (ties: fewer groups, then the formula), one per
+    proxy result.
+
+    Canonical forms do not see algebra (``sign(g) + sign(m̂)`` and ``sign(m̂) − −sign(g)`` are two forms of one
+    rule), so rules whose proxy runs ended at exactly the same loss with the same lr are taken as one: the
+    first of them is kept, and the others are listed in its ``same_as``.
+
+    Args:
+        rules: The ``rules`` of a [`reinforce_search`][metalearn.optim.search.reinforce_search] or
+            [`random_search`][metalearn.optim.search.random_search] result.
+        k: How many.
+    """
     k = check_int("k", k, 1)
     ranked = sorted(rules.items(), key=lambda kv: (-kv[1]["score"], len(kv[1]["rule"]), kv[0]))
-    return [(f, r) for f, r in ranked if r["score"] > 0][:k]
+    out: list[tuple[str, dict]] = []
+    seen: dict[tuple, dict] = {}
+    for f, r in ranked:
+        if r["score"] <= 0:
+            break
+        key = (r["score"], r["final"], r["lr"])
+        if key in seen:
+            seen[key]["same_as"].append(f)
+            continue
+        if len(out) == k:
+            continue                      # still collect the forms of the rules already chosen
+        entry = {**r, "same_as": []}
+        seen[key] = entry
+        out.append((f, entry))
+    return out
