@@ -34,22 +34,13 @@ from metalearn.optim import BASELINES, MLPFamily, ProblemBatch, run_optimizer, s
 from metalearn.optim.meta import LR_GRID, write_json  # noqa: E402
 from metalearn.optim.search import (ADDSIGN, POWERSIGN, Controller, Rule, RuleOptimizer, proxy_score,  # noqa: E402
                                     random_search, reinforce_search, top_rules)
-from metalearn.train.evaluator import mean_ci95  # noqa: E402
+from searched_optim import stats  # noqa: E402  (mean ± 95% CI of final losses, inf when any diverged)
 
 PROXY_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 BASELINE_NAMES = ("SGD", "NAG", "RMSprop", "Adam", "PowerSign", "AddSign")
 TRANSFER = {"base": dict(hidden=(20,), activation="sigmoid"), "relu": dict(hidden=(20,), activation="relu"),
             "2layers": dict(hidden=(20, 20), activation="sigmoid"), "40hidden": dict(hidden=(40,),
                                                                                       activation="sigmoid")}
-
-
-def stats(values: torch.Tensor) -> dict:
-    v = values.double()
-    finite = torch.isfinite(v)
-    if not bool(finite.all()):
-        return {"mean": math.inf, "ci95": math.nan, "n": v.numel(), "diverged": int((~finite).sum())}
-    m, ci = mean_ci95(v.numpy())
-    return {"mean": m, "ci95": ci, "n": v.numel(), "diverged": 0}
 
 
 def heldout(setting: str, rules: dict[str, Rule], images, labels, args) -> dict:
