@@ -145,6 +145,16 @@ def test_lr_grid_in_one_run_equals_one_run_per_lr(rule):
                 assert bool(torch.isinf(grid[: t + 1, j]).any())
 
 
+def test_repeat_tiles_every_kind_of_batch_along_the_stacked_dim():
+    from metalearn.optim.search import _repeat
+    x = torch.arange(6.0).view(2, 3)
+    out = _repeat({"x": x, "pair": (x[:, 0], [x[:, 1]])}, 3)
+    assert torch.equal(out["x"], torch.cat([x, x, x]))
+    assert torch.equal(out["pair"][0], torch.tensor([0.0, 3.0] * 3)) and isinstance(out["pair"][1], list)
+    with pytest.raises(ArgumentError, match="batch"):
+        _repeat("images", 2)
+
+
 def test_proxy_score():
     batch = _quadratics()
     s = proxy_score(SGD, batch, 10, (1e-3, 1e-2))
