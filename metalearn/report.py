@@ -835,9 +835,12 @@ def _distill_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entr
     pub = d.get("published") or {}
     name = str(d.get("name") or path.stem)
     info = None
-    task = ctx.roots[0] / "tasks" / "distill" / f"{name}.yaml"
+    # the task file the command ran (a result written with --name NAME has no task file of that name)
+    ran = [w for w in d["command"].split() if w.startswith("tasks/distill/") and w.endswith(".yaml")]
+    rel = ran[0] if ran else f"tasks/distill/{name}.yaml"
+    task = ctx.roots[0] / rel
     for root in ctx.roots:
-        t = root / "tasks" / "distill" / f"{name}.yaml"
+        t = root / rel
         if t.is_file():
             task = t
             break
@@ -850,6 +853,8 @@ def _distill_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entr
     commit, dirty = d.get("commit"), d.get("dirty")
     sd = ours.get("std")
     label = f"{cfg.get('dataset', '?')}, {d.get('setting', cfg.get('init'))} init, {d.get('images')} images"
+    if cfg.get("batch_size"):
+        label += f", real batch {cfg['batch_size']}"
     base = d.get("baselines") if isinstance(d.get("baselines"), dict) else {}
 
     def acc(x):

@@ -556,11 +556,20 @@ def test_demo_and_dataset_distillation_tables(tmp_path, docs):
         "machine": MACHINE, "timestamp": "2026-12-01T09:47:43+0000"}))
     (res / "distill").mkdir()
     (res / "distill" / "mnist_fixed_10.json").write_text(json.dumps({
-        "kind": "distill", "name": "mnist_fixed_10", "config": {"dataset": "mnist", "init": "fixed"}, "setting": "fixed",
+        "kind": "distill", "name": "mnist_fixed_10", "config": {"dataset": "mnist", "init": "fixed", "batch_size": 512},
+        "setting": "fixed",
         "images": 10, "inner_steps": 3, "outer_steps_done": 6000, "distill_wall_s": 540.0,
         "test": {"untrained": {"mean": 11.2, "n": 1}, "distilled": {"mean": 88.43, "n": 1}},
         "baselines": {"random real": {"lr": 0.1, "test": {"mean": 40.1, "std": 5.2, "n": 20}}, "cpu_s": 30.0},
         "command": "python benchmarks/distill.py tasks/distill/mnist_fixed_10.yaml --out runs/distill/x",
+        "commit": "1" * 40, "dirty": False, "machine": MACHINE, "published": {"accuracy": 93.8, "untrained": 12.9}}))
+    # a second run of the same task file under another name (--name): its recipe is the task file it ran
+    (res / "distill" / "mnist_fixed_10_b1024.json").write_text(json.dumps({
+        "kind": "distill", "name": "mnist_fixed_10_b1024", "setting": "fixed", "images": 10, "inner_steps": 3,
+        "config": {"dataset": "mnist", "init": "fixed", "batch_size": 1024}, "outer_steps_done": 3000,
+        "distill_wall_s": 600.0, "test": {"untrained": {"mean": 11.2, "n": 1}, "distilled": {"mean": 90.0, "n": 1}},
+        "command": "python benchmarks/distill.py tasks/distill/mnist_fixed_10.yaml --out runs/distill/y "
+                   "--name mnist_fixed_10_b1024 --set batch_size=1024",
         "commit": "1" * 40, "dirty": False, "machine": MACHINE, "published": {"accuracy": 93.8, "untrained": 12.9}}))
     (tmp_path / "tasks" / "distill").mkdir(parents=True)
     (tmp_path / "tasks" / "distill" / "mnist_fixed_10.yaml").write_text("dataset: mnist\nouter_steps: 6000\n")
@@ -569,10 +578,13 @@ def test_demo_and_dataset_distillation_tables(tmp_path, docs):
     assert table(block(text, report.FEWSHOT), "| setting | ProtoNet") == [
         "| omniglot 5-way 1-shot | 96.53 ± 0.38 | 37.38 ± 0.64 | 600 | 800 | 2 min | AMD EPYC, 2 threads |"]
     d = block(text, report.DISTILL)
-    assert table(d, "| setting | ours") == ["| mnist, fixed init, 10 images | 88.4 | 1 | 93.8 | -5.4 | 11.2 / 12.9 |"]
+    assert table(d, "| setting | ours") == [
+        "| mnist, fixed init, 10 images, real batch 512 | 88.4 | 1 | 93.8 | -5.4 | 11.2 / 12.9 |",
+        "| mnist, fixed init, 10 images, real batch 1024 | 90.0 | 1 | 93.8 | -3.8 | 11.2 / 12.9 |"]
     assert table(d, "| setting | outer steps") == [
-        "| mnist, fixed init, 10 images | 6000 / 6000 (100%) | 9 min | AMD EPYC, 2 threads |"]
-    assert table(d, "| setting | baselines") == ["| mnist, fixed init, 10 images | random real 40.1 ± 5.2 |"]
+        "| mnist, fixed init, 10 images, real batch 512 | 6000 / 6000 (100%) | 9 min | AMD EPYC, 2 threads |",
+        "| mnist, fixed init, 10 images, real batch 1024 | 3000 / 6000 (50%) | 10 min | AMD EPYC, 2 threads |"]
+    assert table(d, "| setting | baselines") == ["| mnist, fixed init, 10 images, real batch 512 | random real 40.1 ± 5.2 |"]
     assert "Published: Wang et al. 2018." in block(text, "distill-runs")
 
 
