@@ -194,6 +194,71 @@ def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     return fused
 
 
+# the layers a oneDNN inference chain may hold (parameter-free ones run on oneDNN tensors as they are)
+_ONEDNN_LAYERS = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Sequential)
+
+
+def _onednn_chain(seq: nn.Sequential) -> bool:
+    mods = list(seq.modules())
+    return (any(type(m) is nn.Conv2d for m in mods)
+            and all(type(m) in _ONEDNN_LAYERS for m in mods)
+            and all(m.padding_mode == "zeros" and isinstance(m.padding, tuple) for m in mods if type(m) is nn.Conv2d)
+            and all(not m.return_indices for m in mods if type(m) is nn.MaxPool2d))
+
+
+class OneDNNChain(nn.Module):
+    """A chain of convs, ReLUs and max-pools run on oneDNN's own (blocked) tensors for inference on the CPU.
+
+    Eager PyTorch hands every op a strided tensor, so oneDNN converts to its blocked layout and back around
+    each conv, and max-pool runs PyTorch's own kernel; inside one oneDNN chain the activations stay blocked
+    from the first conv to the last pool (``torch.utils.mkldnn``). Measured in `benchmarks/cpu_throughput.py`
+    (``protonet_eval``). Under bf16 autocast the chain runs in bf16 (fp32 accumulation), otherwise in fp32;
+    with gradients enabled, off the CPU, or without oneDNN bf16 it runs the original modules.
+    """
+
+    def __init__(self, seq: nn.Sequential) -> None:
+        super().__init__()
+        self.seq = seq
+        self._converted: dict = {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4:
+            return self.seq(x)
+        dtype = torch.float32
+        if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
+            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                return self.seq(x)
+            dtype = torch.bfloat16
+        if dtype not in self._converted:
+            import warnings
+            with warnings.catch_warnings():      # its modules are TorchScript classes, deprecated as such
+                warnings.simplefilter("ignore", DeprecationWarning)
+                import torch.utils.mkldnn as mkldnn_utils
+            self._converted[dtype] = mkldnn_utils.to_mkldnn(copy.deepcopy(self.seq), dtype)
+        with torch.autocast("cpu", enabled=False):
+            return self._converted[dtype](x.to(dtype).to_mkldnn()).to_dense()
+
+
+def onednn_inference(module: nn.Module) -> nn.Module:
+    """Wrap, in place, every outermost ``nn.Sequential`` made only of ``Conv2d`` / ``ReLU`` / ``MaxPool2d`` /
+    ``Identity`` layers (Conv4's encoder once its BatchNorms are folded) in a [`OneDNNChain`][metalearn.engine.OneDNNChain];
+    returns ``module``. For inference copies only (the chains hold converted copies of the weights, so later
+    weight updates do not reach them). A no-op where PyTorch has no oneDNN.
+    [`evaluate`][metalearn.train.evaluator.evaluate] applies it after folding the BatchNorms on the CPU.
+    """
+    if not torch.backends.mkldnn.is_available():
+        return module
+
+    def visit(parent: nn.Module) -> None:
+        for name, child in parent.named_children():
+            if type(child) is nn.Sequential and _onednn_chain(child):
+                setattr(parent, name, OneDNNChain(child))
+            elif not isinstance(child, OneDNNChain):
+                visit(child)
+    visit(module)
+    return module
+
+
 def fold_batchnorm(module: nn.Module) -> nn.Module:
     """A copy of ``module`` for inference in which every ``Conv2d`` directly followed by a ``BatchNorm2d``
     with running statistics (inside an ``nn.Sequential``) is one conv: w' = w·γ/σ, b' = (b − μ)·γ/σ + β.

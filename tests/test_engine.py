@@ -11,8 +11,8 @@ from torch import nn
 
 from conformance import check_learner
 from metalearn.config import ConfigError, config_from_dict
-from metalearn.engine import (autocast, bf16_supported, channels_last, fold_batchnorm, omp_env_defaults,
-                              resolve_precision)
+from metalearn.engine import (OneDNNChain, autocast, bf16_supported, channels_last, fold_batchnorm,
+                              omp_env_defaults, onednn_inference, resolve_precision)
 from metalearn.learners.matchnet import MatchingNet
 from metalearn.learners.protonet import ProtoNet
 from metalearn.learners.siamese import Siamese
@@ -103,6 +103,46 @@ def test_channels_last_and_folded_batchnorm_give_identical_eval_logits():
     ep64 = Episode(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
     with torch.no_grad():
         assert torch.allclose(fold_batchnorm(l64).predict(ep64), l64.predict(ep64), atol=1e-10, rtol=1e-10)
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+def test_onednn_chain_gives_the_folded_logits():
+    learner = trained_conv4()
+    ep = episode(batch=3, seed=5)
+    folded = fold_batchnorm(learner)
+    chained = onednn_inference(fold_batchnorm(learner))
+    assert sum(isinstance(m, OneDNNChain) for m in chained.modules()) == 1          # Conv4's whole encoder
+    with torch.inference_mode():
+        ref, got = folded.predict(ep), chained.predict(ep)
+    scale = ref.abs().max()
+    assert (got - ref).abs().max() <= 1e-5 * scale and torch.equal(got.argmax(-1), ref.argmax(-1))
+    # with gradients on it runs the original modules: the same values, and they reach the weights
+    x = torch.rand(4, 1, 28, 28)
+    enc = chained.encoder
+    y = enc(x)
+    assert y.requires_grad is False                                                    # folded copies: no grads
+    p = next(enc.parameters())
+    p.requires_grad_(True)
+    enc(x).sum().backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0
+    # a chain with a BatchNorm left in it (not folded) is not wrapped
+    assert not any(isinstance(m, OneDNNChain) for m in onednn_inference(Conv4(1, hidden=8).eval()).modules())
+
+
+@pytest.mark.skipif(not bf16_supported("cpu") or not torch.backends.mkldnn.is_available(),
+                    reason="this CPU has no native bf16")
+def test_onednn_chain_in_bf16_matches_autocast():
+    learner = trained_conv4(steps=60)
+    ep = episode(batch=20, seed=7, queries=5)
+    folded = fold_batchnorm(learner)
+    chained = onednn_inference(fold_batchnorm(learner))
+    folded.precision = chained.precision = "bf16"
+    with torch.inference_mode():
+        ref, got = folded.predict(ep), chained.predict(ep)
+    assert got.dtype == torch.float32
+    agree = (got.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    assert agree >= 0.99, agree                         # the same bf16 rounding of inputs and weights
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 0.02
 
 
 def test_fold_keeps_batch_statistics_norms():

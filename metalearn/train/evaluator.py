@@ -71,7 +71,9 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress:
         progress: Show a progress bar.
         precision: ``bf16`` / ``fp32`` / ``auto`` for the encoder (None: the learner's own ``precision``).
         fold_bn: Predict with a copy of the learner whose BatchNorms are folded into the preceding convs, under
-            ``torch.inference_mode`` (learners that adapt at test time, such as MAML, are evaluated as they are).
+            ``torch.inference_mode``, its conv chains run on oneDNN tensors on the CPU
+            ([`onednn_inference`][metalearn.engine.onednn_inference]); learners that adapt at test time, such as
+            MAML, are evaluated as they are.
 
     Returns:
         The mean accuracy with its 95% confidence interval, and the per-episode accuracies.
@@ -95,11 +97,13 @@ def evaluate(learner: Learner, sampler: EpisodeSampler, episodes: int, progress:
     from metalearn import distributed as D
     if episodes < 1:
         raise ValueError(f"episodes: expected >= 1, got {episodes}")
-    from metalearn.engine import fold_batchnorm, resolve_precision
+    from metalearn.engine import fold_batchnorm, onednn_inference, resolve_precision
     fast = fold_bn and learner.inference_without_grad
     was_training, old_precision = learner.training, learner.precision
     learner.eval()
     model = fold_batchnorm(learner) if fast else learner
+    if fast and torch.device(sampler.device).type == "cpu":
+        onednn_inference(model)           # conv chains on oneDNN's blocked tensors from first conv to last pool
     model.precision = resolve_precision(precision or learner.precision, sampler.device, learner.bf16_safe)
     accs = []
     draws = math.ceil(episodes / sampler.batch_size)
