@@ -169,7 +169,8 @@ def _siamese(cfg: TaskConfig, image_shape: tuple) -> Learner:
         raise ConfigError(f"model.backbone: learner 'siamese' needs 'conv4' or 'koch', got {cfg.model.backbone!r}")
     ranges = AffineRanges(s.rotation, s.shear, (s.scale_min, s.scale_max), s.translate, 105, s.distort_p)
     return Siamese(encoder, embedding_dim(encoder, image_shape), ranges if s.distort else None, fill=s.fill,
-                   seed=cfg.train.seed, check_support=False)  # fed by EpisodeSampler: always complete
+                   seed=cfg.train.seed, check_support=False,  # fed by EpisodeSampler: always complete
+                   support_score=s.support_score)
 
 
 LEARNERS["siamese"] = _siamese

@@ -230,6 +230,8 @@ class SiameseConfig:
         scale_max: Largest scale factor.
         translate: Translation range in pixels at 105 px (scaled with the image size).
         fill: Value outside a distorted image (Omniglot's background: 1.0); null repeats the border pixels.
+        support_score: How a class's K support images score a query: ``mean_prob`` (log of the mean p(same))
+            or ``mean_logit`` (the mean verification logit); the same for 1-shot.
     """
     fc: int = 0                      # Linear + sigmoid embedding layer; 0: none for conv4, 4096 for koch
     distort: bool = True             # Koch's random affine distortions of the training images
@@ -240,6 +242,7 @@ class SiameseConfig:
     scale_max: float = 1.2
     translate: float = 2.0           # pixels at 105 px (scaled with the image size)
     fill: float | None = None        # value outside a distorted image (Omniglot background: 1.0); null: border
+    support_score: str = "mean_prob"  # K-shot: mean_prob (log mean p(same)) | mean_logit (mean verification logit)
 
     def __post_init__(self) -> None:
         if self.fc < 0:
@@ -249,6 +252,8 @@ class SiameseConfig:
         if min(self.rotation, self.shear, self.translate) < 0:
             raise ConfigError("siamese.rotation / shear / translate: expected >= 0, got "
                               f"{self.rotation} / {self.shear} / {self.translate}")
+        if self.support_score not in ("mean_prob", "mean_logit"):
+            raise ConfigError(f"siamese.support_score: expected mean_prob or mean_logit, got {self.support_score!r}")
         if not 0 < self.scale_min <= self.scale_max:
             raise ConfigError(f"siamese.scale_min / scale_max: expected 0 < min <= max, got {self.scale_min} / "
                               f"{self.scale_max}")

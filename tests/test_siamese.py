@@ -68,6 +68,27 @@ def test_class_scores_average_p_same_over_support_images():
         class_log_scores(s, y, 3)
 
 
+def test_mean_logit_rule_averages_logits_and_agrees_for_one_shot():
+    s = torch.tensor([[0.0, 2.0, -1.0], [6.0, -2.0, 0.5]], dtype=torch.float64)
+    y = torch.tensor([0, 0, 1])
+    out = class_log_scores(s, y, 2, rule="mean_logit")
+    assert torch.equal(out, torch.tensor([[1.0, -1.0], [2.0, 0.5]], dtype=torch.float64))
+    # the rules can disagree for K > 1: query 2 matches class 0 once very surely and once not (mean p 0.558),
+    # class 1 moderately (p 0.622)
+    assert class_log_scores(s, y, 2).argmax(-1).tolist() == [0, 1] and out.argmax(-1).tolist() == [0, 0]
+    # 1-shot: the same class under both rules
+    g = torch.Generator().manual_seed(0)
+    s1, y1 = torch.randn(50, 5, generator=g), torch.arange(5)
+    assert torch.equal(class_log_scores(s1, y1, 5).argmax(-1), class_log_scores(s1, y1, 5, rule="mean_logit").argmax(-1))
+    with pytest.raises(ValueError, match="rule"):
+        class_log_scores(s, y, 2, rule="median")
+    with pytest.raises(ValueError, match="support_score"):
+        Siamese(Conv4(1, hidden=8), 8, support_score="max")
+    with pytest.raises(ConfigError, match="siamese.support_score"):
+        config_from_dict({"name": "x", "dataset": "omniglot", "learner": "siamese",
+                          "siamese": {"support_score": "max"}})
+
+
 def test_balanced_bce_weights_same_and_different_pairs_equally():
     y = torch.tensor([0, 0, 1])                # pairs (0,1) same; (0,2), (1,2) different
     s = torch.tensor([[9.0, 1.0, 2.0], [1.0, 9.0, -3.0], [2.0, -3.0, 9.0]], dtype=torch.float64)

@@ -88,14 +88,23 @@ class SiameseHead(nn.Module):
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=-2)
 
 
-def class_log_scores(pair_logits: Tensor, support_y: Tensor, ways: int, check: bool = True) -> Tensor:
-    """log of the mean p(same) over each class's support images.
+#: how K support images of a class score a query: ``mean_prob``: log of the mean p(same) (Koch's rule for K = 1,
+#: the support image that scores highest); ``mean_logit``: the mean verification logit (the geometric mean of the
+#: odds). Both pick the same class for K = 1.
+SUPPORT_SCORES = ("mean_prob", "mean_logit")
+
+
+def class_log_scores(pair_logits: Tensor, support_y: Tensor, ways: int, check: bool = True,
+                     rule: str = "mean_prob") -> Tensor:
+    """log of the mean p(same) over each class's support images (``rule="mean_prob"``), or the mean
+    verification logit over them (``rule="mean_logit"``).
 
     Args:
         pair_logits: ([B,] NQ, NK) logits of p(same) for every (query, support) pair.
         support_y: ([B,] NK) support labels in [0, ways).
         ways: N, the number of classes.
         check: Raise if a class has no support image (one host sync); without it such a class scores -inf.
+        rule: One of `SUPPORT_SCORES`.
 
     Returns:
         ([B,] NQ, ways) log scores.
@@ -108,6 +117,11 @@ def class_log_scores(pair_logits: Tensor, support_y: Tensor, ways: int, check: b
     if check and bool((counts == 0).any()):
         missing = int((counts == 0).nonzero()[0, -1])
         raise ValueError(f"support_y: class {missing} has no support example (ways={ways})")
+    if rule == "mean_logit":
+        mean = (pair_logits @ onehot) / counts[..., None, :]                          # ([B,] NQ, N)
+        return mean.masked_fill(counts[..., None, :] == 0, float("-inf"))
+    if rule != "mean_prob":
+        raise ValueError(f"rule: expected one of {SUPPORT_SCORES}, got {rule!r}")
     log_mask = torch.log(onehot)                                                    # 0 or -inf
     logp = F.logsigmoid(pair_logits)[..., :, :, None] + log_mask[..., None, :, :]   # ([B,] NQ, NK, N)
     return torch.logsumexp(logp, dim=-2) - torch.log(counts)[..., None, :]
@@ -150,6 +164,9 @@ class Siamese(Learner):
             state dict, so a resumed run draws the same distortions).
         check_support: raise on a class without support images / an episode without same-class pairs
             (one host sync per call); the CLI turns it off because its EpisodeSampler always completes them.
+        support_score: how a class's K support images score a query (`SUPPORT_SCORES`): ``mean_prob``, the log
+            of the mean p(same), or ``mean_logit``, the mean verification logit. Only K-shot classification
+            (K > 1) differs; training (the pair BCE) does not depend on it.
 
     ``loss(episode)`` -> (balanced pair BCE, query logits ([B,] N*Q, N) = log mean p(same) per class).
 
@@ -160,8 +177,12 @@ class Siamese(Learner):
     """
 
     def __init__(self, encoder: nn.Module, dim: int, distort: AffineRanges | None = KOCH,
-                 fill: float | None = None, seed: int = 0, check_support: bool = True) -> None:
+                 fill: float | None = None, seed: int = 0, check_support: bool = True,
+                 support_score: str = "mean_prob") -> None:
         super().__init__()
+        if support_score not in SUPPORT_SCORES:
+            raise ValueError(f"support_score: expected one of {SUPPORT_SCORES}, got {support_score!r}")
+        self.support_score = support_score
         self.encoder = encoder
         self.head = SiameseHead(dim)
         self.distort = distort
@@ -212,7 +233,7 @@ class Siamese(Learner):
         self._check(episode)
         z, n_s = self._embed(episode)
         s = self.head.pairwise(z[..., n_s:, :], z[..., :n_s, :])                   # ([B,] NQ, NK)
-        return class_log_scores(s, episode.support_y, episode.ways, self.check_support)
+        return class_log_scores(s, episode.support_y, episode.ways, self.check_support, self.support_score)
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         self._check(episode)
@@ -223,7 +244,8 @@ class Siamese(Learner):
         if self.check_support and bool(((n_pos == 0) | (n_neg == 0)).any()):
             raise ValueError("episode: verification training needs same-class and different-class pairs: at "
                              "least 2 images (shots + queries) of some class and at least 2 classes (ways)")
-        logits = class_log_scores(s[..., n_s:, :n_s], episode.support_y, episode.ways, self.check_support)
+        logits = class_log_scores(s[..., n_s:, :n_s], episode.support_y, episode.ways, self.check_support,
+                                  self.support_score)
         return loss, logits
 
     def predict(self, episode: Episode) -> Tensor:
