@@ -213,7 +213,8 @@ class OneDNNChain(nn.Module):
     each conv, and max-pool runs PyTorch's own kernel; inside one oneDNN chain the activations stay blocked
     from the first conv to the last pool (``torch.utils.mkldnn``). Measured in `benchmarks/cpu_throughput.py`
     (``protonet_eval``). Under bf16 autocast the chain runs in bf16 (fp32 accumulation), otherwise in fp32;
-    with gradients enabled, off the CPU, or without oneDNN bf16 it runs the original modules.
+    with gradients enabled, off the CPU, for other dtypes than fp32 (float64, say) or without oneDNN bf16 it
+    runs the original modules.
     """
 
     def __init__(self, seq: nn.Sequential) -> None:
@@ -222,8 +223,9 @@ class OneDNNChain(nn.Module):
         self._converted: dict = {}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4:
-            return self.seq(x)
+        if (torch.is_grad_enabled() or x.device.type != "cpu" or x.dim() != 4 or x.dtype != torch.float32
+                or any(p.dtype != torch.float32 for p in self.seq.parameters())):
+            return self.seq(x)                # oneDNN tensors are fp32 / bf16 only
         dtype = torch.float32
         if torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16:
             if not torch.ops.mkldnn._is_mkldnn_bf16_supported():

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import os
 from pathlib import Path
 
@@ -156,7 +157,12 @@ def add_model(result_json: str | os.PathLike, run_dir: str | os.PathLike | None 
     if not reproduces(ev["accuracy"], ev["ci95"], published):
         raise ValueError(f"{result_json}: {ev['accuracy']:.2f} ± {ev['ci95']:.2f} does not reproduce the published "
                          f"{published}; only reproduced rows go into the zoo")
-    run_dir = Path(run_dir or res["run_dir"])
+    model_from = res.get("model_from") or {}
+    run_dir = Path(run_dir or model_from.get("run_dir") or res["run_dir"])
+    commit = (res.get("git") or {}).get("commit")
+    trained_at = re.fullmatch(r".+-[0-9a-f]{16}-([0-9a-f]{8})", run_dir.name)
+    if model_from and trained_at:    # a --model-from row: the commit its model was trained at (the run's name)
+        commit = trained_at.group(1)
     ck = load_checkpoint(run_dir / "best.pt")
     meta = ck["meta"]
     cfg = config_from_dict(meta["config"])
@@ -180,7 +186,7 @@ def add_model(result_json: str | os.PathLike, run_dir: str | os.PathLike | None 
         torch.save(state, f)
     entry = {"name": name, "task": task or res.get("task"), "config": meta["config"],
              "config_hash": meta["config_hash"], "image_shape": meta["image_shape"],
-             "commit": (res.get("git") or {}).get("commit"), "step": ck.get("step"),
+             "commit": commit, "step": ck.get("step"),
              "result": {"accuracy": ev["accuracy"], "ci95": ev["ci95"], "episodes": ev["episodes"],
                         "ways": ev["ways"], "shots": ev["shots"], "queries": ev.get("queries", e.queries),
                         "split": ev.get("split", e.split), "seed": e.seed, "published": published,

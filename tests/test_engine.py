@@ -125,6 +125,11 @@ def test_onednn_chain_gives_the_folded_logits():
     p.requires_grad_(True)
     enc(x).sum().backward()
     assert p.grad is not None and p.grad.abs().sum() > 0
+    # float64 (no oneDNN tensors): the original modules, the same numbers
+    l64 = fold_batchnorm(trained_conv4().double())
+    ep64 = Episode(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
+    with torch.inference_mode():
+        assert torch.equal(onednn_inference(fold_batchnorm(l64)).predict(ep64), l64.predict(ep64))
     # a chain with a BatchNorm left in it (not folded) is not wrapped
     assert not any(isinstance(m, OneDNNChain) for m in onednn_inference(Conv4(1, hidden=8).eval()).modules())
 
