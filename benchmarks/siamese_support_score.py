@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -40,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     from metalearn.builders import build_learner
     from metalearn.cli import _episode_sampler
     from metalearn.config import config_from_dict
+    from metalearn.data.cache import atomic_write
     from metalearn.engine import set_threads, tune_allocator
     from metalearn.learners.siamese import SUPPORT_SCORES
     from metalearn.train.checkpoint import load_checkpoint
@@ -79,9 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                 "wall_s": time.perf_counter() - t0, "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    os.replace(tmp, path)
+    with atomic_write(path, mode="w") as f:
+        json.dump(out, f, indent=1)
     print(f"-> {path}")
     return 0
 

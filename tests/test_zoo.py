@@ -176,6 +176,26 @@ def test_a_model_serves_another_row_of_its_own_run_only(tmp_path, digits_result)
     assert (zoo / "manifest.json").read_text() == before
 
 
+def test_a_model_added_from_a_later_model_from_row_keeps_its_training_commit(tmp_path, digits_result):
+    """add_model on a --model-from result made at a later commit: the entry records the commit the model was
+    trained at (its run's name), so that the run's other rows still find it."""
+    from metalearn.zoo import add_row
+    res = json.loads(digits_result.read_text())
+    res["reference"]["accuracy"] = 1.0
+    run_dir = res["run_dir"]
+    assert Path(run_dir).name.endswith("-" + "c" * 8)                      # trained at commit cccc...
+    later = dict(res, git={"commit": "d" * 40, "dirty": False},
+                 model_from={"task": res["name"], "run_dir": run_dir})
+    path = tmp_path / "res" / "later.json"
+    path.write_text(json.dumps(later))
+    zoo = tmp_path / "zoo"
+    entry = add_model(path, zoo_dir=zoo)
+    assert entry["commit"] == "c" * 8
+    other = dict(later, name="protonet_digits_3w5s", ways=3)
+    path.write_text(json.dumps(other))
+    assert add_row(path, zoo_dir=zoo)["name"] == "protonet_digits_3w5s"
+
+
 def test_published_number_is_the_task_files_as_it_is_now(tmp_path):
     from metalearn.zoo import published_now
     task = tmp_path / "t.yaml"
