@@ -70,6 +70,12 @@ class EpisodeSampler:
         self._nrot = len(data.rotations)
         self._rot_k = torch.tensor([r // 90 for r in data.rotations], device=self.device)
         self._turns = sorted({r // 90 for r in data.rotations} - {0})   # host-side: no sync in gather
+        if self._turns:
+            # rot90 by k quarter turns is a fixed permutation of the H*W pixels: gather() rotates every class
+            # with one index pass (images are square, ClassImages checks), not a rot90 + where per angle
+            h, w = data.image_shape[-2:]
+            pix = torch.arange(h * w, device=self.device).view(h, w)
+            self._rot_perm = torch.stack([torch.rot90(pix, k, dims=(0, 1)).reshape(-1) for k in range(4)])
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -101,11 +107,9 @@ class EpisodeSampler:
         """uint8 images for ``rows`` (B, N, S), each class rotated by its own ``rot_k`` -> (B, N, S, C, H, W)."""
         x = self.data.images[rows]
         if self._turns:   # any non-zero angle, also when it is the only one (rotations=(90,))
-            out = x
-            for k in self._turns:
-                mask = (rot_k == k)[..., None, None, None, None]
-                out = torch.where(mask, torch.rot90(x, k, dims=(-2, -1)), out)
-            x = out
+            B, N, S, C, H, W = x.shape
+            perm = self._rot_perm[rot_k][:, :, None, None, :].expand(B, N, S, C, H * W)   # (B, N, S, C, H*W)
+            x = x.reshape(B, N, S, C, H * W).gather(-1, perm).view(B, N, S, C, H, W)
         return x
 
     def sample(self, tasks: tuple[int, int] | None = None) -> Episode:

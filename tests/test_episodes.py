@@ -90,6 +90,19 @@ def test_each_rotation_class_is_drawn_independently():
     assert torch.equal(data.class_images(1), torch.rot90(data.class_images(0), 1, dims=(-2, -1)))
 
 
+@pytest.mark.parametrize("rotations", [(0, 90, 180, 270), (90,), (0, 180)])
+def test_gather_rotates_each_class_as_rot90(rotations):
+    # gather() rotates by one pixel permutation; the reference is torch.rot90 of each (task, class) in a loop
+    data = make_data(n_classes=12, per_class=5, size=7, rotations=rotations)
+    s = EpisodeSampler(data, ways=4, shots=2, queries=2, batch_size=6, seed=1, scale=1.0)
+    rows, rot_k = s.sample_indices()
+    got = s.gather(rows, rot_k)
+    for b in range(rows.shape[0]):
+        for n in range(rows.shape[1]):
+            ref = torch.rot90(data.images[rows[b, n]], int(rot_k[b, n]), dims=(-2, -1))
+            assert torch.equal(got[b, n], ref)
+
+
 def test_bad_input_names_the_argument():
     data = make_data(n_classes=4, per_class=5)
     with pytest.raises(ValueError, match=r"ways=5 but the split has only 4 classes"):
