@@ -1120,8 +1120,8 @@ def _distributed_entries(d: dict, path: Path, file: str) -> list[Entry]:
 def _threads_policy_entries(d: dict, path: Path, file: str) -> list[Entry]:
     """The rows of a benchmarks/threads_policy.py result.
 
-    One training step at 1 and 2 threads, OMP_WAIT_POLICY ACTIVE and PASSIVE, on a quiet machine and beside a busy
-    neighbour; ms against 1 thread ACTIVE on the same machine state.
+    One training step at 1 and 2 threads, OMP_WAIT_POLICY ACTIVE and PASSIVE (and GOMP_SPINCOUNT=N as SPIN=N), on a
+    quiet machine and beside a busy neighbour; ms against 1 thread ACTIVE on the same machine state.
 
     Args:
         d: The result file's JSON object.
@@ -1712,9 +1712,10 @@ SPEED_TABLES = [
                       "28x28): median ms, the speed-up against the per-task loop with NCHW weights and batch norm "
                       "from primitive ops, and the meta-gradient's error against a float64 loop",
      [("threads", "threads"), ("ms", "ms"), ("vs loop", "ratio"), ("error vs float64", "err")]),
-    ("threads", "Threads and the OpenMP wait policy (benchmarks/threads_policy.py): one ProtoNet training step, median "
-                "ms, on a quiet machine and next to a busy neighbour, against 1 thread with ACTIVE waiting",
-     [("threads", "threads"), ("OMP_WAIT_POLICY", "policy"), ("ms", "ms"), ("vs 1 thread ACTIVE", "ratio")]),
+    ("threads", "Threads and the OpenMP wait policy (benchmarks/threads_policy.py): one training step (the workload is "
+                "in each file's note), median ms, on a quiet machine and next to a busy neighbour, against 1 thread "
+                "with ACTIVE waiting; SPIN=N is GOMP_SPINCOUNT=N (spin N times, then sleep)",
+     [("threads", "threads"), ("wait policy", "policy"), ("ms", "ms"), ("vs 1 thread ACTIVE", "ratio")]),
     ("distributed", "Data-parallel training (benchmarks/distributed_throughput.py; the meta-batch split over processes, "
                     "one thread each): episodes per second against one process",
      [("processes", "procs"), ("meta-batch", "batch"), ("episodes/s", "eps"), ("speed-up", "ratio"),
