@@ -672,7 +672,7 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
     assert table(s, "| measurement | threads", links=True) == [
         "| [protonet_train](#speed-2) | 1 | 515 | 130 | 3.96× | 161 | 32 |",
         "| [maml2_vmap](#speed-2) | 1 | — | — | error | — | — |"]
-    assert table(s, "| measurement | threads | OMP_WAIT_POLICY", links=True) == [
+    assert table(s, "| measurement | threads | wait policy", links=True) == [
         "| [quiet machine](#speed-3) | 1 | ACTIVE | 180 | 1.00× |", "| [quiet machine](#speed-3) | 2 | PASSIVE | 150 | 1.20× |"]
     assert table(s, "| measurement | processes", links=True) == [
         "| [maml](#speed-4) | 1 | 8 | 1.65 | 1.00× | 100% |", "| [maml](#speed-4) | 2 | 8 | 3.24 | 1.96× | 98% |"]
