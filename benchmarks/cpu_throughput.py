@@ -15,7 +15,8 @@ A/B/A/B so that a noisy machine hits both sides alike:
 Policies: ``off`` -- glibc's default allocator, OpenMP's default wait policy, fp32, NCHW conv weights, the
 evaluation with autograd's no_grad and unfolded BatchNorm, Conv4 blocks with the ReLU before the pool (how the
 project ran before the engine); ``default`` -- what ``metalearn train``/``eval`` do now (metalearn.engine:
-tuned allocator, OMP_WAIT_POLICY=PASSIVE, ``precision: auto`` -> bf16 on the encoder where the CPU has native
+tuned allocator, the OpenMP wait policy of ``metalearn._omp`` (a brief spin on a quiet machine, PASSIVE next to
+a busy one), ``precision: auto`` -> bf16 on the encoder where the CPU has native
 bf16, channels-last weights, folded BatchNorm under inference_mode). FLOPs of one step are counted with
 ``torch.utils.flop_counter`` (forward + backward). Synthetic uint8 images of the real shapes: speed does not
 depend on pixel values.
@@ -79,7 +80,8 @@ def _worker(spec: dict) -> dict:
     return {"workload": workload, "policy": policy, "threads": threads, "device": device, "ms": med * 1000,
             "samples_ms": [t * 1000 for t in times], "gflop": flops / 1e9 if flops else None,
             "gflops": (flops / med / 1e9) if flops else None, "allocator_tuned": tuned,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), **extra}
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "gomp_spincount": os.environ.get("GOMP_SPINCOUNT"),
+            **extra}
 
 
 def _count_flops(fn) -> int:
@@ -265,6 +267,7 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
 def _run_worker(spec: dict, timeout: float) -> dict:
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)       # each policy decides
+    env.pop("GOMP_SPINCOUNT", None)
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

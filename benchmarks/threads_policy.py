@@ -2,7 +2,7 @@
 
 The ProtoNet Omniglot 60-way 1-shot training step with the default policy (benchmarks/cpu_throughput.py's
 ``protonet_train`` worker, one fresh process per measurement) at 1 and 2 threads, with OMP_WAIT_POLICY
-ACTIVE (OpenMP's own default: idle threads spin) and PASSIVE (metalearn's default: they sleep), once on the
+ACTIVE (idle threads spin) and PASSIVE (they sleep; metalearn's default next to a busy process), once on the
 quiet machine and once while another process keeps one core busy (a pure-Python spin loop). Interleaved,
 medians; one JSON in ``--out``.
 

@@ -6,9 +6,9 @@ The flat public API; everything else is reachable through its submodule (test-ti
 import os as _os
 import sys as _sys
 
-if "torch" not in _sys.modules:   # OpenMP reads its environment when torch loads (metalearn.engine)
-    if _os.environ.get("METALEARN_OMP", "").lower() not in ("default", "0", "off"):
-        _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "torch" not in _sys.modules:   # OpenMP reads its environment when torch loads (metalearn._omp)
+    from metalearn._omp import omp_env_defaults as _omp_env_defaults
+    _omp_env_defaults()
 from metalearn.config import ConfigError as ConfigError
 from metalearn.config import DataConfig as DataConfig
 from metalearn.config import EvalConfig as EvalConfig

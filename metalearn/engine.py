@@ -18,9 +18,10 @@ describes the policy and its switches):
 * **evaluation** -- BatchNorm folded into the convs ([`fold_batchnorm`][metalearn.engine.fold_batchnorm]) and the
   conv chain run on oneDNN's blocked tensors ([`onednn_inference`][metalearn.engine.onednn_inference]): with
   bf16, 12x the levers-off evaluation at one thread.
-* **threads** -- ``OMP_WAIT_POLICY=PASSIVE`` keeps two threads from spinning against a busy neighbour
-  (plain 2 threads were 4-5x slower than 1 thread next to another busy process); it is set when
-  ``metalearn`` is imported before torch (see [`omp_env_defaults`][metalearn.engine.omp_env_defaults]).
+* **threads** -- on a quiet machine idle OpenMP threads spin briefly (``GOMP_SPINCOUNT=30000``), next to a
+  busy process they sleep at once (``OMP_WAIT_POLICY=PASSIVE``: plain 2 threads were 4-5x slower than 1 thread
+  next to another busy process); chosen when ``metalearn`` is imported before torch (see
+  [`omp_env_defaults`][metalearn.engine.omp_env_defaults]).
 
 The allocator is process-wide state, so it is a function a program calls once, not a side effect of import.
 """
@@ -36,29 +37,14 @@ import sys
 import torch
 from torch import nn
 
+from metalearn._omp import omp_env_defaults as omp_env_defaults  # re-exported: part of the engine's API
+
 PRECISIONS = ("auto", "bf16", "fp32")
 
 # glibc mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _allocator_state: dict = {"applied": None}
-
-
-def omp_env_defaults(environ: dict | None = None) -> dict:
-    """Set the OpenMP defaults metalearn wants, unless the user set them already; returns what it set.
-
-    ``OMP_WAIT_POLICY=PASSIVE``: idle OpenMP threads sleep instead of spinning. On a quiet machine it costs
-    5-8% at two threads; next to another busy process it avoids a 4-5x slow-down. ``METALEARN_OMP=default``
-    leaves the OpenMP defaults alone. The OpenMP runtime reads its environment once, when torch is loaded, so
-    ``import metalearn`` calls this before importing torch; after that it has no effect on this process.
-    """
-    env = os.environ if environ is None else environ
-    if env.get("METALEARN_OMP", "").lower() in ("default", "0", "off"):
-        return {}
-    done = {}
-    if "OMP_WAIT_POLICY" not in env:
-        env["OMP_WAIT_POLICY"] = done["OMP_WAIT_POLICY"] = "PASSIVE"
-    return done
 
 
 def tune_allocator(enable: bool | None = None) -> bool:

@@ -69,18 +69,28 @@ def test_allocator_applied_once_and_can_be_disabled():
     assert off == ["False", "False", "False"]
 
 
-def test_omp_default_respects_the_user():
+def test_omp_default_respects_the_user_and_the_machine(tmp_path):
+    # a quiet machine: spin briefly; a shared one (or unknown): sleep at once
     env = {}
-    assert omp_env_defaults(env) == {"OMP_WAIT_POLICY": "PASSIVE"} and env["OMP_WAIT_POLICY"] == "PASSIVE"
-    env = {"OMP_WAIT_POLICY": "ACTIVE"}
-    assert omp_env_defaults(env) == {} and env["OMP_WAIT_POLICY"] == "ACTIVE"
-    env = {"METALEARN_OMP": "default"}
-    assert omp_env_defaults(env) == {} and "OMP_WAIT_POLICY" not in env
-    # `import metalearn` sets it before torch loads, in a fresh process
-    out = subprocess.run([sys.executable, "-c", "import metalearn, os; print(os.environ.get('OMP_WAIT_POLICY'))"],
-                         capture_output=True, text=True, check=True,
-                         env={k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}).stdout.strip()
-    assert out == "PASSIVE"
+    assert omp_env_defaults(env, others=0) == {"GOMP_SPINCOUNT": "30000"} and "OMP_WAIT_POLICY" not in env
+    env = {}
+    assert omp_env_defaults(env, others=1) == {"OMP_WAIT_POLICY": "PASSIVE"} and env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert omp_env_defaults({}, others=None) == {"OMP_WAIT_POLICY": "PASSIVE"}
+    for user in ({"OMP_WAIT_POLICY": "ACTIVE"}, {"GOMP_SPINCOUNT": "5"}, {"METALEARN_OMP": "default"}):
+        env = dict(user)
+        assert omp_env_defaults(env, others=0) == {} and env == user
+    # the count of other runnable tasks: the fewest over the reads, the reader itself not counted
+    from metalearn._omp import runnable_others
+    f = tmp_path / "loadavg"
+    f.write_text("0.50 0.40 0.30 3/120 999\n")
+    assert runnable_others(samples=3, gap_s=0.0, path=str(f)) == 2
+    assert runnable_others(path=str(tmp_path / "missing")) is None
+    # `import metalearn` decides before torch loads, in a fresh process
+    code = "import metalearn, os; print(os.environ.get('OMP_WAIT_POLICY'), os.environ.get('GOMP_SPINCOUNT'))"
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "METALEARN_OMP")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env=clean).stdout.split()
+    assert out in (["PASSIVE", "None"], ["None", "30000"])
 
 
 def test_channels_last_restrides_every_conv_including_one_channel():
