@@ -855,6 +855,8 @@ def _distill_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entr
     label = f"{cfg.get('dataset', '?')}, {d.get('setting', cfg.get('init'))} init, {d.get('images')} images"
     if cfg.get("batch_size"):
         label += f", real batch {cfg['batch_size']}"
+    if cfg.get("seed"):   # another fixed initialisation (the seed draws it) or stream of real batches
+        label += f", seed {cfg['seed']}"
     base = d.get("baselines") if isinstance(d.get("baselines"), dict) else {}
 
     def acc(x):
