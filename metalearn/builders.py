@@ -144,7 +144,7 @@ def _matchnet(cfg: TaskConfig, image_shape: tuple) -> Learner:
     m = cfg.matchnet
     return MatchingNet(encoder, embedding_dim(encoder, image_shape), fce=m.fce, process_steps=m.process_steps,
                        lstm_hidden=m.lstm_hidden, scale=m.scale, distance=m.distance,
-                       check_support=False)  # fed by EpisodeSampler: always complete
+                       support_score=m.support_score, check_support=False)  # fed by EpisodeSampler: always complete
 
 
 LEARNERS: dict[str, Callable[[TaskConfig, tuple], Learner]] = {"protonet": _protonet, "maml": _maml,

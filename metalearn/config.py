@@ -133,12 +133,16 @@ class MatchnetConfig:
         scale: Multiplier of the cosine similarities (or of the distances) before the softmax (1 in the paper).
         distance: The attention kernel: ``cosine`` (the paper) or ``l2`` (negative squared Euclidean distances;
             not in the paper).
+        support_score: How a K-shot support scores a query at test time: ``attention`` (the paper's eq. 1, the
+            attention summed over each class's support images) or ``class_mean`` (softmax over classes of the
+            mean of each class's scaled similarities; not in the paper). Training always uses the attention.
     """
     fce: bool = False
     process_steps: int = 5           # K, the attention LSTM's processing steps (fce only)
     lstm_hidden: int = 0             # 0: LSTMs at the embedding size (paper); else a linear projection first
     scale: float = 1.0               # cosines x scale before the softmax (1: the paper)
     distance: str = "cosine"         # cosine (the paper) | l2 (negative squared Euclidean distances)
+    support_score: str = "attention"  # test time, K-shot: attention (the paper) | class_mean
 
 
 @dataclass(frozen=True)
@@ -443,6 +447,9 @@ def validate(cfg: TaskConfig) -> None:
         raise ConfigError(f"matchnet.scale: expected > 0, got {cfg.matchnet.scale}")
     if cfg.matchnet.distance not in ("cosine", "l2"):
         raise ConfigError(f"matchnet.distance: expected cosine or l2, got {cfg.matchnet.distance!r}")
+    if cfg.matchnet.support_score not in ("attention", "class_mean"):
+        raise ConfigError(f"matchnet.support_score: expected attention or class_mean, got "
+                          f"{cfg.matchnet.support_score!r}")
     if cfg.train.precision not in ("auto", "bf16", "fp32"):
         raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {cfg.train.precision!r}")
     if cfg.train.precision == "bf16" and cfg.learner == "maml":

@@ -1243,7 +1243,7 @@ def _kind(data) -> str | None:
              "metalearn-threads-policy": "threads", "metalearn-demo": "demo", "distill": "distill",
              "metalearn-maml-variants": "maml_variants", "metalearn-optimizer-search": "search",
              # read but not tabulated: the validation evidence behind a task-file choice, cited in the notes
-             "metalearn-siamese-support-score": "evidence"}
+             "metalearn-siamese-support-score": "evidence", "metalearn-matchnet-support-score": "evidence"}
     if kind is not None:
         return known.get(kind)
     keys = data.keys()
@@ -1277,7 +1277,7 @@ KNOWN_FILES = ("metalearn bench results, metalearn eval --json outputs, and the 
                "optimizer_search.py, distill.py, "
                "ttt_eval.py, ttt_tasks.py, "
                "ttt_layers.py, ttt_speed.py, maml_speed.py, maml_variants.py, cpu_throughput.py, threads_policy.py, distributed_throughput.py, "
-               "precision_check.py, vmap_norm_check.py and siamese_support_score.py")
+               "precision_check.py, vmap_norm_check.py and support_score.py")
 
 
 def _display(p: Path, base: Path) -> str:

@@ -10,7 +10,8 @@ from conformance import check_learner
 from metalearn.builders import build_learner
 from metalearn.config import ConfigError, config_from_dict, load_config
 from metalearn.learners.matchnet import (AttentionLSTM, MatchingNet, SupportContext, check_support_labels,
-                                         cosine_attention, embedding_dim, l2_attention, matching_logits)
+                                         class_mean_logits, cosine_attention, embedding_dim, l2_attention,
+                                         matching_logits, similarities)
 from metalearn.nn import Conv4
 from metalearn.types import Episode
 
@@ -222,6 +223,36 @@ def test_l2_attention_by_hand_and_in_the_learner():
         MatchingNet(Identity(), distance="dot")
 
 
+@pytest.mark.parametrize("distance", ["cosine", "l2"])
+def test_class_mean_support_score_by_hand_one_shot_equal_and_train_mode_attention(distance):
+    g = torch.Generator().manual_seed(4)
+    q, s = torch.randn(2, 4, 5, generator=g, dtype=torch.float64), torch.randn(2, 6, 5, generator=g, dtype=torch.float64)
+    sy = torch.tensor([[0, 0, 1, 1, 2, 2], [2, 1, 0, 2, 1, 0]])
+    sc = similarities(q, s, distance, 3.0)
+    attend = cosine_attention if distance == "cosine" else l2_attention
+    assert torch.allclose(torch.softmax(sc, -1), attend(q, s, scale=3.0), atol=1e-12)
+    got = class_mean_logits(sc, sy, 3)
+    for b in range(2):                                               # written out: mean per class, log-softmax
+        means = torch.stack([sc[b][:, sy[b] == c].mean(-1) for c in range(3)], -1)
+        assert torch.allclose(got[b], torch.log_softmax(means, -1), atol=1e-12)
+    one = torch.tensor([[1, 0, 2], [0, 2, 1]])                       # one shot: the attention's logits exactly
+    assert torch.allclose(class_mean_logits(sc[..., :3], one, 3),
+                          matching_logits(torch.softmax(sc[..., :3], -1), one, 3), atol=1e-12)
+    # in the learner: eval mode scores by class means, train mode (the loss) keeps the attention
+    ep = tiny_episode(batch=2, size=3, shots=3, dtype=torch.float64)
+    att = MatchingNet(Identity(), distance=distance, scale=2.0)
+    cm = MatchingNet(Identity(), distance=distance, scale=2.0, support_score="class_mean")
+    att.eval(), cm.eval()
+    z = torch.cat([ep.support_x, ep.query_x], dim=1).flatten(-3)
+    n_s = ep.support_x.shape[1]
+    expect = class_mean_logits(similarities(z[:, n_s:], z[:, :n_s], distance, 2.0), ep.support_y, ep.ways)
+    assert torch.allclose(cm(ep), expect, atol=1e-10) and not torch.allclose(att(ep), expect, atol=1e-4)
+    att.train(), cm.train()
+    assert torch.allclose(cm.loss(ep)[0], att.loss(ep)[0], atol=1e-12)
+    with pytest.raises(ValueError, match="support_score: expected one of attention, class_mean, got 'max'"):
+        MatchingNet(Identity(), support_score="max")
+
+
 def test_config_section_and_errors():
     base = {"dataset": "omniglot", "learner": "matchnet"}
     cfg = config_from_dict({**base, "matchnet": {"fce": True, "process_steps": 3}})
@@ -239,6 +270,9 @@ def test_config_section_and_errors():
     assert config_from_dict({**base, "matchnet": {"distance": "l2"}}).matchnet.distance == "l2"
     with pytest.raises(ConfigError, match="matchnet.distance: expected cosine or l2, got 'dot'"):
         config_from_dict({**base, "matchnet": {"distance": "dot"}})
+    assert config_from_dict({**base, "matchnet": {"support_score": "class_mean"}}).matchnet.support_score == "class_mean"
+    with pytest.raises(ConfigError, match="matchnet.support_score: expected attention or class_mean, got 'max'"):
+        config_from_dict({**base, "matchnet": {"support_score": "max"}})
     with pytest.raises(ConfigError, match="unknown config key 'matchnet.steps'"):
         config_from_dict({**base, "matchnet": {"steps": 3}})
 

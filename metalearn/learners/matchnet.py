@@ -77,6 +77,41 @@ def l2_attention(query: Tensor, support: Tensor, scale: float = 1.0) -> Tensor:
 DISTANCES = ("cosine", "l2")
 
 
+#: how a K-shot support scores a query at test time (``MatchingNet(support_score=...)``)
+SUPPORT_SCORES = ("attention", "class_mean")
+
+
+def similarities(query: Tensor, support: Tensor, distance: str, scale: float, eps: float = 1e-8) -> Tensor:
+    """The scaled similarities the attention softmaxes: ``scale`` x cosine, or -``scale`` x squared Euclidean
+    distance.  ([B,] Q, D), ([B,] S, D) -> ([B,] Q, S)."""
+    if distance == "l2":
+        from metalearn.learners.protonet import squared_euclidean
+        return -scale * squared_euclidean(query, support)
+    q = query / query.norm(dim=-1, keepdim=True).clamp_min(eps)
+    s = support / support.norm(dim=-1, keepdim=True).clamp_min(eps)
+    return scale * (q @ s.transpose(-1, -2))
+
+
+def class_mean_logits(scores: Tensor, support_y: Tensor, ways: int) -> Tensor:
+    """Log-softmax over classes of each class's mean similarity to the query: ``log softmax_c(mean_{i: y_i=c}
+    s(x̂, x_i))``.  With one support image per class it equals
+    [`matching_logits`][metalearn.learners.matchnet.matching_logits] of the attention over the same scores;
+    with K > 1 it scores a class by its typical support image rather than by its nearest ones (the attention's
+    sum of exponentials).  Not in the paper.
+
+    Args:
+        scores: ([B,] Q, S) similarities (`similarities`).
+        support_y: ([B,] S) support labels in [0, ways), every class present.
+        ways: N.
+
+    Returns:
+        ([B,] Q, ways) logits (log-probabilities).
+    """
+    onehot = F.one_hot(support_y, ways).to(scores.dtype)              # ([B,] S, N)
+    mean = (scores @ onehot) / onehot.sum(dim=-2).unsqueeze(-2)        # ([B,] Q, N)
+    return torch.log_softmax(mean, dim=-1)
+
+
 def check_support_labels(support_y: Tensor, ways: int) -> None:
     """ValueError naming ``support_y`` if a label lies outside [0, ways) or a class has no support example.
 
@@ -184,6 +219,10 @@ class MatchingNet(Learner):
             [`l2_attention`][metalearn.learners.matchnet.l2_attention]; not in the paper).
         check_support: check that every class has a support example and labels lie in [0, ways) (a host sync
             per episode); the CLI turns it off because EpisodeSampler always fills every class.
+        support_score: how a K-shot support scores a query in eval mode (`SUPPORT_SCORES`): ``attention``, the
+            paper's eq. 1, or ``class_mean``
+            ([`class_mean_logits`][metalearn.learners.matchnet.class_mean_logits]; not in the paper).  The
+            same for one shot; training (train mode) always uses the attention.
 
     Examples:
         >>> from metalearn.nn import Conv4
@@ -193,8 +232,11 @@ class MatchingNet(Learner):
 
     def __init__(self, encoder: nn.Module, embed_dim: int | None = None, *, fce: bool = False,
                  process_steps: int = 5, lstm_hidden: int = 0, scale: float = 1.0,
-                 check_support: bool = True, distance: str = "cosine") -> None:
+                 check_support: bool = True, distance: str = "cosine", support_score: str = "attention") -> None:
         super().__init__()
+        if support_score not in SUPPORT_SCORES:
+            raise ValueError(f"support_score: expected one of {', '.join(SUPPORT_SCORES)}, got {support_score!r}")
+        self.support_score = support_score
         self.encoder = encoder
         self.fce = fce
         self.check_support = check_support
@@ -261,8 +303,11 @@ class MatchingNet(Learner):
         n_s = sx.shape[1]
         z = self.encode(torch.cat([sx, qx], dim=1))                   # (B, NK+NQ, D)
         support, query = self.embed(z[:, :n_s], z[:, n_s:])
-        attend = cosine_attention if self.distance == "cosine" else l2_attention
-        logits = matching_logits(attend(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
+        if self.training or self.support_score == "attention":
+            attend = cosine_attention if self.distance == "cosine" else l2_attention
+            logits = matching_logits(attend(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
+        else:
+            logits = class_mean_logits(similarities(query, support, self.distance, self.scale), sy, episode.ways)
         return logits if batched else logits[0]
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
