@@ -21,7 +21,13 @@ QUIET_SPINCOUNT = 30000
 
 def runnable_others(samples: int = 5, gap_s: float = 0.002, path: str = "/proc/loadavg") -> int | None:
     """How many other tasks were runnable in every one of ``samples`` reads of ``/proc/loadavg`` (its 4th field,
-    ``running/total``, counts the reader too); None where the file does not exist (not Linux)."""
+    ``running/total``, counts the reader too); None where the file does not exist (not Linux).
+
+    Args:
+        samples: Reads of the file; a task counts only if it was runnable in all of them.
+        gap_s: Seconds between reads.
+        path: The file to read.
+    """
     fewest = None
     for i in range(samples):
         try:
@@ -45,7 +51,7 @@ def omp_env_defaults(environ: dict | None = None, others: int | None = -1) -> di
 
     Args:
         environ: The environment to update (default ``os.environ``).
-        others: Other runnable tasks (-1: count them, [`runnable_others`][metalearn._omp.runnable_others]).
+        others: Other runnable tasks (-1: count them with ``runnable_others``).
     """
     env = os.environ if environ is None else environ
     if env.get("METALEARN_OMP", "").lower() in ("default", "0", "off"):

@@ -21,7 +21,7 @@ describes the policy and its switches):
 * **threads** -- on a quiet machine idle OpenMP threads spin briefly (``GOMP_SPINCOUNT=30000``), next to a
   busy process they sleep at once (``OMP_WAIT_POLICY=PASSIVE``: plain 2 threads were 4-5x slower than 1 thread
   next to another busy process); chosen when ``metalearn`` is imported before torch (see
-  [`omp_env_defaults`][metalearn.engine.omp_env_defaults]).
+  ``metalearn._omp.omp_env_defaults``).
 
 The allocator is process-wide state, so it is a function a program calls once, not a side effect of import.
 """

@@ -83,7 +83,18 @@ SUPPORT_SCORES = ("attention", "class_mean")
 
 def similarities(query: Tensor, support: Tensor, distance: str, scale: float, eps: float = 1e-8) -> Tensor:
     """The scaled similarities the attention softmaxes: ``scale`` x cosine, or -``scale`` x squared Euclidean
-    distance.  ([B,] Q, D), ([B,] S, D) -> ([B,] Q, S)."""
+    distance.
+
+    Args:
+        query: ([B,] Q, D) query embeddings.
+        support: ([B,] S, D) support embeddings.
+        distance: ``cosine`` or ``l2``.
+        scale: The multiplier (an inverse temperature).
+        eps: Floor of the norms (``cosine`` only).
+
+    Returns:
+        ([B,] Q, S) similarities.
+    """
     if distance == "l2":
         from metalearn.learners.protonet import squared_euclidean
         return -scale * squared_euclidean(query, support)
