@@ -93,6 +93,20 @@ def test_omp_default_respects_the_user_and_the_machine(tmp_path):
     assert out in (["PASSIVE", "None"], ["None", "30000"])
 
 
+def test_threads_policy_benchmark_environments():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("threads_policy", ROOT / "benchmarks" / "threads_policy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    base = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "7", "X": "1"}
+    assert mod.policy_env("ACTIVE", base) == {"OMP_WAIT_POLICY": "ACTIVE", "X": "1"}
+    assert mod.policy_env("SPIN=30000", base) == {"GOMP_SPINCOUNT": "30000", "METALEARN_OMP": "default", "X": "1"}
+    for bad in ("SPIN=lots", "SLEEPY"):
+        with pytest.raises(ValueError, match="--policies"):
+            mod.policy_env(bad, {})
+    assert mod.main(["--policies", "SLEEPY"]) == 2
+
+
 def test_channels_last_restrides_every_conv_including_one_channel():
     net = Conv4(1, hidden=8)
     first = net.encoder[0][0].weight

@@ -45,9 +45,7 @@ def cosine_attention(query: Tensor, support: Tensor, eps: float = 1e-8, scale: f
         >>> a  # softmax([1, 0])
         tensor([[0.7311, 0.2689]])
     """
-    q = query / query.norm(dim=-1, keepdim=True).clamp_min(eps)
-    s = support / support.norm(dim=-1, keepdim=True).clamp_min(eps)
-    return torch.softmax(scale * (q @ s.transpose(-1, -2)), dim=-1)
+    return torch.softmax(similarities(query, support, "cosine", scale, eps), dim=-1)
 
 
 def l2_attention(query: Tensor, support: Tensor, scale: float = 1.0) -> Tensor:
@@ -69,8 +67,7 @@ def l2_attention(query: Tensor, support: Tensor, scale: float = 1.0) -> Tensor:
         >>> l2_attention(torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]]))  # softmax([-1, -4])
         tensor([[0.9526, 0.0474]])
     """
-    from metalearn.learners.protonet import squared_euclidean
-    return torch.softmax(-scale * squared_euclidean(query, support), dim=-1)
+    return torch.softmax(similarities(query, support, "l2", scale), dim=-1)
 
 
 #: the attention kernels of ``MatchingNet(distance=...)``
