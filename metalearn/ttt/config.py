@@ -218,6 +218,8 @@ def validate(cfg: TTTTaskConfig) -> None:
             raise ConfigError(f"{key}: expected > 0, got {v}")
     if t.weight_decay < 0:
         raise ConfigError(f"train.weight_decay: expected >= 0, got {t.weight_decay}")
+    if t.precision not in ("auto", "bf16", "fp32"):
+        raise ConfigError(f"train.precision: expected auto, bf16 or fp32, got {t.precision!r}")
     if not 0 <= t.momentum < 1:
         raise ConfigError(f"train.momentum: expected a value in [0, 1), got {t.momentum}")
     if t.max_steps < 0 or e.ttt_images < 0:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from metalearn.engine import autocast, resolve_precision
 from metalearn.nn.resnet_cifar import ResNetCIFAR
 from metalearn.train.checkpoint import FORMAT, atomic_save, load_checkpoint
 from metalearn.train.logging import truncate_metrics
@@ -54,6 +55,10 @@ class JointTrainConfig:
         checkpoint_every: Write ``last.pt`` every this many optimiser steps.
         log_every: Append to ``metrics.jsonl`` every this many optimiser steps.
         seed: Seed of the initialisation, the shuffles and the augmentations.
+        precision: ``auto`` (bf16 where the device runs it natively, else fp32), ``bf16`` or ``fp32``: the
+            ResNet's convolutions and linear layers under bf16 autocast; weights, gradients, SGD state, the
+            GroupNorm/BatchNorm statistics and every loss stay fp32 (`joint_loss`). Measured to keep accuracy
+            (``benchmarks/ttt_precision.py``); test-time adaptation runs in fp32 whatever this says.
     """
     epochs: int = 150
     batch_size: int = 128
@@ -66,10 +71,11 @@ class JointTrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     seed: int = 0
+    precision: str = "auto"          # auto (bf16 where native) | bf16 | fp32
 
 
 def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTask | None = None,
-               generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+               generator: torch.Generator | None = None, precision: str = "fp32") -> tuple[Tensor, dict]:
     """Joint loss ``CE(main) + weight * SSL``, SSL the self-supervised loss of ``task``.
 
     Rotation: CE over all 4 rotations; just ``CE(main)`` without a branch.
@@ -80,6 +86,8 @@ def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTas
         y: (B,) labels.
         task: The self-supervised task (default: the task of the model's branch).
         generator: The task's random draws (contrastive views, masks).
+        precision: ``fp32`` or ``bf16``: the network's forward under bf16 autocast, its outputs cast back to
+            fp32 before the losses (``resolve`` ``auto`` first, with `metalearn.engine.resolve_precision`).
 
     Returns:
         (loss, metrics tensors: loss, main, ssl, acc; rotation and rot_acc for a rotation model or none).
@@ -87,16 +95,20 @@ def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTas
     if model.has_ssl_head:
         task = task_for(model, task)
         jb = task.joint_batch(x, generator if generator is not None else torch.Generator().manual_seed(0))
-        z = model.features(jb.inputs)                     # rotation: (4B, ...), the first B unrotated
-        logits = model.head(z[jb.main])
-        out = model.ssl_module(z[jb.ssl])
+        with autocast(x.device, precision):
+            z = model.features(jb.inputs)                 # rotation: (4B, ...), the first B unrotated
+            logits = model.head(z[jb.main])
+            out = model.ssl_module(z[jb.ssl])
+        logits, out = logits.float(), out.float()         # the losses in fp32 (no-ops in fp32)
         main, ssl = F.cross_entropy(logits, y), task.loss(out, jb.targets)
         loss = main + ssl if task.weight == 1 else main + task.weight * ssl
         extra = {}
         if task.name == "rotation":
             extra = {"rotation": ssl.detach(), "rot_acc": (out.argmax(-1) == jb.targets[0]).float().mean()}
     else:
-        logits = model(x)
+        with autocast(x.device, precision):
+            logits = model(x)
+        logits = logits.float()
         main = F.cross_entropy(logits, y)
         ssl = torch.zeros((), device=x.device)
         extra = {"rotation": ssl, "rot_acc": ssl}
@@ -201,6 +213,7 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
     default_task = task is None or task == RotationTask()     # rotation draws nothing: the plain call
     if cfg.batch_size < 1 or cfg.epochs < 1 or cfg.max_steps < 0:
         raise ValueError(f"cfg: batch_size and epochs must be >= 1 and max_steps >= 0, got {cfg}")
+    precision = resolve_precision(cfg.precision, images.device)
     spe = math.ceil(images.shape[0] / cfg.batch_size)
     total = spe * cfg.epochs if not cfg.max_steps else min(cfg.max_steps, spe * cfg.epochs)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -234,7 +247,8 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
         if last_batch < D.world_size():
             raise ValueError(f"batch_size={cfg.batch_size}: the last batch of an epoch has {last_batch} images, "
                              f"fewer than the {D.world_size()} processes that share it")
-        net = D.ddp(model, lambda m, x, y, g: joint_loss(m, x, y) if g is None else joint_loss(m, x, y, task, g))
+        net = D.ddp(model, lambda m, x, y, g: joint_loss(m, x, y, precision=precision) if g is None
+                    else joint_loss(m, x, y, task, g, precision))
 
     def save(at: int) -> None:
         if out is not None and main:
@@ -281,9 +295,9 @@ def train_joint(model: ResNetCIFAR, images: Tensor, labels: Tensor, cfg: JointTr
         else:
             x, y = batch_at(images, labels, cfg, step, dtype)
             if default_task:
-                loss, metrics = joint_loss(model, x, y)
+                loss, metrics = joint_loss(model, x, y, precision=precision)
             else:
-                loss, metrics = joint_loss(model, x, y, task, ssl_generator(cfg.seed, step))
+                loss, metrics = joint_loss(model, x, y, task, ssl_generator(cfg.seed, step), precision)
             opt.zero_grad(set_to_none=True)
             loss.backward()
         opt.step()
