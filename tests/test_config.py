@@ -114,6 +114,6 @@ def test_ttt_config_numbers_and_ranges():
     assert (cfg.train.lr, cfg.ttt.lr, cfg.train.weight_decay) == (1e-2, 3e-4, 5e-4)
     for override, key in (("train.lr=.nan", "train.lr"), ("train.weight_decay=-1", "train.weight_decay"),
                           ("train.momentum=1.5", "train.momentum"), ("tent.lr=.inf", "tent.lr"),
-                          ("train.gamma=0", "train.gamma")):
+                          ("train.gamma=0", "train.gamma"), ("train.precision=fp16", "train.precision")):
         with pytest.raises(ConfigError, match=rf"{key}: expected"):
             load_ttt_config("tasks/ttt_cifar10_gn.yaml", [override])

@@ -428,8 +428,8 @@ def test_ttt_training_loss_nan_stops_before_the_checkpoint(tmp_path, monkeypatch
     from metalearn.ttt import train as ttt_train
     real, calls = ttt_train.joint_loss, []
 
-    def nan_from_step_2(model, x, y):
-        loss, metrics = real(model, x, y)
+    def nan_from_step_2(model, x, y, precision="fp32"):
+        loss, metrics = real(model, x, y, precision=precision)
         calls.append(1)
         if len(calls) >= 2:
             loss = loss * float("nan")

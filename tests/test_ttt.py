@@ -193,6 +193,38 @@ def test_joint_training_decreases_loss_on_a_fixed_batch():
     torch.testing.assert_close(loss, F.cross_entropy(only(x), y))
 
 
+def test_bf16_joint_loss_runs_the_network_in_bf16_and_keeps_losses_and_gradients_fp32():
+    torch.manual_seed(0)
+    model = ResNetCIFAR(8, classes=5, norm="gn")              # float32: autocast leaves float64 alone
+    x, y = images(8).float() / 255, torch.arange(8) % 5
+    params = list(model.parameters())
+    l32, m32 = joint_loss(model, x, y, precision="fp32")
+    g32 = torch.cat([g.flatten() for g in torch.autograd.grad(l32, params)])
+    lb, mb = joint_loss(model, x, y, precision="bf16")
+    gb = torch.autograd.grad(lb, params)
+    assert lb.dtype == torch.float32 and all(g.dtype == torch.float32 for g in gb)
+    assert all(v.dtype == torch.float32 for v in mb.values())
+    assert not torch.equal(lb, l32)                           # the bf16 path did run
+    assert abs(float(lb.detach() - l32.detach())) < 0.02 * float(l32.detach())   # bf16: 8 significant bits
+    gb = torch.cat([g.flatten() for g in gb])
+    assert float(F.cosine_similarity(gb, g32, dim=0)) > 0.99
+    only = ResNetCIFAR(8, classes=5, norm="gn", rotation_head=False)
+    lo, _ = joint_loss(only, x, y, precision="bf16")
+    assert lo.dtype == torch.float32
+    assert abs(float((lo - F.cross_entropy(only(x), y)).detach())) < 0.02 * float(lo.detach())
+
+
+def test_bf16_joint_training_keeps_fp32_weights_and_optimizer_state():
+    torch.manual_seed(0)
+    model = ResNetCIFAR(8, classes=5, norm="gn")
+    x, y = images(16, seed=5), torch.arange(16) % 5
+    st = train_joint(model, x, y, JointTrainConfig(epochs=1, batch_size=8, log_every=1, precision="bf16"))
+    assert st.step == 2 and torch.isfinite(torch.tensor(st.last["loss"]))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    with pytest.raises(ValueError, match="precision: expected one of"):
+        train_joint(model, x, y, JointTrainConfig(max_steps=1, precision="fp16"))
+
+
 def test_resume_gives_the_weights_of_an_uninterrupted_run(tmp_path):
     x, y = images(20, seed=5), torch.arange(20) % 5
     cfg = JointTrainConfig(epochs=2, batch_size=8, max_steps=5, checkpoint_every=2, log_every=1, seed=7,

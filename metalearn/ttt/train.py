@@ -99,7 +99,8 @@ def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTas
             z = model.features(jb.inputs)                 # rotation: (4B, ...), the first B unrotated
             logits = model.head(z[jb.main])
             out = model.ssl_module(z[jb.ssl])
-        logits, out = logits.float(), out.float()         # the losses in fp32 (no-ops in fp32)
+        if precision == "bf16":                           # the losses in the input's precision
+            logits, out = logits.to(x.dtype), out.to(x.dtype)
         main, ssl = F.cross_entropy(logits, y), task.loss(out, jb.targets)
         loss = main + ssl if task.weight == 1 else main + task.weight * ssl
         extra = {}
@@ -108,7 +109,8 @@ def joint_loss(model: ResNetCIFAR, x: Tensor, y: Tensor, task: SelfSupervisedTas
     else:
         with autocast(x.device, precision):
             logits = model(x)
-        logits = logits.float()
+        if precision == "bf16":
+            logits = logits.to(x.dtype)
         main = F.cross_entropy(logits, y)
         ssl = torch.zeros((), device=x.device)
         extra = {"rotation": ssl, "rot_acc": ssl}
