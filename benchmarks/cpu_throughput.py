@@ -230,8 +230,7 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
         model = ResNetCIFAR(26, norm="gn").to(dev)
         opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
         x, y = torch.rand(32, 3, 32, 32, device=dev), torch.randint(0, 10, (32,), device=dev)
-        # as `metalearn ttt train` runs it: train.precision auto, NCHW (channels-last with GroupNorm was slower:
-        # 832 against 513 ms per bf16 step at 1 thread)
+        # as `metalearn ttt train` runs it: train.precision auto, NCHW
         precision = "fp32" if policy == "off" else resolve_precision("auto", dev)
 
         def step():

@@ -27,6 +27,27 @@ def overrides(precision: str, steps: int, threads: int) -> list[str]:
             f"train.checkpoint_every={max(1, steps // 4)}"]
 
 
+def compare(row: dict) -> dict:
+    """Add to ``row`` (with ``fp32`` and ``bf16`` results holding ``accuracy``, ``ci95``, ``train_wall_s``) whether
+    each accuracy lies inside the other's CI, whether the CIs overlap, and bf16's training speed-up."""
+    a, b = row["fp32"], row["bf16"]
+    gap = abs(b["accuracy"] - a["accuracy"])
+    row.update(bf16_inside_fp32_ci=gap <= a["ci95"], fp32_inside_bf16_ci=gap <= b["ci95"],
+               cis_overlap=gap <= a["ci95"] + b["ci95"], train_speedup=a["train_wall_s"] / b["train_wall_s"])
+    return row
+
+
+def write_result(res: dict, out: str | os.PathLike, stem: str) -> Path:
+    """Write ``res`` atomically to ``out/<stem>-<commit>.json`` (the commit from ``res["git"]``) and print it."""
+    from metalearn.data.cache import atomic_write
+    path = Path(out) / f"{stem}-{(res['git'].get('commit') or 'nocommit')[:8]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, mode="w") as f:
+        f.write(json.dumps(res, indent=1))
+    print(f"-> {path}")
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("tasks", nargs="+")
@@ -55,22 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                          "best_step": outcome.state.best_step, "overrides": sets}
             print(f"{cfg.name} {prec}: {ev['accuracy']:.2f} ± {ev['ci95']:.2f} (train {outcome.wall_s:.0f} s)",
                   flush=True)
-        a, b = row["fp32"], row["bf16"]
-        row["bf16_inside_fp32_ci"] = abs(b["accuracy"] - a["accuracy"]) <= a["ci95"]
-        row["fp32_inside_bf16_ci"] = abs(b["accuracy"] - a["accuracy"]) <= b["ci95"]
-        row["cis_overlap"] = abs(b["accuracy"] - a["accuracy"]) <= a["ci95"] + b["ci95"]
-        row["train_speedup"] = a["train_wall_s"] / b["train_wall_s"]
-        rows.append(row)
+        rows.append(compare(row))
     res = {"kind": "metalearn-precision-check", "schema": 1, "steps": args.steps, "rows": rows,
            "command": shlex.join(["python", "benchmarks/precision_check.py", *(argv or sys.argv[1:])]),
            "git": git, "machine": machine_info("cpu"), "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"precision_check-{(git.get('commit') or 'nocommit')[:8]}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, path)
-    print(f"-> {path}")
+    write_result(res, args.out, "precision_check")
     return 0
 
 

@@ -12,9 +12,7 @@ both runs is kept every ``log_every`` steps. One JSON in ``--out`` (the report's
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import shlex
 import sys
 import time
@@ -22,6 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def score(model, x, y, batch: int = 500) -> dict:
@@ -57,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from precision_check import compare, write_result
+
     from metalearn.bench import git_state, machine_info
     from metalearn.data.cifar10 import load_cifar10
     from metalearn.engine import resolve_precision, tune_allocator
@@ -90,11 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                      "loss_curve": [[m["step"], m["loss"]] for m in curve]}
         print(f"{prec}: {s['accuracy']:.2f} ± {s['ci95']:.2f} (rotation {s['rotation_accuracy']}), "
               f"train {wall:.0f} s", flush=True)
-    a, b = row["fp32"], row["bf16"]
-    row["bf16_inside_fp32_ci"] = abs(b["accuracy"] - a["accuracy"]) <= a["ci95"]
-    row["fp32_inside_bf16_ci"] = abs(b["accuracy"] - a["accuracy"]) <= b["ci95"]
-    row["cis_overlap"] = abs(b["accuracy"] - a["accuracy"]) <= a["ci95"] + b["ci95"]
-    row["train_speedup"] = a["train_wall_s"] / b["train_wall_s"]
+    compare(row)
     row["prediction_agreement"] = 100 * float((preds["fp32"] == preds["bf16"]).float().mean())
     res = {"kind": "metalearn-precision-check", "schema": 1, "steps": args.steps, "rows": [row],
            "note": f"TTT joint training (batch {cfg.train.batch_size}, each image at 4 rotations); n = CIFAR-10 "
@@ -103,13 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                                                                              else sys.argv[1:])]),
            "git": git, "machine": machine_info("cpu"),
            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"ttt_precision-{(git.get('commit') or 'nocommit')[:8]}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1))
-    os.replace(tmp, path)
-    print(f"-> {path}")
+    write_result(res, args.out, "ttt_precision")
     return 0
 
 

@@ -124,3 +124,26 @@ def test_short_validated_runs_of_the_scripts_load_on_the_trainval_task_files():
     suite = (root / "benchmarks" / "gpu_suite.sh").read_text()
     line = next(ln for ln in suite.splitlines() if "train.val_every=1000" in ln)
     assert "train.split=train" in line
+
+
+def test_precision_check_compares_the_cis_and_writes_the_result_atomically(tmp_path):
+    import importlib.util
+    import json
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("precision_check", root / "benchmarks" / "precision_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    row = mod.compare({"fp32": {"accuracy": 38.44, "ci95": 0.95, "train_wall_s": 974.0},
+                       "bf16": {"accuracy": 39.89, "ci95": 0.96, "train_wall_s": 487.0}})
+    assert (row["bf16_inside_fp32_ci"], row["fp32_inside_bf16_ci"], row["cis_overlap"]) == (False, False, True)
+    assert row["train_speedup"] == 2.0
+    row = mod.compare({"fp32": {"accuracy": 97.12, "ci95": 0.24, "train_wall_s": 3.0},
+                       "bf16": {"accuracy": 97.07, "ci95": 0.25, "train_wall_s": 2.0}})
+    assert (row["bf16_inside_fp32_ci"], row["fp32_inside_bf16_ci"], row["cis_overlap"]) == (True, True, True)
+    row = mod.compare({"fp32": {"accuracy": 90.0, "ci95": 0.5, "train_wall_s": 1.0},
+                       "bf16": {"accuracy": 88.0, "ci95": 0.5, "train_wall_s": 1.0}})
+    assert row["cis_overlap"] is False
+    res = {"rows": [row], "git": {"commit": "0123456789abcdef"}}
+    path = mod.write_result(res, tmp_path / "speed", "ttt_precision")
+    assert path == tmp_path / "speed" / "ttt_precision-01234567.json"
+    assert json.loads(path.read_text()) == res and sorted(p.name for p in path.parent.iterdir()) == [path.name]

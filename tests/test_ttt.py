@@ -214,13 +214,18 @@ def test_bf16_joint_loss_runs_the_network_in_bf16_and_keeps_losses_and_gradients
     assert abs(float((lo - F.cross_entropy(only(x), y)).detach())) < 0.02 * float(lo.detach())
 
 
-def test_bf16_joint_training_keeps_fp32_weights_and_optimizer_state():
+def test_bf16_joint_training_keeps_fp32_weights_and_optimizer_state(tmp_path):
     torch.manual_seed(0)
     model = ResNetCIFAR(8, classes=5, norm="gn")
     x, y = images(16, seed=5), torch.arange(16) % 5
-    st = train_joint(model, x, y, JointTrainConfig(epochs=1, batch_size=8, log_every=1, precision="bf16"))
+    st = train_joint(model, x, y, JointTrainConfig(epochs=1, batch_size=8, log_every=1, precision="bf16"),
+                     tmp_path / "run")
     assert st.step == 2 and torch.isfinite(torch.tensor(st.last["loss"]))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    ck = torch.load(tmp_path / "run" / "last.pt", weights_only=False)
+    momenta = [s["momentum_buffer"] for s in ck["optimizer"]["state"].values()]
+    assert len(momenta) == len(list(model.parameters()))
+    assert all(m.dtype == torch.float32 and bool(m.abs().sum() > 0) for m in momenta)
     with pytest.raises(ValueError, match="precision: expected one of"):
         train_joint(model, x, y, JointTrainConfig(max_steps=1, precision="fp16"))
 
