@@ -9,7 +9,9 @@ A/B/A/B so that a noisy machine hits both sides alike:
   ProtoNet evaluation of 5-way 1-shot 15-query episodes (10 per forward); Matching Networks training steps
   (Omniglot 20-way 1-shot, miniImageNet 5-way 5-shot 84 px); Siamese training step (30 classes × 5 images);
   second-order MAML 5-way 1-shot 15-query, 8 tasks (loop and vmap, with the meta-gradient's error against a
-  float64 reference); TTT's ResNet-26 (GroupNorm) joint training step, batch 32 × 4 rotations; one 20-step
+  float64 reference; and ``maml2_procs``: the meta-batch split over N processes of one thread each, vmap in each,
+  the meta-gradient all-reduced over gloo, as ``torchrun --nproc_per_node N -m metalearn train`` runs it, measured
+  at N = each ``--threads`` value >= 2 against the loop with the levers off at one thread); TTT's ResNet-26 (GroupNorm) joint training step, batch 32 × 4 rotations; one 20-step
   unroll of the LSTM optimizer on the MNIST MLP (M = 4 optimisees).
 
 Policies: ``off`` -- glibc's default allocator, OpenMP's default wait policy, fp32, NCHW conv weights, the
@@ -37,8 +39,11 @@ import time
 from pathlib import Path
 
 WORKLOADS = ["ceiling_mm", "ceiling_conv", "protonet_train", "protonet_eval", "matchnet_train_omniglot",
-             "matchnet_train_mini", "siamese_train", "maml2_loop", "maml2_vmap", "ttt_joint", "lstm_mnist"]
+             "matchnet_train_mini", "siamese_train", "maml2_loop", "maml2_vmap", "maml2_procs", "ttt_joint", "lstm_mnist"]
 POLICIES = ["off", "default"]
+# N processes of one thread each on one meta-batch (``torchrun --nproc_per_node N -m metalearn train``): measured
+# at N = --threads >= 2, default policy only; its "levers off" column is the loop's (maml2_loop, 1 thread, off)
+PROCS = {"maml2_procs"}
 
 
 # ------------------------------------------------------------------------------------------- the worker
@@ -53,8 +58,13 @@ def _worker(spec: dict) -> dict:
     import metalearn  # noqa: F401  (sets the OpenMP default before torch loads, unless turned off above)
     import torch
 
+    from metalearn import distributed as D
     from metalearn.engine import tune_allocator
     tuned = tune_allocator()
+    if workload in PROCS:
+        D.init_from_env()
+        extra_procs = {"processes": D.world_size(), "threads_per_process": 1}
+        threads = 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     fn, flops, extra = _build(workload, policy, quick, device)
@@ -77,6 +87,10 @@ def _worker(spec: dict) -> dict:
     med = statistics.median(times)
     if device.startswith("cuda"):
         extra["max_memory_allocated"] = int(torch.cuda.max_memory_allocated())
+    if workload in PROCS:
+        extra.update(extra_procs)
+        threads = spec["threads"]
+        D.shutdown()
     return {"workload": workload, "policy": policy, "threads": threads, "device": device, "ms": med * 1000,
             "samples_ms": [t * 1000 for t in times], "gflop": flops / 1e9 if flops else None,
             "gflops": (flops / med / 1e9) if flops else None, "allocator_tuned": tuned,
@@ -197,10 +211,11 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
         learner = _prepare(Siamese(Conv4(1), 64, fill=1.0, check_support=False), policy, device)
         step = _train_step(learner, EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 30, 1, 4, seed=0))
         return step, _count_flops(step), extra
-    if workload in ("maml2_loop", "maml2_vmap"):
+    if workload in ("maml2_loop", "maml2_vmap", "maml2_procs"):
+        from metalearn import distributed as D
         from metalearn.learners.maml import MAML
         from metalearn.nn import MamlConv4
-        vm = workload == "maml2_vmap"
+        vm = workload != "maml2_loop"
 
         def make(dtype):
             torch.manual_seed(0)
@@ -211,18 +226,33 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
         ep = EpisodeSampler(_images(400, 20, 1, 28), 5, 1, 15, batch_size=8, seed=5).sample()
         tasks = 32 if dev.type == "cuda" else 8
         sampler = EpisodeSampler(_images(400, 20, 1, 28, (0, 90, 180, 270)), 5, 1, 15, batch_size=tasks, seed=0)
-        step = _train_step(learner, sampler)
         extra["tasks"] = tasks
         ref = make(torch.float64)
         ref.vmap = False
         ep64 = type(ep)(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
         ref.loss(ep64)[0].backward()
         learner.zero_grad()
-        learner.loss(ep)[0].backward()
+        if workload in PROCS:   # this process's share of the tasks; the meta-gradient all-reduced over the processes
+            mstep = D.MetaBatchStep(learner, tasks)
+            opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
+            learner.train()
+
+            def step():
+                shard = sampler.sample(tasks=(mstep.lo, mstep.hi))
+                opt.zero_grad(set_to_none=True)
+                mstep.backward(shard)
+                opt.step()
+            fixed = EpisodeSampler(_images(400, 20, 1, 28), 5, 1, 15, batch_size=8, seed=5).sample(
+                tasks=(mstep.lo, mstep.hi))
+            mstep.backward(fixed)
+        else:
+            step = _train_step(learner, sampler)
+            learner.loss(ep)[0].backward()
         g = torch.cat([p.grad.flatten().double() for p in learner.parameters()])
         r = torch.cat([p.grad.flatten() for p in ref.parameters()])
         extra["meta_grad_rel_err_vs_fp64"] = float((g - r).abs().max() / r.abs().max())
-        return step, _count_flops(step), extra
+        # FLOPs of the whole meta-batch: every process runs an equal share
+        return step, _count_flops(step) * D.world_size(), extra
     if workload == "ttt_joint":
         from metalearn.engine import resolve_precision
         from metalearn.nn.resnet_cifar import ResNetCIFAR
@@ -262,10 +292,41 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
 
 # ------------------------------------------------------------------------------------------- the driver
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_procs(spec: dict, timeout: float, env: dict) -> dict:
+    """``spec["threads"]`` worker processes in one gloo group (the variables torchrun sets); rank 0's record."""
+    n = spec["threads"]
+    env = dict(env, WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n), MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env=dict(env, RANK=str(r), LOCAL_RANK=str(r))) for r in range(n)]
+    outs = []
+    try:
+        for pr in procs:
+            outs.append(pr.communicate(timeout=timeout))
+    except subprocess.TimeoutExpired:
+        for pr in procs:
+            pr.kill()
+        return {**spec, "error": f"timed out after {timeout:.0f} s"}
+    for pr, (_, err) in zip(procs, outs):
+        if pr.returncode != 0:
+            return {**spec, "error": (err.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(outs[0][0].strip().splitlines()[-1])
+
+
 def _run_worker(spec: dict, timeout: float) -> dict:
     env = dict(os.environ)
     env.pop("OMP_WAIT_POLICY", None)       # each policy decides
     env.pop("GOMP_SPINCOUNT", None)
+    if spec["workload"] in PROCS:
+        return _run_procs(spec, timeout, env)
     cmd = [sys.executable, __file__, "--worker", json.dumps(spec)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -305,6 +366,11 @@ def summarize(records: list[dict]) -> list[dict]:
             errs = [x["error"] for x in pols.get(p, []) if "error" in x]
             if errs:
                 row[f"{p}_error"] = errs[0]
+        if w in PROCS:   # against the loop with the levers off at one thread, as the goal is stated
+            loop = [x for x in by.get(("maml2_loop", 1), {}).get("off", []) if "error" not in x]
+            if loop:
+                row["off_ms"] = statistics.median(x["ms"] for x in loop)
+                row["off_reference"] = "maml2_loop, 1 thread, levers off"
         if row.get("off_ms") and row.get("default_ms"):
             row["speedup"] = row["off_ms"] / row["default_ms"]
         if t in ceil and row.get("default_gflops") and not w.startswith("ceiling"):
@@ -346,8 +412,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     for w in args.workloads:
         for t in args.threads:
+            if w in PROCS and (t < 2 or args.device != "cpu"):   # N >= 2 processes on the CPU
+                continue
             for _ in range(args.repeats):
-                for pol in POLICIES:
+                for pol in (["default"] if w in PROCS else POLICIES):
                     rec = _run_worker({"workload": w, "policy": pol, "threads": t, "quick": args.quick,
                                        "reps": args.reps, "device": args.device}, args.timeout)
                     records.append(rec)

@@ -306,6 +306,39 @@ def test_maml_variants_benchmark_smoke(tmp_path):
     assert res["command"].startswith("python benchmarks/maml_variants.py") and res["profiles"] == {}
 
 
+def _cpu_throughput():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cpu_throughput", ROOT / "benchmarks" / "cpu_throughput.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cpu_throughput_maml_over_two_processes_keeps_the_meta_gradient():
+    """maml2_procs: two gloo processes of one thread, each its half of the meta-batch; rank 0's record holds the
+    all-reduced meta-gradient's error against the float64 loop over all 8 tasks."""
+    mod = _cpu_throughput()
+    rec = mod._run_worker({"workload": "maml2_procs", "policy": "default", "threads": 2, "quick": True, "reps": 1,
+                           "device": "cpu"}, 300)
+    assert "error" not in rec, rec
+    assert rec["processes"] == 2 and rec["threads"] == 2 and rec["threads_per_process"] == 1
+    assert rec["meta_grad_rel_err_vs_fp64"] < 1e-4
+    assert len(rec["samples_ms"]) == 3 and rec["ms"] > 0
+
+
+def test_cpu_throughput_processes_row_is_against_the_one_thread_loop_with_levers_off():
+    mod = _cpu_throughput()
+    recs = [{"workload": "maml2_loop", "policy": "off", "threads": 1, "ms": 400.0, "gflops": 10.0},
+            {"workload": "maml2_loop", "policy": "off", "threads": 2, "ms": 300.0, "gflops": 12.0},
+            {"workload": "maml2_procs", "policy": "default", "threads": 2, "ms": 160.0, "gflops": 50.0,
+             "meta_grad_rel_err_vs_fp64": 1e-6},
+            {"workload": "maml2_procs", "policy": "default", "threads": 2, "ms": 240.0, "gflops": 40.0,
+             "meta_grad_rel_err_vs_fp64": 1e-6}]
+    row = [r for r in mod.summarize(recs) if r["workload"] == "maml2_procs"][0]
+    assert row["off_ms"] == 400.0 and row["default_ms"] == 200.0 and row["speedup"] == 2.0
+    assert row["off_reference"] == "maml2_loop, 1 thread, levers off"
+
+
 def test_builder_layout_policy_channels_last_for_metric_learners_nchw_for_maml():
     from metalearn.builders import build_learner
 
