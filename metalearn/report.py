@@ -857,6 +857,8 @@ def _distill_entries(d: dict, path: Path, file: str, ctx: _Context) -> list[Entr
         label += f", real batch {cfg['batch_size']}"
     if cfg.get("seed"):   # another fixed initialisation (the seed draws it) or stream of real batches
         label += f", seed {cfg['seed']}"
+    if isinstance(recipe, int) and isinstance(cfg.get("outer_steps"), int) and cfg["outer_steps"] != recipe:
+        label += f", {cfg['outer_steps']} outer steps"   # a shorter (or longer) budget than the task file's
     base = d.get("baselines") if isinstance(d.get("baselines"), dict) else {}
 
     def acc(x):

@@ -566,7 +566,8 @@ def test_demo_and_dataset_distillation_tables(tmp_path, docs):
     # a second run of the same task file under another name (--name): its recipe is the task file it ran
     (res / "distill" / "mnist_fixed_10_b1024.json").write_text(json.dumps({
         "kind": "distill", "name": "mnist_fixed_10_b1024", "setting": "fixed", "images": 10, "inner_steps": 3,
-        "config": {"dataset": "mnist", "init": "fixed", "batch_size": 1024, "seed": 2}, "outer_steps_done": 3000,
+        "config": {"dataset": "mnist", "init": "fixed", "batch_size": 1024, "seed": 2, "outer_steps": 3000},
+        "outer_steps_done": 3000,
         "distill_wall_s": 600.0, "test": {"untrained": {"mean": 11.2, "n": 1}, "distilled": {"mean": 90.0, "n": 1}},
         "command": "python benchmarks/distill.py tasks/distill/mnist_fixed_10.yaml --out runs/distill/y "
                    "--name mnist_fixed_10_b1024 --set batch_size=1024",
@@ -580,10 +581,11 @@ def test_demo_and_dataset_distillation_tables(tmp_path, docs):
     d = block(text, report.DISTILL)
     assert table(d, "| setting | ours") == [
         "| mnist, fixed init, 10 images, real batch 512 | 88.4 | 1 | 93.8 | -5.4 | 11.2 / 12.9 |",
-        "| mnist, fixed init, 10 images, real batch 1024, seed 2 | 90.0 | 1 | 93.8 | -3.8 | 11.2 / 12.9 |"]
+        "| mnist, fixed init, 10 images, real batch 1024, seed 2, 3000 outer steps | 90.0 | 1 | 93.8 | -3.8 | 11.2 / 12.9 |"]
     assert table(d, "| setting | outer steps") == [
         "| mnist, fixed init, 10 images, real batch 512 | 6000 / 6000 (100%) | 9 min | AMD EPYC, 2 threads |",
-        "| mnist, fixed init, 10 images, real batch 1024, seed 2 | 3000 / 6000 (50%) | 10 min | AMD EPYC, 2 threads |"]
+        "| mnist, fixed init, 10 images, real batch 1024, seed 2, 3000 outer steps | 3000 / 6000 (50%) | 10 min | "
+        "AMD EPYC, 2 threads |"]
     assert table(d, "| setting | baselines") == ["| mnist, fixed init, 10 images, real batch 512 | random real 40.1 ± 5.2 |"]
     assert "Published: Wang et al. 2018." in block(text, "distill-runs")
 
