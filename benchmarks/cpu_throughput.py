@@ -6,7 +6,9 @@ A/B/A/B so that a noisy machine hits both sides alike:
 * ceilings: fp32 and bf16 ``torch.mm`` (2048²) and a oneDNN 3×3 conv (64→64 channels, 28×28, batch 256,
   channels-last) in GFLOP/s;
 * workloads, as the trainer and evaluator run them: ProtoNet Omniglot 60-way 1-shot 5-query training step;
-  ProtoNet evaluation of 5-way 1-shot 15-query episodes (10 per forward); Matching Networks training steps
+  ProtoNet evaluation of 5-way 1-shot 15-query episodes (10 per forward): 100 episodes per call
+  (``protonet_eval``), and the whole 1000-episode protocol on a split of Omniglot's test size
+  (``protonet_eval_1000``: the default policy embeds each of its images once, see ``evaluate``); Matching Networks training steps
   (Omniglot 20-way 1-shot, miniImageNet 5-way 5-shot 84 px); Siamese training step (30 classes × 5 images);
   second-order MAML 5-way 1-shot 15-query, 8 tasks (loop and vmap, with the meta-gradient's error against a
   float64 reference; and ``maml2_procs``: the meta-batch split over N processes of one thread each, vmap in each,
@@ -38,12 +40,16 @@ import sys
 import time
 from pathlib import Path
 
-WORKLOADS = ["ceiling_mm", "ceiling_conv", "protonet_train", "protonet_eval", "matchnet_train_omniglot",
+WORKLOADS = ["ceiling_mm", "ceiling_conv", "protonet_train", "protonet_eval", "protonet_eval_1000",
+             "matchnet_train_omniglot",
              "matchnet_train_mini", "siamese_train", "maml2_loop", "maml2_vmap", "maml2_procs", "ttt_joint", "lstm_mnist"]
 POLICIES = ["off", "default"]
 # N processes of one thread each on one meta-batch (``torchrun --nproc_per_node N -m metalearn train``): measured
 # at N = --threads >= 2, default policy only; its "levers off" column is the loop's (maml2_loop, 1 thread, off)
 PROCS = {"maml2_procs"}
+# one call is a whole evaluation (about two minutes with the levers off): warmed up inside _build on 10 episodes,
+# then timed once with the levers off and three times with the default policy
+WHOLE = {"protonet_eval_1000"}
 
 
 # ------------------------------------------------------------------------------------------- the worker
@@ -77,6 +83,8 @@ def _worker(spec: dict) -> dict:
         torch.cuda.reset_peak_memory_stats()
     reps = 3 if quick else spec["reps"]
     warm = 1 if quick else 3
+    if workload in WHOLE:
+        reps, warm = (1 if policy == "off" else 3), 0
     for _ in range(warm):
         fn()
     times = []
@@ -193,6 +201,38 @@ def _build(workload: str, policy: str, quick: bool, device: str = "cpu"):
         with torch.no_grad():
             flops = _count_flops(lambda: learner.predict(ep)) * episodes // sampler.batch_size
         extra["episodes_per_call"] = episodes
+        return fn, flops, extra
+    if workload == "protonet_eval_1000":
+        # the whole protocol: 1000 5-way 1-shot 15-query episodes from a split shaped like Omniglot's test split
+        # (423 characters x 20 drawings x 4 rotation classes = 33840 images under their angles, against
+        # 80000 images the episodes draw), so that the default policy embeds each image once
+        # (evaluate's reuse_embeddings) and the levers-off run embeds every episode's images
+        from metalearn.learners.protonet import ProtoNet
+        from metalearn.nn import Conv4
+        from metalearn.train.evaluator import evaluate
+        learner = _prepare(ProtoNet(Conv4(1), check_support=False), policy, device)
+        data = _images(60 if quick else 423, 20, 1, 28, (0, 90, 180, 270))
+        episodes = 200 if quick else 1000
+        fold = policy != "off"
+        evaluate(learner, EpisodeSampler(data, 5, 1, 15, batch_size=10, seed=1), 10, fold_bn=fold,
+                 reuse_embeddings=fold)                                                # warm-up
+        fn = lambda: evaluate(learner, EpisodeSampler(data, 5, 1, 15, batch_size=10, seed=0), episodes,   # noqa: E731
+                              fold_bn=fold)
+        learner.eval()
+        sampler = EpisodeSampler(data, 5, 1, 15, batch_size=10, seed=0)
+        ep = sampler.sample()
+        with torch.no_grad():
+            per_draw = _count_flops(lambda: learner.predict(ep))
+            if fold:      # what the default policy runs: every image once, then the head per episode
+                z = learner.encode(torch.cat([ep.support_x, ep.query_x], dim=1))
+                head = _count_flops(lambda: learner.logits_from_embeddings(z[:, :5], ep.support_y, z[:, 5:], 5))
+                per_image = _count_flops(lambda: learner.encode(ep.query_x[0, :1]))
+                flops = per_image * data.images.shape[0] * 4 + head * (episodes // sampler.batch_size)
+            else:
+                flops = per_draw * (episodes // sampler.batch_size)
+        extra["episodes_per_call"] = episodes
+        extra["images_in_split"] = int(data.images.shape[0]) * 4
+        extra["images_drawn"] = episodes * 5 * 16
         return fn, flops, extra
     if workload in ("matchnet_train_omniglot", "matchnet_train_mini"):
         from metalearn.learners.matchnet import MatchingNet
@@ -360,7 +400,8 @@ def summarize(records: list[dict]) -> list[dict]:
                 row[f"{p}_ms"] = statistics.median(x["ms"] for x in ok)
                 gf = [x["gflops"] for x in ok if x.get("gflops")]
                 row[f"{p}_gflops"] = statistics.median(gf) if gf else None
-                for k in ("meta_grad_rel_err_vs_fp64", "dtype", "episodes_per_call"):
+                for k in ("meta_grad_rel_err_vs_fp64", "dtype", "episodes_per_call", "images_in_split",
+                          "images_drawn"):
                     if k in ok[0]:
                         row[f"{p}_{k}"] = ok[0][k]
             errs = [x["error"] for x in pols.get(p, []) if "error" in x]

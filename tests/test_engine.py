@@ -13,6 +13,7 @@ from conformance import check_learner
 from metalearn.config import ConfigError, config_from_dict
 from metalearn.engine import (OneDNNChain, autocast, bf16_supported, channels_last, fold_batchnorm,
                               omp_env_defaults, onednn_inference, resolve_precision)
+from metalearn.episodes import EpisodeSampler
 from metalearn.learners.matchnet import MatchingNet
 from metalearn.learners.protonet import ProtoNet
 from metalearn.learners.siamese import Siamese
@@ -238,6 +239,105 @@ def test_evaluate_precision_and_fold_agree():
     diff = abs(runs["bf16", True].accuracy - runs["fp32", False].accuracy)
     assert diff < 3.0
     assert learner.precision == "fp32"          # evaluate restores the learner's own precision
+
+
+def _rotated_split(classes=12, per_class=6, seed=0):
+    from metalearn.data.storage import ClassImages
+    g = torch.Generator().manual_seed(seed)
+    return ClassImages(torch.randint(0, 256, (classes * per_class, 1, 28, 28), dtype=torch.uint8, generator=g),
+                       torch.arange(classes) * per_class, torch.full((classes,), per_class),
+                       tuple(str(i) for i in range(classes)), (0, 90, 180, 270))
+
+
+def _with_running_stats(learner, seed=0):
+    learner.train()
+    with torch.no_grad():                   # BatchNorm running statistics away from (0, 1)
+        for i in range(3):
+            learner.encoder(torch.rand(32, 1, 28, 28, generator=torch.Generator().manual_seed(seed + i)) * 2)
+    return learner.eval()
+
+
+REUSERS = [lambda: ProtoNet(Conv4(1, hidden=8), check_support=False),
+           lambda: MatchingNet(Conv4(1, hidden=8), embed_dim=8, fce=True, process_steps=2),
+           lambda: Siamese(Conv4(1, hidden=8), dim=8, fill=1.0)]
+
+
+@pytest.mark.parametrize("make", REUSERS, ids=["protonet", "matchnet", "siamese"])
+def test_reused_embeddings_give_the_episode_logits(make):
+    from metalearn.episodes import EpisodeSampler
+    from metalearn.train.evaluator import _table_if_worth
+    torch.manual_seed(0)
+    learner = _with_running_stats(make())
+    data = _rotated_split()
+    model = fold_batchnorm(learner)
+    a, b = EpisodeSampler(data, 4, 2, 3, batch_size=3, seed=5), EpisodeSampler(data, 4, 2, 3, batch_size=3, seed=5)
+    with torch.inference_mode():
+        table = _table_if_worth(model, a, draws=1, force=True)
+        assert table is not None and table.table.shape == (4, data.images.shape[0], 8)   # every image, 4 angles
+        for _ in range(3):
+            rows, rot_k = a.sample_indices()
+            ep = b.sample()
+            zs, zq = table.episode(rows, rot_k, a.shots)
+            got = model.logits_from_embeddings(zs, ep.support_y, zq, ep.ways)
+            ref = model.predict(ep)
+            assert got.shape == ref.shape == (3, 12, 4)
+            assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-5
+    runs = [evaluate(learner, EpisodeSampler(data, 4, 2, 3, batch_size=3, seed=9), 20, reuse_embeddings=r)
+            for r in (False, None, True)]
+    assert runs[0].per_episode == runs[1].per_episode == runs[2].per_episode
+
+
+class _BatchCentred(nn.Module):
+    """An encoder whose embedding of an image depends on the rest of the batch (it subtracts the batch mean)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = Conv4(1, hidden=8)
+
+    def forward(self, x):
+        z = self.net(x)
+        return z - z.mean(dim=-2, keepdim=True)
+
+
+def test_embeddings_are_not_reused_where_they_depend_on_the_batch():
+    from metalearn.episodes import EpisodeSampler
+    from metalearn.nn import MamlConv4
+    from metalearn.train.evaluator import _reuse_possible, _table_if_worth
+    torch.manual_seed(0)
+    data = _rotated_split()
+    sampler = EpisodeSampler(data, 4, 1, 3, batch_size=2, seed=1)
+    centred = ProtoNet(_BatchCentred(), check_support=False).eval()
+    with torch.inference_mode():
+        assert _reuse_possible(centred, sampler)                         # nothing in its modules says so ...
+        assert _table_if_worth(centred, sampler, draws=1, force=True) is None   # ... the check finds it
+    runs = [evaluate(centred, EpisodeSampler(data, 4, 1, 3, batch_size=2, seed=1), 10, reuse_embeddings=r)
+            for r in (False, True)]
+    assert runs[0].per_episode == runs[1].per_episode
+    transductive = ProtoNet(nn.Sequential(MamlConv4(1, 5, hidden=8, norm="torch").features, nn.Flatten()))
+    assert not _reuse_possible(fold_batchnorm(transductive), sampler)    # BatchNorm on batch statistics
+    assert not _reuse_possible(fold_batchnorm(ProtoNet(Conv4(1, hidden=8))), _F64Sampler(data, 4, 1, 3))
+
+
+class _F64Sampler(EpisodeSampler):
+    def sample(self, tasks=None):               # a subclass whose episodes are not its gathered indices
+        ep = super().sample(tasks)
+        return Episode(ep.support_x.double(), ep.support_y, ep.query_x.double(), ep.query_y, ep.ways)
+
+
+def test_embeddings_are_reused_only_where_the_episodes_embed_more_images_than_the_split():
+    from metalearn.episodes import EpisodeSampler
+    from metalearn.train.evaluator import _table_if_worth
+    learner = fold_batchnorm(ProtoNet(Conv4(1, hidden=8), check_support=False))
+    data = _rotated_split()                    # 72 images x 4 angles = 288 embeddings
+    sampler = EpisodeSampler(data, 4, 1, 3, batch_size=2, seed=1)   # 32 images per draw
+    with torch.inference_mode():
+        assert _table_if_worth(learner, sampler, draws=8, force=False) is None      # 256 < 288
+        assert _table_if_worth(learner, sampler, draws=9, force=False) is not None  # 288
+        from metalearn.data.storage import ClassImages
+        rot0 = EpisodeSampler(ClassImages(data.images, data.offsets, data.counts, data.names, (0,)),
+                              4, 1, 3, batch_size=2, seed=1)
+        t = _table_if_worth(learner, rot0, draws=3, force=False)                    # 96 >= 72: one angle
+        assert t is not None and t.table.shape[0] == 1
 
 
 @pytest.mark.skipif(not bf16_supported("cpu"), reason="this CPU has no native bf16")

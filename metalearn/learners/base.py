@@ -36,6 +36,11 @@ class Learner(nn.Module):
     #: (``(lo, hi, total)``; None in one process).  A learner that draws random numbers per task draws them for
     #: the whole meta-batch and keeps its share, so that the draws do not depend on the number of processes.
     task_shard: tuple[int, int, int] | None = None
+    #: True for learners whose ``predict`` is ``logits_from_embeddings`` of per-image embeddings
+    #: (``encode`` of each support and query image): the evaluator may then embed every distinct test image
+    #: once and reuse it across episodes (it still checks on the model that one image's embedding does not
+    #: depend on the rest of the batch).
+    per_image_embedding: bool = False
 
     def encode(self, x: Tensor) -> Tensor:
         """``self.encoder(x)`` under the learner's precision: bf16 autocast for the convolutions, the embedding
@@ -46,6 +51,13 @@ class Learner(nn.Module):
         with autocast(x.device, self.precision):
             z = self.encoder(x)
         return z.float()
+
+    def logits_from_embeddings(self, support_z: Tensor, support_y: Tensor, query_z: Tensor,
+                               ways: int) -> Tensor:
+        """Query logits ([B,] N*Q, N) from the ``encode`` outputs of the support ([B,] N*K, D) and query
+        ([B,] N*Q, D) images, as ``predict`` computes them in eval mode (learners with
+        ``per_image_embedding`` implement it)."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict from per-image embeddings")
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface
         """The training loss on ``episode`` and the query logits ([B,] N*Q, N) it was computed from."""

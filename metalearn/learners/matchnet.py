@@ -238,6 +238,8 @@ class MatchingNet(Learner):
         >>> loss, logits = learner.loss(episode)   # logits: ([B,] N*Q, N), log-probabilities
     """
 
+    per_image_embedding = True
+
     def __init__(self, encoder: nn.Module, embed_dim: int | None = None, *, fce: bool = False,
                  process_steps: int = 5, lstm_hidden: int = 0, scale: float = 1.0,
                  check_support: bool = True, distance: str = "cosine", support_score: str = "attention") -> None:
@@ -303,19 +305,24 @@ class MatchingNet(Learner):
         self._validate(episode)
         if self.check_support:
             check_support_labels(episode.support_y, episode.ways)
-        sx, qx, sy = episode.support_x, episode.query_x, episode.support_y
-        batched = sx.dim() == 5
-        if not batched:
-            sx, qx, sy = sx[None], qx[None], sy[None]
         # one encoder call for support and query of all tasks (one BatchNorm batch, as in ProtoNet)
-        n_s = sx.shape[1]
-        z = self.encode(torch.cat([sx, qx], dim=1))                   # (B, NK+NQ, D)
-        support, query = self.embed(z[:, :n_s], z[:, n_s:])
+        n_s = episode.support_x.shape[-4]
+        z = self.encode(torch.cat([episode.support_x, episode.query_x], dim=-4))   # ([B,] NK+NQ, D)
+        return self.logits_from_embeddings(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways)
+
+    def logits_from_embeddings(self, support_z: Tensor, support_y: Tensor, query_z: Tensor,
+                               ways: int) -> Tensor:
+        """The full context embeddings (when on) of the encoder outputs, then attention over the support set
+        (training, or ``support_score="attention"``) or the class-mean similarity."""
+        batched = support_z.dim() == 3
+        if not batched:
+            support_z, query_z, support_y = support_z[None], query_z[None], support_y[None]
+        support, query = self.embed(support_z, query_z)
         if self.training or self.support_score == "attention":
             attend = cosine_attention if self.distance == "cosine" else l2_attention
-            logits = matching_logits(attend(query, support, scale=self.scale), sy, episode.ways)   # (B, NQ, N)
+            logits = matching_logits(attend(query, support, scale=self.scale), support_y, ways)   # (B, NQ, N)
         else:
-            logits = class_mean_logits(similarities(query, support, self.distance, self.scale), sy, episode.ways)
+            logits = class_mean_logits(similarities(query, support, self.distance, self.scale), support_y, ways)
         return logits if batched else logits[0]
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:

@@ -82,6 +82,8 @@ class ProtoNet(Learner):
         ```
     """
 
+    per_image_embedding = True
+
     def __init__(self, encoder: nn.Module, check_support: bool = True) -> None:
         super().__init__()
         self.encoder = encoder
@@ -95,8 +97,12 @@ class ProtoNet(Learner):
         # one encoder call for support and query of all tasks (one BatchNorm batch, as in Snell's code)
         n_s = sx.shape[-4]
         z = self.encode(torch.cat([sx, qx], dim=-4))               # ([B,] NK+NQ, D)
-        return protonet_logits(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways,
-                               self.check_support)
+        return self.logits_from_embeddings(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways)
+
+    def logits_from_embeddings(self, support_z: Tensor, support_y: Tensor, query_z: Tensor,
+                               ways: int) -> Tensor:
+        """Minus the squared distances of the query embeddings to the class means of the support ones."""
+        return protonet_logits(support_z, support_y, query_z, ways, self.check_support)
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         """Query cross-entropy (mean over every query of every task) and the logits ([B,] N*Q, N)."""

@@ -176,6 +176,8 @@ class Siamese(Learner):
         >>> loss, logits = learner.loss(episode)
     """
 
+    per_image_embedding = True
+
     def __init__(self, encoder: nn.Module, dim: int, distort: AffineRanges | None = KOCH,
                  fill: float | None = None, seed: int = 0, check_support: bool = True,
                  support_score: str = "mean_prob") -> None:
@@ -232,8 +234,13 @@ class Siamese(Learner):
         """Query logits ([B,] N*Q, N): log of the mean p(same) with each class's support images."""
         self._check(episode)
         z, n_s = self._embed(episode)
-        s = self.head.pairwise(z[..., n_s:, :], z[..., :n_s, :])                   # ([B,] NQ, NK)
-        return class_log_scores(s, episode.support_y, episode.ways, self.check_support, self.support_score)
+        return self.logits_from_embeddings(z[..., :n_s, :], episode.support_y, z[..., n_s:, :], episode.ways)
+
+    def logits_from_embeddings(self, support_z: Tensor, support_y: Tensor, query_z: Tensor,
+                               ways: int) -> Tensor:
+        """Per class, the log of the mean p(same) of each query with the class's support images."""
+        s = self.head.pairwise(query_z, support_z)                                 # ([B,] NQ, NK)
+        return class_log_scores(s, support_y, ways, self.check_support, self.support_score)
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:
         self._check(episode)
