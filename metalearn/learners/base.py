@@ -56,7 +56,14 @@ class Learner(nn.Module):
                                ways: int) -> Tensor:
         """Query logits ([B,] N*Q, N) from the ``encode`` outputs of the support ([B,] N*K, D) and query
         ([B,] N*Q, D) images, as ``predict`` computes them in eval mode (learners with
-        ``per_image_embedding`` implement it)."""
+        ``per_image_embedding`` implement it).
+
+        Args:
+            support_z: ([B,] N*K, D) support embeddings.
+            support_y: ([B,] N*K) support labels in [0, ways).
+            query_z: ([B,] N*Q, D) query embeddings.
+            ways: N, the number of classes.
+        """
         raise NotImplementedError(f"{type(self).__name__} does not predict from per-image embeddings")
 
     def loss(self, episode: Episode) -> tuple[Tensor, Tensor]:  # pragma: no cover - interface

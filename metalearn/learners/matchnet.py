@@ -313,7 +313,14 @@ class MatchingNet(Learner):
     def logits_from_embeddings(self, support_z: Tensor, support_y: Tensor, query_z: Tensor,
                                ways: int) -> Tensor:
         """The full context embeddings (when on) of the encoder outputs, then attention over the support set
-        (training, or ``support_score="attention"``) or the class-mean similarity."""
+        (training, or ``support_score="attention"``) or the class-mean similarity.
+
+        Args:
+            support_z: ([B,] N*K, D) encoder outputs of the support images.
+            support_y: ([B,] N*K) support labels in [0, ways).
+            query_z: ([B,] N*Q, D) encoder outputs of the query images.
+            ways: N, the number of classes.
+        """
         batched = support_z.dim() == 3
         if not batched:
             support_z, query_z, support_y = support_z[None], query_z[None], support_y[None]

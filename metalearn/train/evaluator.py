@@ -65,7 +65,12 @@ EMBEDDING_TABLE_BYTES = 2 * 2 ** 30
 def _reuse_possible(model: Learner, sampler: EpisodeSampler) -> bool:
     """Whether episodes from ``sampler`` can be scored from one embedding per distinct test image: a learner
     that predicts from per-image embeddings, no BatchNorm on batch statistics, and the stock sampler (whose
-    episodes are its ``sample_indices`` gathered, so that a drawn row and quarter turn name the image)."""
+    episodes are its ``sample_indices`` gathered, so that a drawn row and quarter turn name the image).
+
+    Args:
+        model: The learner as it will predict (BatchNorm folded, eval mode).
+        sampler: The test episodes.
+    """
     from torch import nn
     if not getattr(model, "per_image_embedding", False):
         return False
@@ -132,7 +137,13 @@ class _EmbeddingTable:
 
 def _embeds_alone(model: Learner, sampler: EpisodeSampler, table: _EmbeddingTable) -> bool:
     """Whether the first images embed as in the table when encoded on their own (a batch-dependent encoder,
-    such as one normalising over the batch at test time, does not)."""
+    such as one normalising over the batch at test time, does not).
+
+    Args:
+        model: The learner as it predicts.
+        sampler: The sampler the table was built from.
+        table: The table to check.
+    """
     m = min(4, sampler.data.images.shape[0])
     rows = torch.arange(m, device=sampler.device)
     k = int(sampler._rot_k[0])
@@ -146,7 +157,14 @@ def _embeds_alone(model: Learner, sampler: EpisodeSampler, table: _EmbeddingTabl
 def _table_if_worth(model: Learner, sampler: EpisodeSampler, draws: int, force: bool) -> _EmbeddingTable | None:
     """The embedding table for ``draws`` batches of episodes, or None where it would not pay off (the episodes
     embed fewer images than the split holds, unless ``force``), would not fit in ``EMBEDDING_TABLE_BYTES``, or
-    the encoder's embeddings depend on the batch."""
+    the encoder's embeddings depend on the batch.
+
+    Args:
+        model: The learner as it predicts (BatchNorm folded, eval mode).
+        sampler: The test episodes.
+        draws: Batches of episodes the evaluation draws.
+        force: Build the table even where the episodes embed fewer images than the split holds.
+    """
     turns = len({int(k) for k in sampler._rot_k.tolist()})
     n = sampler.data.images.shape[0]
     per_draw = sampler.batch_size * sampler.ways * (sampler.shots + sampler.queries)
