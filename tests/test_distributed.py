@@ -110,6 +110,15 @@ def evaluation(kind: str):
     return evaluate(learner, sampler, 30)   # 8 draws, the last one cut to 2 episodes
 
 
+def evaluation_reused():
+    """ProtoNet on the stock sampler with the embedding table: each process embeds its share of the split's
+    images and the table is gathered."""
+    from metalearn.train.evaluator import evaluate
+    learner = make_learner("protonet").float()           # the stock sampler's images are float32
+    sampler = EpisodeSampler(_data("test"), WAYS, SHOTS, 5, batch_size=4, seed=11)
+    return evaluate(learner, sampler, 30, reuse_embeddings=True)
+
+
 def _digits_task(tmp: Path) -> Path:
     task = tmp / "digits.yaml"
     task.write_text((ROOT / "tasks" / "protonet_digits_5w5s.yaml").read_text())
@@ -193,6 +202,7 @@ def _job(rank: int, world: int, port: int, out: str) -> None:
             res["grads"][kind] = meta_gradient(kind, tasks="shard")
         for kind in ("protonet", "maml_vmap"):
             res["eval"][kind] = evaluation(kind)
+        res["eval"]["protonet_reused"] = evaluation_reused()
         # training: 4 steps straight, and 2 steps then resumed to 4 (each rank names its own directory, so
         # that a file written by rank 1 would show)
         for kind in ("protonet", "maml_vmap", "siamese"):
@@ -353,6 +363,13 @@ def test_evaluation_with_two_processes_is_the_single_process_result(two, kind):
         two_res = results[r]["eval"][kind]
         assert two_res.per_episode == one.per_episode
         assert (two_res.accuracy, two_res.ci95, two_res.episodes) == (one.accuracy, one.ci95, 30)
+
+
+def test_evaluation_from_the_embedding_table_with_two_processes_is_the_single_process_result(two):
+    results, _ = two
+    one = evaluation_reused()
+    for r in (0, 1):
+        assert results[r]["eval"]["protonet_reused"].per_episode == one.per_episode
 
 
 def test_a_non_finite_loss_on_one_rank_stops_every_rank_naming_it(two):

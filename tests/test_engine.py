@@ -264,7 +264,6 @@ REUSERS = [lambda: ProtoNet(Conv4(1, hidden=8), check_support=False),
 
 @pytest.mark.parametrize("make", REUSERS, ids=["protonet", "matchnet", "siamese"])
 def test_reused_embeddings_give_the_episode_logits(make):
-    from metalearn.episodes import EpisodeSampler
     from metalearn.train.evaluator import _table_if_worth
     torch.manual_seed(0)
     learner = _with_running_stats(make())
@@ -300,7 +299,6 @@ class _BatchCentred(nn.Module):
 
 
 def test_embeddings_are_not_reused_where_they_depend_on_the_batch():
-    from metalearn.episodes import EpisodeSampler
     from metalearn.nn import MamlConv4
     from metalearn.train.evaluator import _reuse_possible, _table_if_worth
     torch.manual_seed(0)
@@ -325,7 +323,6 @@ class _F64Sampler(EpisodeSampler):
 
 
 def test_embeddings_are_reused_only_where_the_episodes_embed_more_images_than_the_split():
-    from metalearn.episodes import EpisodeSampler
     from metalearn.train.evaluator import _table_if_worth
     learner = fold_batchnorm(ProtoNet(Conv4(1, hidden=8), check_support=False))
     data = _rotated_split()                    # 72 images x 4 angles = 288 embeddings
