@@ -27,6 +27,10 @@ depend on pixel values.
 
     python benchmarks/cpu_throughput.py --threads 1 2 --out results/speed        # ~10 min on 2 cores
     python benchmarks/cpu_throughput.py --threads 1 --repeats 1 --quick --out /tmp/speed   # a smoke run
+
+``--profile`` adds, for each workload at one thread with the default policy, the self CPU time of three calls by
+operator class (conv forward / backward, batch norm, pooling, matmul, element-wise, ...): where the time goes
+once the convolutions are fast.
 """
 from __future__ import annotations
 
@@ -93,6 +97,15 @@ def _worker(spec: dict) -> dict:
         fn()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
+    if spec.get("profile") and policy == "default" and threads == 1 and workload not in WHOLE | PROCS \
+            and not workload.startswith("ceiling") and not device.startswith("cuda"):
+        from torch.profiler import ProfilerActivity, profile
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from op_classes import categorise
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                fn()
+        extra["profile"] = categorise(prof)
     if device.startswith("cuda"):
         extra["max_memory_allocated"] = int(torch.cuda.max_memory_allocated())
     if workload in PROCS:
@@ -401,7 +414,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 gf = [x["gflops"] for x in ok if x.get("gflops")]
                 row[f"{p}_gflops"] = statistics.median(gf) if gf else None
                 for k in ("meta_grad_rel_err_vs_fp64", "dtype", "episodes_per_call", "images_in_split",
-                          "images_drawn"):
+                          "images_drawn", "profile"):
                     if k in ok[0]:
                         row[f"{p}_{k}"] = ok[0][k]
             errs = [x["error"] for x in pols.get(p, []) if "error" in x]
@@ -442,6 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer calls and smaller data (a smoke run)")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per worker")
     p.add_argument("--device", default="cpu", help="cpu, or cuda for the same table on a GPU")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing, profile 3 calls of each default-policy workload at one thread: self CPU "
+                        "time by operator class (benchmarks/op_classes.py) in the result")
     p.add_argument("--out", default="results/speed")
     args = p.parse_args(argv)
     if args.worker:
@@ -458,7 +474,8 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(args.repeats):
                 for pol in (["default"] if w in PROCS else POLICIES):
                     rec = _run_worker({"workload": w, "policy": pol, "threads": t, "quick": args.quick,
-                                       "reps": args.reps, "device": args.device}, args.timeout)
+                                       "reps": args.reps, "device": args.device, "profile": args.profile},
+                                      args.timeout)
                     records.append(rec)
                     msg = rec.get("error") or f"{rec['ms']:.1f} ms" + (
                         f", {rec['gflops']:.0f} GFLOP/s" if rec.get("gflops") else "")

@@ -40,18 +40,6 @@ VARIANTS = {   # name: (vmap, channels_last, norm)
     "vmap_cl": (True, True, "batch"),
     "vmap_nchw": (True, False, "batch"),
 }
-CLASSES = {
-    "conv forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
-                     "aten::_mkldnn_convolution"),
-    "conv backward": ("aten::convolution_backward", "aten::mkldnn_convolution_backward"),
-    "reductions": ("aten::sum", "aten::mean", "aten::var", "aten::amax", "aten::logsumexp"),
-    "copies and layout": ("aten::copy_", "aten::_to_copy", "aten::clone", "aten::contiguous", "aten::to"),
-    "element-wise": ("aten::mul", "aten::add", "aten::add_", "aten::div", "aten::sub", "aten::neg", "aten::rsqrt",
-                     "aten::threshold_backward", "aten::relu", "aten::clamp_min", "aten::pow", "aten::mul_",
-                     "aten::div_", "aten::sub_", "aten::where", "aten::exp", "aten::log_softmax",
-                     "aten::_log_softmax", "aten::_log_softmax_backward_data", "aten::fill_", "aten::zero_",
-                     "aten::threshold", "aten::rsub", "aten::sqrt"),
-}
 
 
 def build(name: str, dtype=None):
@@ -76,19 +64,6 @@ def meta_grad(learner, episode):
     return torch.cat([p.grad.flatten().double() for p in learner.parameters()])
 
 
-def categorise(prof) -> dict:
-    out = {k: 0.0 for k in [*CLASSES, "other"]}
-    n = 0
-    for ev in prof.key_averages():
-        if not ev.key.startswith("aten::"):
-            continue
-        n += ev.count
-        cls = next((c for c, names in CLASSES.items() if ev.key in names), "other")
-        out[cls] += ev.self_cpu_time_total / 1e3
-    total = sum(out.values())
-    return {"self_ms": out, "share": {k: v / total for k, v in out.items()}, "aten_calls": n, "total_ms": total}
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=1)
@@ -100,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     import metalearn  # noqa: F401  (the OpenMP default before torch loads)
     import torch
     from cpu_throughput import _images
+    from op_classes import categorise
     from torch.profiler import ProfilerActivity, profile
 
     from metalearn.bench import git_state, machine_info

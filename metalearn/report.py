@@ -1050,6 +1050,10 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
             _fail(path, f"rows[{i}]: expected a mapping with 'workload', got {r!r}")
         w, t = r["workload"], r.get("threads")
         err = r.get("default_error") or r.get("off_error")
+        shares = (r.get("default_profile") or {}).get("share") or {}
+        top = [(k, v) for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.05]
+        prof_note = (f"{w} at {t} thread{'s' if t != 1 else ''} with the default policy, self CPU time by operator "
+                     "class: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in top) + ".") if top else ""
         out.append(Entry(
             SPEED, group="throughput", key=f"throughput {dev} {w} {t}" + (" quick" if d.get("quick") else ""),
             label=w + (" (quick)" if d.get("quick") else ""), sort=(i,),
@@ -1057,7 +1061,7 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
                    "ratio": f"{r['speedup']:.2f}×" if isinstance(r.get("speedup"), (int, float)) else (
                        "error" if err else "—"),
                    "gflops": f(r.get("default_gflops"), 0), "pct": f(r.get("pct_of_bf16_conv_ceiling"), 0)},
-            **base))
+            **{**base, "note": " ".join(x for x in (base["note"], prof_note) if x)}))
     return out
 
 

@@ -436,6 +436,25 @@ def test_cpu_throughput_processes_row_is_against_the_one_thread_loop_with_levers
     assert row["off_reference"] == "maml2_loop, 1 thread, levers off"
 
 
+def test_cpu_throughput_profile_splits_the_step_by_operator_class():
+    """--profile: the one-thread default-policy record of a training step holds its self CPU time by class; the
+    shares sum to 1, every class of the Conv4 step is there, and the row carries it as default_profile."""
+    mod = _cpu_throughput()
+    rec = mod._run_worker({"workload": "siamese_train", "policy": "default", "threads": 1, "quick": True, "reps": 1,
+                           "device": "cpu", "profile": True}, 300)
+    assert "error" not in rec, rec
+    prof = rec["profile"]
+    assert abs(sum(prof["share"].values()) - 1) < 1e-9 and prof["aten_calls"] > 0
+    assert abs(sum(prof["self_ms"].values()) - prof["total_ms"]) < 1e-6
+    for cls in ("conv forward", "conv backward", "batch norm", "pooling", "sampling"):
+        assert prof["self_ms"][cls] > 0, cls
+    off = mod._run_worker({"workload": "siamese_train", "policy": "off", "threads": 1, "quick": True, "reps": 1,
+                           "device": "cpu", "profile": True}, 300)
+    assert "profile" not in off          # only the default policy is profiled
+    row = mod.summarize([off, rec])[0]
+    assert row["default_profile"] == prof and "off_profile" not in row
+
+
 def test_builder_layout_policy_channels_last_for_metric_learners_nchw_for_maml():
     from metalearn.builders import build_learner
 
