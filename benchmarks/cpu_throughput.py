@@ -16,7 +16,9 @@ A/B/A/B so that a noisy machine hits both sides alike:
   at N = each ``--threads`` value >= 2 against the loop with the levers off at one thread); TTT's ResNet-26 (GroupNorm) joint training step, batch 32 × 4 rotations; one 20-step
   unroll of the LSTM optimizer on the MNIST MLP (M = 4 optimisees).
 
-Policies: ``off`` -- glibc's default allocator, OpenMP's default wait policy, fp32, NCHW conv weights, the
+Policies (besides these two, the Conv4 training steps run once more as ``eager_tail``: the default policy with
+``METALEARN_KERNELS=off``, PyTorch's own BatchNorm / max-pool / ReLU in place of the fused kernel): ``off`` --
+glibc's default allocator, OpenMP's default wait policy, fp32, NCHW conv weights, the
 evaluation with autograd's no_grad and unfolded BatchNorm, Conv4 blocks with the ReLU before the pool (how the
 project ran before the engine); ``default`` -- what ``metalearn train``/``eval`` do now (metalearn.engine:
 tuned allocator, the OpenMP wait policy of ``metalearn._omp`` (a brief spin on a quiet machine, PASSIVE next to
@@ -48,6 +50,10 @@ WORKLOADS = ["ceiling_mm", "ceiling_conv", "protonet_train", "protonet_eval", "p
              "matchnet_train_omniglot",
              "matchnet_train_mini", "siamese_train", "maml2_loop", "maml2_vmap", "maml2_procs", "ttt_joint", "lstm_mnist"]
 POLICIES = ["off", "default"]
+# the Conv4 training steps are also timed with the default policy but PyTorch's own BatchNorm, max-pool and ReLU
+# (METALEARN_KERNELS=off): the "eager_tail" policy, so that the fused kernel's share of the speed-up is measured
+# in the same run
+KERNEL_WORKLOADS = {"protonet_train", "matchnet_train_omniglot", "matchnet_train_mini", "siamese_train"}
 # N processes of one thread each on one meta-batch (``torchrun --nproc_per_node N -m metalearn train``): measured
 # at N = --threads >= 2, default policy only; its "levers off" column is the loop's (maml2_loop, 1 thread, off)
 PROCS = {"maml2_procs"}
@@ -65,6 +71,8 @@ def _worker(spec: dict) -> dict:
     if policy == "off":
         os.environ["METALEARN_OMP"] = "default"
         os.environ["METALEARN_MALLOC"] = "default"
+    if policy == "eager_tail":
+        os.environ["METALEARN_KERNELS"] = "off"
     import metalearn  # noqa: F401  (sets the OpenMP default before torch loads, unless turned off above)
     import torch
 
@@ -77,7 +85,7 @@ def _worker(spec: dict) -> dict:
         threads = 1
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    fn, flops, extra = _build(workload, policy, quick, device)
+    fn, flops, extra = _build(workload, "default" if policy == "eager_tail" else policy, quick, device)
     if device.startswith("cuda"):
         inner = fn
 
@@ -147,13 +155,13 @@ def _old_conv4_order(module) -> None:
 
 
 def _prepare(learner, policy: str, device: str = "cpu"):
-    from metalearn.engine import channels_last, resolve_precision
+    from metalearn.engine import channels_last, fused_kernels, resolve_precision
     learner = learner.to(device)
     if policy == "off":
         _old_conv4_order(learner)
         learner.precision = "fp32"
     else:
-        channels_last(learner)
+        fused_kernels(channels_last(learner))
         learner.precision = resolve_precision("auto", device, learner.bf16_safe)
     return learner
 
@@ -427,6 +435,10 @@ def summarize(records: list[dict]) -> list[dict]:
                 row["off_reference"] = "maml2_loop, 1 thread, levers off"
         if row.get("off_ms") and row.get("default_ms"):
             row["speedup"] = row["off_ms"] / row["default_ms"]
+        tail = [x for x in pols.get("eager_tail", []) if "error" not in x]
+        if tail and row.get("default_ms"):
+            row["eager_tail_ms"] = statistics.median(x["ms"] for x in tail)
+            row["kernel_speedup"] = row["eager_tail_ms"] / row["default_ms"]
         if t in ceil and row.get("default_gflops") and not w.startswith("ceiling"):
             row["pct_of_bf16_conv_ceiling"] = 100 * row["default_gflops"] / ceil[t]
         rows.append(row)
@@ -472,7 +484,8 @@ def main(argv: list[str] | None = None) -> int:
             if w in PROCS and (t < 2 or args.device != "cpu"):   # N >= 2 processes on the CPU
                 continue
             for _ in range(args.repeats):
-                for pol in (["default"] if w in PROCS else POLICIES):
+                for pol in (["default"] if w in PROCS else
+                            POLICIES + (["eager_tail"] if w in KERNEL_WORKLOADS and args.device == "cpu" else [])):
                     rec = _run_worker({"workload": w, "policy": pol, "threads": t, "quick": args.quick,
                                        "reps": args.reps, "device": args.device, "profile": args.profile},
                                       args.timeout)

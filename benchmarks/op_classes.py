@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 CLASSES = {
+    "fused BN/pool/ReLU": ("_BNPoolReLU", "_BNPoolReLUBackward"),     # metalearn.kernels (not aten operators)
     "conv forward": ("aten::mkldnn_convolution", "aten::_convolution", "aten::convolution", "aten::conv2d",
                      "aten::_mkldnn_convolution"),
     "conv backward": ("aten::convolution_backward", "aten::mkldnn_convolution_backward"),
@@ -36,16 +37,18 @@ def categorise(prof) -> dict:
         prof: The profiler, after its ``with`` block.
 
     Returns:
-        ``{"self_ms": {class: ms}, "share": {class: fraction}, "aten_calls": int, "total_ms": float}``; operators
-        outside ``CLASSES`` count as ``"other"``.
+        ``{"self_ms": {class: ms}, "share": {class: fraction}, "aten_calls": int, "total_ms": float}``: aten
+        operators and the fused kernel's forward and backward; aten operators outside ``CLASSES`` count as
+        ``"other"``.
     """
     out = {k: 0.0 for k in [*CLASSES, "other"]}
     n = 0
     for ev in prof.key_averages():
-        if not ev.key.startswith("aten::"):
+        cls = next((c for c, names in CLASSES.items() if ev.key in names), None)
+        if cls is None and not ev.key.startswith("aten::"):
             continue
         n += ev.count
-        cls = next((c for c, names in CLASSES.items() if ev.key in names), "other")
+        cls = cls or "other"
         out[cls] += ev.self_cpu_time_total / 1e3
     total = sum(out.values())
     return {"self_ms": out, "share": {k: (v / total if total else 0.0) for k, v in out.items()}, "aten_calls": n,

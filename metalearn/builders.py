@@ -195,13 +195,14 @@ def build_learner(cfg: TaskConfig, image_shape: tuple) -> Learner:
     """
     if cfg.learner not in LEARNERS:
         raise ConfigError(f"learner: unknown {cfg.learner!r}; expected one of {sorted(LEARNERS)}")
-    from metalearn.engine import channels_last
+    from metalearn.engine import channels_last, fused_kernels
     learner = LEARNERS[cfg.learner](cfg, tuple(image_shape))
     if cfg.learner == "maml":
         # second-order MAML keeps NCHW weights: channels-last made its step 15% slower, loop and vmap alike
         # (results/speed/maml_variants_1t-*.json: batch norm from primitive ops mixes the two layouts)
         return learner
-    return channels_last(learner)  # conv weights channels-last
+    # conv weights channels-last; Conv4 blocks train with the fused BatchNorm -> pool -> ReLU kernel
+    return fused_kernels(channels_last(learner))
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -77,8 +77,8 @@ def run_demo(out_dir: str, steps: int = 800, episodes: int = 600, seed: int = 0,
     train_split, test_split, settings, recipe = _splits(dataset)
     cfg = dataclasses.replace(recipe, steps=steps, lr=1e-3, lr_step=max(1, steps // 2), val_every=0,
                               checkpoint_every=steps, log_every=max(1, steps // 20), seed=seed)
-    from metalearn.engine import channels_last
-    learner = channels_last(ProtoNet(Conv4(in_channels=1), check_support=False))
+    from metalearn.engine import channels_last, fused_kernels
+    learner = fused_kernels(channels_last(ProtoNet(Conv4(in_channels=1), check_support=False)))
     sampler = EpisodeSampler(train_split, cfg.ways, cfg.shots, cfg.queries, seed=seed)
     train(learner, sampler, cfg, out_dir, progress=progress, meta={"demo": dataset})
     t_train = time.perf_counter() - t0

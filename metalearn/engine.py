@@ -175,6 +175,30 @@ def channels_last(module: nn.Module) -> nn.Module:
     return module
 
 
+def fused_kernels(module: nn.Module, enable: bool = True) -> nn.Module:
+    """Let every Conv4 block of ``module`` run its BatchNorm -> max-pool -> ReLU tail in one CPU kernel when it
+    trains (``metalearn.nn.conv4.ConvBlock``; the kernel is built on first use, see ``metalearn.kernels``); in place,
+    returns the module.  Models the CLI builds for ProtoNet, Matching Networks and Siamese have it on; the MAML family
+    does not (its blocks are ``MamlConv4``'s, and second-order gradients need the eager ops).
+    ``METALEARN_KERNELS=off`` turns it off everywhere.
+
+    Args:
+        module: Any module; blocks other than Conv4's are left alone.
+        enable: False turns it off again.
+
+    Examples:
+        ```python
+        from metalearn.engine import channels_last, fused_kernels
+        learner = fused_kernels(channels_last(ProtoNet(Conv4(in_channels=1))))
+        ```
+    """
+    from metalearn.nn.conv4 import ConvBlock
+    for m in module.modules():
+        if isinstance(m, ConvBlock):
+            m.fused = enable
+    return module
+
+
 def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     from torch.nn.utils.fusion import fuse_conv_bn_eval
     fused = fuse_conv_bn_eval(conv, bn)
@@ -184,13 +208,20 @@ def _fuse(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
 
 
 # the layers a oneDNN inference chain may hold (parameter-free ones run on oneDNN tensors as they are)
-_ONEDNN_LAYERS = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, nn.Sequential)
+def _sequentials() -> tuple:
+    """``nn.Sequential`` and Conv4's block, an ``nn.Sequential`` whose eval-mode forward is the plain one."""
+    from metalearn.nn.conv4 import ConvBlock
+    return (nn.Sequential, ConvBlock)
+
+
+def _onednn_layers() -> tuple:
+    return (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Identity, *_sequentials())
 
 
 def _onednn_chain(seq: nn.Sequential) -> bool:
     mods = list(seq.modules())
     return (any(type(m) is nn.Conv2d for m in mods)
-            and all(type(m) in _ONEDNN_LAYERS for m in mods)
+            and all(type(m) in _onednn_layers() for m in mods)
             and all(m.padding_mode == "zeros" and isinstance(m.padding, tuple) for m in mods if type(m) is nn.Conv2d)
             and all(not m.return_indices for m in mods if type(m) is nn.MaxPool2d))
 
@@ -255,7 +286,7 @@ def onednn_inference(module: nn.Module) -> nn.Module:
 
     def visit(parent: nn.Module) -> None:
         for name, child in parent.named_children():
-            if type(child) is nn.Sequential and _onednn_chain(child):
+            if type(child) in _sequentials() and _onednn_chain(child):
                 setattr(parent, name, OneDNNChain(child))
             elif not isinstance(child, OneDNNChain):
                 visit(child)

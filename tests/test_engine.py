@@ -417,7 +417,7 @@ def test_cpu_throughput_maml_over_two_processes_keeps_the_meta_gradient():
     mod = _cpu_throughput()
     rec = mod._run_worker({"workload": "maml2_procs", "policy": "default", "threads": 2, "quick": True, "reps": 1,
                            "device": "cpu"}, 300)
-    assert "error" not in rec, rec
+    assert "error" not in rec, rec["error"]
     assert rec["processes"] == 2 and rec["threads"] == 2 and rec["threads_per_process"] == 1
     assert rec["meta_grad_rel_err_vs_fp64"] < 1e-4
     assert len(rec["samples_ms"]) == 3 and rec["ms"] > 0
@@ -446,13 +446,24 @@ def test_cpu_throughput_profile_splits_the_step_by_operator_class():
     prof = rec["profile"]
     assert abs(sum(prof["share"].values()) - 1) < 1e-9 and prof["aten_calls"] > 0
     assert abs(sum(prof["self_ms"].values()) - prof["total_ms"]) < 1e-6
-    for cls in ("conv forward", "conv backward", "batch norm", "pooling", "sampling"):
+    from metalearn import kernels
+    tail = ("fused BN/pool/ReLU",) if kernels.load() is not None else ("batch norm", "pooling")
+    for cls in ("conv forward", "conv backward", "sampling", *tail):
         assert prof["self_ms"][cls] > 0, cls
     off = mod._run_worker({"workload": "siamese_train", "policy": "off", "threads": 1, "quick": True, "reps": 1,
                            "device": "cpu", "profile": True}, 300)
     assert "profile" not in off          # only the default policy is profiled
     row = mod.summarize([off, rec])[0]
     assert row["default_profile"] == prof and "off_profile" not in row
+    assert "kernel_speedup" not in row                       # no eager_tail record
+
+
+def test_cpu_throughput_eager_tail_row_gives_the_kernel_share():
+    mod = _cpu_throughput()
+    recs = [{"workload": "protonet_train", "policy": p, "threads": 1, "ms": ms, "gflops": 100.0}
+            for p, ms in (("off", 600.0), ("default", 100.0), ("eager_tail", 150.0), ("eager_tail", 170.0))]
+    (row,) = mod.summarize(recs)
+    assert row["speedup"] == 6.0 and row["eager_tail_ms"] == 160.0 and row["kernel_speedup"] == 1.6
 
 
 def test_builder_layout_policy_channels_last_for_metric_learners_nchw_for_maml():
