@@ -66,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         row = {"task": task}
         for prec in ("fp32", "bf16"):
-            cfg = load_config(task, overrides(prec, args.steps, args.threads))
+            sets = overrides(prec, args.steps, args.threads)
+            cfg = load_config(task, sets)
             run = Path(args.runs) / f"{cfg.name}-{prec}-{cfg.hash()}"
             t0 = time.perf_counter()
             outcome = train_task(cfg, run, resume=(run / "last.pt").exists(), progress=False)
