@@ -30,8 +30,8 @@ depend on pixel values.
     python benchmarks/cpu_throughput.py --threads 1 2 --out results/speed        # ~10 min on 2 cores
     python benchmarks/cpu_throughput.py --threads 1 --repeats 1 --quick --out /tmp/speed   # a smoke run
 
-``--profile`` adds, for each workload at one thread with the default policy, the self CPU time of three calls by
-operator class (conv forward / backward, batch norm, pooling, matmul, element-wise, ...): where the time goes
+``--profile`` adds, for each workload at one thread with the default policy (and ``eager_tail``), the self CPU time
+of three calls by operator class (conv forward / backward, batch norm, pooling, matmul, element-wise, ...): where the time goes
 once the convolutions are fast.
 """
 from __future__ import annotations
@@ -105,7 +105,7 @@ def _worker(spec: dict) -> dict:
         fn()
         times.append(time.perf_counter() - t)
     med = statistics.median(times)
-    if spec.get("profile") and policy == "default" and threads == 1 and workload not in WHOLE | PROCS \
+    if spec.get("profile") and policy in ("default", "eager_tail") and threads == 1 and workload not in WHOLE | PROCS \
             and not workload.startswith("ceiling") and not device.startswith("cuda"):
         from torch.profiler import ProfilerActivity, profile
         sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -439,6 +439,8 @@ def summarize(records: list[dict]) -> list[dict]:
         if tail and row.get("default_ms"):
             row["eager_tail_ms"] = statistics.median(x["ms"] for x in tail)
             row["kernel_speedup"] = row["eager_tail_ms"] / row["default_ms"]
+            if "profile" in tail[0]:
+                row["eager_tail_profile"] = tail[0]["profile"]
         if t in ceil and row.get("default_gflops") and not w.startswith("ceiling"):
             row["pct_of_bf16_conv_ceiling"] = 100 * row["default_gflops"] / ceil[t]
         rows.append(row)

@@ -27,6 +27,7 @@ Plots need matplotlib (the ``[report]`` extra) and use the Agg backend through `
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import io
 import json
@@ -1054,6 +1055,11 @@ def _throughput_entries(d: dict, path: Path, file: str) -> list[Entry]:
         top = [(k, v) for k, v in sorted(shares.items(), key=lambda kv: -kv[1]) if v >= 0.05]
         prof_note = (f"{w} at {t} thread{'s' if t != 1 else ''} with the default policy, self CPU time by operator "
                      "class: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in top) + ".") if top else ""
+        eshares = (r.get("eager_tail_profile") or {}).get("share") or {}
+        etop = [(k, v) for k, v in sorted(eshares.items(), key=lambda kv: -kv[1]) if v >= 0.05]
+        if etop:
+            prof_note += (f" The same step with PyTorch's own BatchNorm, max-pool and ReLU (eager_tail): "
+                          + ", ".join(f"{k} {100 * v:.0f}%" for k, v in etop) + ".")
         if isinstance(r.get("kernel_speedup"), (int, float)) and isinstance(r.get("eager_tail_ms"), (int, float)):
             prof_note += (f" {w} at {t} thread{'s' if t != 1 else ''}: the fused BatchNorm/max-pool/ReLU kernel "
                           f"makes the default step {r['kernel_speedup']:.2f}× the same step with PyTorch's own ops "
@@ -1782,7 +1788,8 @@ def _speed_runs(rows: list[Entry]) -> list[Entry]:
     for group, _, _ in SPEED_TABLES:
         for e in rows:
             if e.group == group and e.file not in [x.file for x in out]:
-                out.append(e)
+                notes = _unique(x.note for x in rows if x.file == e.file)      # every row's, not the first's
+                out.append(dataclasses.replace(e, note=" ".join(notes)))
     return out
 
 

@@ -456,6 +456,12 @@ def test_cpu_throughput_profile_splits_the_step_by_operator_class():
     row = mod.summarize([off, rec])[0]
     assert row["default_profile"] == prof and "off_profile" not in row
     assert "kernel_speedup" not in row                       # no eager_tail record
+    tail = mod._run_worker({"workload": "siamese_train", "policy": "eager_tail", "threads": 1, "quick": True,
+                            "reps": 1, "device": "cpu", "profile": True}, 300)
+    assert tail["profile"]["self_ms"]["batch norm"] > 0 and tail["profile"]["self_ms"]["pooling"] > 0
+    assert tail["profile"]["self_ms"]["fused BN/pool/ReLU"] == 0          # METALEARN_KERNELS=off in that worker
+    row = mod.summarize([off, rec, tail])[0]
+    assert row["eager_tail_profile"] == tail["profile"] and row["kernel_speedup"] > 0
 
 
 def test_cpu_throughput_eager_tail_row_gives_the_kernel_share():

@@ -226,3 +226,30 @@ def test_bf16_autocast_step_keeps_fp32_parameters(lib):
     assert z.dtype == torch.bfloat16
     z.float().sum().backward()
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in net.parameters())
+
+
+def test_a_lock_left_by_a_killed_build_is_cleared(tmp_path, monkeypatch):
+    """A build interrupted mid-way leaves torch's lock file; the next load removes it once it is stale (torch
+    would wait for it forever) and leaves a fresh one (another process building now) alone."""
+    import os
+    import time
+
+    import torch.utils.cpp_extension as ext
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    seen = []
+
+    def fake_load(name, **kw):
+        seen.append((tmp_path / name / "lock").exists())
+        return "lib"
+    monkeypatch.setattr(ext, "load", fake_load)
+    monkeypatch.setattr(kernels.sys, "platform", "linux")
+    name = f"metalearn_bn_pool_relu_{kernels._fingerprint()}"
+    (tmp_path / name).mkdir()
+    lock = tmp_path / name / "lock"
+    for age, kept in ((2 * kernels.STALE_LOCK_S, False), (5.0, True)):
+        lock.touch()
+        t = time.time() - age
+        os.utime(lock, (t, t))
+        monkeypatch.setattr(kernels, "_state", {"tried": False, "lib": None, "error": None})
+        assert kernels.load() == "lib"
+        assert seen[-1] is kept

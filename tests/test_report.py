@@ -630,7 +630,9 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
         "kind": "metalearn-cpu-throughput", "schema": 1, "command": "python benchmarks/cpu_throughput.py --threads 1",
         "git": {"commit": "abcdef12" * 5, "dirty": False}, "machine": MACHINE, "device": "cpu",
         "timestamp": "2026-12-01T09:00:00+0000", "quick": False, "records": [],
-        "rows": [{"workload": "protonet_train", "threads": 1, "off_ms": 515.0, "default_ms": 130.0, "speedup": 3.96,
+        "rows": [{"workload": "ceiling_conv", "threads": 1, "off_ms": 400.0, "default_ms": 55.0, "speedup": 7.27,
+                  "default_gflops": 1075.0},
+                 {"workload": "protonet_train", "threads": 1, "off_ms": 515.0, "default_ms": 130.0, "speedup": 3.96,
                   "default_gflops": 160.8, "pct_of_bf16_conv_ceiling": 32.2, "eager_tail_ms": 200.0,
                   "kernel_speedup": 1.538,
                   "default_profile": {"share": {"conv backward": 0.21, "batch norm": 0.33, "pooling": 0.30,
@@ -675,6 +677,7 @@ def test_speed_tables_of_every_speed_file(tmp_path, docs):
         "| [5w1s-1step, 8 tasks](#speed-1) | vmap | 3617 | 1474 | 0.41× | 1.4e-03 |",
         "| [5w1s-1step, 8 tasks](#speed-1) | bf16 | CUDA only | 1474 | — | — |"]
     assert table(s, "| measurement | threads", links=True) == [
+        "| [ceiling_conv](#speed-2) | 1 | 400 | 55.0 | 7.27× | 1075 | — |",
         "| [protonet_train](#speed-2) | 1 | 515 | 130 | 3.96× | 161 | 32 |",
         "| [maml2_vmap](#speed-2) | 1 | — | — | error | — | — |"]
     assert table(s, "| measurement | threads | wait policy", links=True) == [

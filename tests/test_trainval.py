@@ -147,3 +147,23 @@ def test_precision_check_compares_the_cis_and_writes_the_result_atomically(tmp_p
     path = mod.write_result(res, tmp_path / "speed", "ttt_precision")
     assert path == tmp_path / "speed" / "ttt_precision-01234567.json"
     assert json.loads(path.read_text()) == res and sorted(p.name for p in path.parent.iterdir()) == [path.name]
+
+
+def test_precision_check_runs_end_to_end(tmp_path, monkeypatch):
+    """The script itself on the bundled digits task: two runs per task, each with its overrides recorded."""
+    import importlib.util
+    import json
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("precision_check", root / "benchmarks" / "precision_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    monkeypatch.chdir(root)
+    task = "tasks/protonet_digits_5w5s.yaml"
+    assert mod.main([task, "--steps", "2", "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    (path,) = (tmp_path / "out").glob("precision_check-*.json")
+    res = json.loads(path.read_text())
+    (row,) = res["rows"]
+    assert row["task"] == task and res["steps"] == 2
+    for prec in ("fp32", "bf16"):
+        assert f"train.precision={prec}" in row[prec]["overrides"] and 0 <= row[prec]["accuracy"] <= 100
+    assert isinstance(row["cis_overlap"], bool)

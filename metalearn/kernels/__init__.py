@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -49,6 +50,21 @@ def _fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
+#: A build lock older than this is left over from a build that was killed (a build takes about half a minute):
+#: torch.utils.cpp_extension would otherwise wait for it forever.
+STALE_LOCK_S = 600.0
+
+
+def _clear_stale_lock(name: str) -> None:
+    try:
+        from torch.utils.cpp_extension import _get_build_directory
+        lock = Path(_get_build_directory(name, False)) / "lock"
+        if lock.exists() and time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+    except Exception:     # a torch without that helper: its own locking, unchanged
+        pass
+
+
 def load() -> ModuleType | None:
     """The compiled module, building it on the first call; None when it is off or cannot be built.
 
@@ -66,7 +82,9 @@ def load() -> ModuleType | None:
         else:
             try:
                 from torch.utils.cpp_extension import load as _load
-                _state["lib"] = _load(name=f"metalearn_bn_pool_relu_{_fingerprint()}", sources=[str(_SRC)],
+                name = f"metalearn_bn_pool_relu_{_fingerprint()}"
+                _clear_stale_lock(name)
+                _state["lib"] = _load(name=name, sources=[str(_SRC)],
                                       extra_cflags=["-O3", "-march=native", "-ffp-contract=off", "-fopenmp"],
                                       extra_ldflags=["-fopenmp"], verbose=False)
             except Exception as e:   # no compiler, no ninja, a failed build: the eager ops, said once
