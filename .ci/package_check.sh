@@ -36,8 +36,10 @@ wheel, sdist = sys.argv[1:]
 names = zipfile.ZipFile(wheel).namelist()
 assert "metalearn/py.typed" in names, f"{wheel}: no metalearn/py.typed"
 assert "metalearn/cli.py" in names, f"{wheel}: no metalearn/cli.py"
+assert "metalearn/kernels/bn_pool_relu.cpp" in names, f"{wheel}: no metalearn/kernels/bn_pool_relu.cpp"
 with tarfile.open(sdist) as tf:
     assert any(n.endswith("/metalearn/py.typed") for n in tf.getnames()), f"{sdist}: no metalearn/py.typed"
+    assert any(n.endswith("/metalearn/kernels/bn_pool_relu.cpp") for n in tf.getnames()), f"{sdist}: no kernel source"
 EOF
 
 say "installing the wheel into a fresh venv ($TORCH_SPEC first)"
