@@ -2,12 +2,13 @@
 // channels-last CPU tensors (float32 or bfloat16; statistics and arithmetic in float, per-channel sums in double).
 //
 // Why our own kernel: after the convolutions run on oneDNN (bf16, AMX or AVX-512-BF16), PyTorch's own batch norm,
-// max-pool and ReLU kernels take most of a Conv4 training step (up to 60% of its CPU time on an AMX Xeon,
-// results/speed/cpu_throughput-*.json with --profile), at a small fraction of the memory bandwidth: each of them
-// reads and writes the full-size activation, the pool stores int64 indices and its backward zero-fills and
-// scatters a full-size gradient.  No maintained library offers this fusion for the CPU (torch.compile's
-// inductor kernels for the same three ops were 2.5x slower than eager, measured).  Here the forward reads the
-// activation twice for the statistics and once for the pooled output; the backward reads it twice (the pooled
+// max-pool and ReLU kernels take most of a Conv4 training step (about two thirds of the ProtoNet step on an AMX
+// Xeon: docs/speed.md), at a small fraction of the memory bandwidth: each of them reads and writes the full-size
+// activation, the pool stores int64 indices and its backward zero-fills and scatters a full-size gradient.  No
+// maintained library offers this fusion for the CPU (torch.compile's inductor kernels for the same three ops
+// were slower than eager when tried, as was oneDNN's own batch norm and pool on its blocked tensors, with the
+// conversions around them).  Here the forward reads the
+// activation once for the statistics and once for the pooled output; the backward reads it twice (the pooled
 // sums, then the input gradient) and writes the gradient once.
 //
 // Semantics are those of nn.BatchNorm2d (biased variance in the normalisation) -> nn.MaxPool2d(2) -> nn.ReLU
@@ -69,29 +70,64 @@ void check_vec(const at::Tensor& v, int64_t C, const char* name) {
               v.is_contiguous(), name, ": expected a contiguous float32 vector of ", C, " channels");
 }
 
-// per-channel sums over rows [0, rows) of `row_len` = W * C elements, in double, parallel over rows
-template <typename F>
-std::vector<double> channel_sums(int64_t rows, int64_t W, int64_t C, F&& value) {
+// Per-channel mean and biased variance over rows [0, rows) of W * C elements, in one read of the tensor: each
+// row's mean and sum of squared deviations in float (the row, a few KB, stays in the L1 cache for its second
+// look), merged across rows and threads in double with Chan et al.'s pairwise update.
+template <bool BF>
+void channel_stats(const typename Elem<BF>::T* xp, int64_t rows, int64_t W, int64_t C, std::vector<double>& mean,
+                   std::vector<double>& var) {
+  using E = Elem<BF>;
+  using T = typename E::T;
   const int nt = at::get_num_threads();
-  std::vector<double> part(static_cast<size_t>(nt) * C, 0.0);
+  std::vector<double> pn(nt, 0.0), pm(static_cast<size_t>(nt) * C, 0.0), pq(static_cast<size_t>(nt) * C, 0.0);
   at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
-    double* acc = part.data() + static_cast<size_t>(at::get_thread_num()) * C;
-    std::vector<float> row(C);
+    const int t = at::get_thread_num();
+    double* am = pm.data() + static_cast<size_t>(t) * C;
+    double* aq = pq.data() + static_cast<size_t>(t) * C;
+    std::vector<float> rs(C), rq(C);
+    float* __restrict__ rsp = rs.data();
+    float* __restrict__ rqp = rq.data();
+    const float inv_w = 1.f / static_cast<float>(W);
     for (int64_t r = b; r < e; ++r) {
-      std::fill(row.begin(), row.end(), 0.f);
+      const T* __restrict__ row = xp + r * W * C;
+      std::fill(rs.begin(), rs.end(), 0.f);
+      std::fill(rq.begin(), rq.end(), 0.f);
       for (int64_t w = 0; w < W; ++w) {
-        const int64_t base = (r * W + w) * C;
-        float* __restrict__ rp = row.data();
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) rp[c] += value(base + c, c);
+        for (int64_t c = 0; c < C; ++c) rsp[c] += E::ld(row + w * C, c);
       }
-      for (int64_t c = 0; c < C; ++c) acc[c] += row[c];
+#pragma omp simd
+      for (int64_t c = 0; c < C; ++c) rsp[c] *= inv_w;                       // the row's mean
+      for (int64_t w = 0; w < W; ++w) {
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) {
+          const float d = E::ld(row + w * C, c) - rsp[c];
+          rqp[c] += d * d;
+        }
+      }
+      const double n0 = pn[t], n = n0 + W;
+      for (int64_t c = 0; c < C; ++c) {
+        const double d = rs[c] - am[c];
+        am[c] += d * W / n;
+        aq[c] += rq[c] + d * d * n0 * W / n;
+      }
+      pn[t] = n;
     }
   });
-  std::vector<double> out(C, 0.0);
-  for (int t = 0; t < nt; ++t)
-    for (int64_t c = 0; c < C; ++c) out[c] += part[static_cast<size_t>(t) * C + c];
-  return out;
+  double n = 0.0;
+  mean.assign(C, 0.0);
+  var.assign(C, 0.0);
+  for (int t = 0; t < nt; ++t) {
+    if (pn[t] == 0.0) continue;
+    const double n1 = n + pn[t];
+    for (int64_t c = 0; c < C; ++c) {
+      const double d = pm[static_cast<size_t>(t) * C + c] - mean[c];
+      mean[c] += d * pn[t] / n1;
+      var[c] += pq[static_cast<size_t>(t) * C + c] + d * d * n * pn[t] / n1;
+    }
+    n = n1;
+  }
+  for (int64_t c = 0; c < C; ++c) var[c] /= n;
 }
 
 template <bool BF>
@@ -100,24 +136,21 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& weig
   using E = Elem<BF>;
   using T = typename E::T;
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t Ho = H / 2, Wo = W / 2, M = N * H * W;
+  const int64_t Ho = H / 2, Wo = W / 2;
   const T* xp = reinterpret_cast<const T*>(x.data_ptr());
   const float* wp = weight.data_ptr<float>();
   const float* bp = bias.data_ptr<float>();
 
-  std::vector<double> s = channel_sums(N * H, W, C, [&](int64_t i, int64_t) { return E::ld(xp, i); });
+  std::vector<double> mean_d, var_d;
+  channel_stats<BF>(xp, N * H, W, C, mean_d, var_d);
   std::vector<float> mean(C);
-  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(s[c] / M);
-  std::vector<double> q = channel_sums(N * H, W, C, [&](int64_t i, int64_t c) {
-    const float d = E::ld(xp, i) - mean[c];
-    return d * d;
-  });
+  for (int64_t c = 0; c < C; ++c) mean[c] = static_cast<float>(mean_d[c]);
   auto mean_t = at::empty({C}, weight.options());
   auto invstd_t = at::empty({C}, weight.options());
   auto var_t = at::empty({C}, weight.options());
   std::vector<float> scale(C), shift(C), nan_add(C);
   for (int64_t c = 0; c < C; ++c) {
-    double var = q[c] / M;
+    double var = var_d[c];
     // statistics that overflow float32 (a diverging run): NaN, as PyTorch's kernel gives, not a silent
     // normalisation by infinity, so that the trainer's non-finite loss check stops the run
     if (!std::isfinite(var) || !std::isfinite(mean[c]) || var > std::numeric_limits<float>::max()) {
