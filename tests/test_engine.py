@@ -415,9 +415,12 @@ def test_cpu_throughput_maml_over_two_processes_keeps_the_meta_gradient():
     """maml2_procs: two gloo processes of one thread, each its half of the meta-batch; rank 0's record holds the
     all-reduced meta-gradient's error against the float64 loop over all 8 tasks."""
     mod = _cpu_throughput()
-    rec = mod._run_worker({"workload": "maml2_procs", "policy": "default", "threads": 2, "quick": True, "reps": 1,
-                           "device": "cpu"}, 300)
-    assert "error" not in rec, rec["error"]
+    spec = {"workload": "maml2_procs", "policy": "default", "threads": 2, "quick": True, "reps": 1, "device": "cpu"}
+    rec = mod._run_worker(spec, 300)
+    if "error" in rec:          # one retry: the two processes' rendezvous on a free port failed once in a full run
+        first = rec["error"]
+        rec = mod._run_worker(spec, 300)
+        assert "error" not in rec, (first, rec["error"])
     assert rec["processes"] == 2 and rec["threads"] == 2 and rec["threads_per_process"] == 1
     assert rec["meta_grad_rel_err_vs_fp64"] < 1e-4
     assert len(rec["samples_ms"]) == 3 and rec["ms"] > 0
