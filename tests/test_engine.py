@@ -482,9 +482,13 @@ def test_builder_layout_policy_channels_last_for_metric_learners_nchw_for_maml()
         return [m.weight for m in learner.modules() if isinstance(m, nn.Conv2d)]
     proto = build_learner(config_from_dict({"dataset": "omniglot", "model": {"hidden": 8}}), (1, 28, 28))
     assert all(w.stride()[1] == 1 for w in conv_weights(proto))            # real channels-last strides
+    from metalearn.nn.conv4 import ConvBlock
+    blocks = [m for m in proto.modules() if isinstance(m, ConvBlock)]
+    assert len(blocks) == 4 and all(b.fused for b in blocks)                # the fused BN -> pool -> ReLU tail
     maml = build_learner(config_from_dict({"dataset": "omniglot", "learner": "maml",
                                            "model": {"backbone": "maml_conv4", "hidden": 8, "pool": "stride"},
                                            "train": {"ways": 5}}),
                          (1, 28, 28))
     ws = conv_weights(maml)
     assert ws and all(w.is_contiguous() and w.stride()[1] != 1 for w in ws[1:])   # NCHW (after the 1-channel conv)
+    assert not any(getattr(m, "fused", False) for m in maml.modules())

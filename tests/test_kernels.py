@@ -200,6 +200,7 @@ def test_conv4_training_step_same_with_and_without(lib):
     net = channels_last(Conv4(1, hidden=16))
     fused = fused_kernels(copy.deepcopy(net))
     assert all(isinstance(b, ConvBlock) and b.fused for b in fused.encoder)
+    assert not any(b.fused for b in fused_kernels(copy.deepcopy(fused), enable=False).encoder)
     x = torch.rand(2, 10, 1, 28, 28)
     for model in (net, fused):
         model.zero_grad()

@@ -2,8 +2,7 @@
 
 One kernel so far: training-mode BatchNorm -> 2x2 max-pool -> ReLU on channels-last float32 / bfloat16 tensors,
 the tail of every Conv4 block (``bn_pool_relu.cpp`` says why it is ours).  It is built with
-``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``; about half a minute, once per machine, torch version
-and source, kept in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).  Where it cannot be
+``torch.utils.cpp_extension`` (a C++ compiler and ``ninja``; once per machine, torch installation and source, kept in ``TORCH_EXTENSIONS_DIR``, by default ``~/.cache/torch_extensions``).  Where it cannot be
 built, a warning says why once and the eager ops run.  ``METALEARN_KERNELS=off`` turns it off.
 """
 from __future__ import annotations
@@ -50,7 +49,7 @@ def _fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-#: A build lock older than this is left over from a build that was killed (a build takes about half a minute):
+#: A build lock older than this is left over from a build that was killed (a build takes well under this):
 #: torch.utils.cpp_extension would otherwise wait for it forever.
 STALE_LOCK_S = 600.0
 

@@ -151,8 +151,8 @@ std::vector<at::Tensor> forward_impl(const at::Tensor& x, const at::Tensor& weig
   std::vector<float> scale(C), shift(C), nan_add(C);
   for (int64_t c = 0; c < C; ++c) {
     double var = var_d[c];
-    // statistics that overflow float32 (a diverging run): NaN, as PyTorch's kernel gives, not a silent
-    // normalisation by infinity, so that the trainer's non-finite loss check stops the run
+    // statistics that are not finite in float32 (a diverging run): NaN, not a silent normalisation by infinity,
+    // so that the trainer's non-finite loss check stops the run
     if (!std::isfinite(var) || !std::isfinite(mean[c]) || var > std::numeric_limits<float>::max()) {
       var = std::numeric_limits<double>::quiet_NaN();
       mean[c] = std::numeric_limits<float>::quiet_NaN();

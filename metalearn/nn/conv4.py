@@ -16,6 +16,8 @@ class ConvBlock(nn.Sequential):
     CLI applies to the metric learners), a training-mode forward on the CPU runs the BatchNorm -> pool -> ReLU tail
     in one kernel ([`metalearn.kernels.bn_pool_relu`][metalearn.kernels.bn_pool_relu]); everywhere else (eval
     mode, other modules in the block, a GPU, ``torch.func`` transforms, float64) the modules run one by one.
+    On the fused path, forward hooks registered on the BatchNorm, pool or ReLU module do not run (hooks on the
+    block itself do); ``fused = False`` or ``METALEARN_KERNELS=off`` restores them.
     """
 
     fused = False
